@@ -1,0 +1,2 @@
+#include "io/model_config.h"
+namespace whittle {}
