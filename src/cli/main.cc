@@ -1,7 +1,39 @@
-// whittle: one binary, subcommands. Each subcommand lives in its own cli/<name>.cc.
-#include <cstdio>
+// whittle: one binary, subcommands (see cli/commands.h). Errors in outside input end with one
+// message naming what was wrong and exit status 1; usage errors with CLI11's message and status 2.
+#include <fmt/core.h>
+
+#include <map>
+
+#include "cli/commands.h"
+#include "util/error.h"
 
 int main(int argc, char** argv) {
-  std::fprintf(stderr, "whittle: not yet\n");
+  CLI::App app{"whittle: prune, quantize and run GLM-5-architecture MoE models"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "whittle 0.1");
+  std::map<CLI::App*, whittle::cli::Command> commands;
+  auto add = [&](auto adder) {
+    size_t before = app.get_subcommands({}).size();
+    whittle::cli::Command run = adder(app);
+    commands[app.get_subcommands({})[before]] = std::move(run);
+  };
+  add(whittle::cli::add_info);
+  add(whittle::cli::add_generate);
+  add(whittle::cli::add_logits);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  try {
+    for (auto& [sub, run] : commands)
+      if (sub->parsed()) return run();
+  } catch (const whittle::Error& e) {
+    fmt::print(stderr, "whittle: error: {}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "whittle: internal error: {}\n", e.what());
+    return 1;
+  }
   return 1;
 }

@@ -1,2 +1,275 @@
 #include "io/model_config.h"
-namespace whittle {}
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "util/atomic_file.h"
+#include "util/error.h"
+
+namespace whittle {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// Typed field access with errors that name the file and the field.
+class Fields {
+ public:
+  Fields(const json& j, const std::string& source) : j_(j), source_(source) {}
+
+  bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
+
+  int64_t integer(const char* key) const {
+    if (!has(key)) fail("{}: missing required field '{}'", source_, key);
+    const json& v = j_.at(key);
+    if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", source_, key, v.dump());
+    return v.get<int64_t>();
+  }
+  int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
+  int64_t positive(const char* key) const {
+    int64_t v = integer(key);
+    if (v <= 0) fail("{}: field '{}' must be positive, got {}", source_, key, v);
+    return v;
+  }
+  int64_t positive(const char* key, int64_t fallback) const { return has(key) ? positive(key) : fallback; }
+
+  double number(const char* key, double fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = j_.at(key);
+    if (!v.is_number()) fail("{}: field '{}' must be a number, got {}", source_, key, v.dump());
+    return v.get<double>();
+  }
+  bool boolean(const char* key, bool fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = j_.at(key);
+    if (!v.is_boolean()) fail("{}: field '{}' must be true or false, got {}", source_, key, v.dump());
+    return v.get<bool>();
+  }
+  std::string string(const char* key, const std::string& fallback) const {
+    if (!has(key)) return fallback;
+    const json& v = j_.at(key);
+    if (!v.is_string()) fail("{}: field '{}' must be a string, got {}", source_, key, v.dump());
+    return v.get<std::string>();
+  }
+  std::vector<std::string> strings(const char* key) const {
+    std::vector<std::string> out;
+    if (!has(key)) return out;
+    const json& v = j_.at(key);
+    if (!v.is_array()) fail("{}: field '{}' must be a list of strings, got {}", source_, key, v.dump());
+    for (const json& e : v) {
+      if (!e.is_string()) fail("{}: field '{}' must be a list of strings, got {}", source_, key, v.dump());
+      out.push_back(e.get<std::string>());
+    }
+    return out;
+  }
+  // An integer or a list of integers (eos_token_id).
+  std::vector<int64_t> integers(const char* key) const {
+    std::vector<int64_t> out;
+    if (!has(key)) return out;
+    const json& v = j_.at(key);
+    if (v.is_number_integer()) return {v.get<int64_t>()};
+    if (!v.is_array()) fail("{}: field '{}' must be an integer or a list of integers", source_, key);
+    for (const json& e : v) {
+      if (!e.is_number_integer()) fail("{}: field '{}' must hold integers, got {}", source_, key, v.dump());
+      out.push_back(e.get<int64_t>());
+    }
+    return out;
+  }
+  const json& raw(const char* key) const { return j_.at(key); }
+  const std::string& source() const { return source_; }
+
+ private:
+  const json& j_;
+  const std::string& source_;
+};
+
+// transformers' order (modeling_rope_utils.convert_rope_params_to_dict): legacy `rope_scaling`
+// replaces `rope_parameters`; theta from there, else top-level `rope_theta`, else 10000.
+RopeConfig parse_rope(const Fields& f) {
+  RopeConfig rope;
+  const json* params = nullptr;
+  if (f.has("rope_scaling")) params = &f.raw("rope_scaling");
+  else if (f.has("rope_parameters")) params = &f.raw("rope_parameters");
+  rope.theta = f.number("rope_theta", 10000.0);
+  if (params) {
+    if (!params->is_object())
+      fail("{}: field 'rope_parameters' must be an object, got {}", f.source(), params->dump());
+    Fields p(*params, f.source());
+    rope.type = p.string("rope_type", p.string("type", "default"));
+    rope.theta = p.number("rope_theta", rope.theta);
+    rope.factor = p.number("factor", 1.0);
+    rope.original_max_position_embeddings =
+        p.integer("original_max_position_embeddings", f.integer("max_position_embeddings", 4096));
+    rope.beta_fast = p.number("beta_fast", 32.0);
+    rope.beta_slow = p.number("beta_slow", 1.0);
+    rope.mscale = p.number("mscale", 1.0);
+    rope.mscale_all_dim = p.number("mscale_all_dim", 0.0);
+  }
+  if (rope.type != "default" && rope.type != "yarn")
+    fail("{}: rope type '{}' is not supported (expected \"default\" or \"yarn\")", f.source(), rope.type);
+  if (!(rope.theta > 0)) fail("{}: rope_theta must be positive, got {}", f.source(), rope.theta);
+  return rope;
+}
+
+std::vector<bool> parse_layer_kinds(const Fields& f, const char* key, const std::string& yes,
+                                    const std::string& no, int64_t layers) {
+  std::vector<std::string> kinds = f.strings(key);
+  if (kinds.empty()) return {};
+  if (static_cast<int64_t>(kinds.size()) != layers)
+    fail("{}: field '{}' has {} entries but num_hidden_layers is {}", f.source(), key, kinds.size(),
+         layers);
+  std::vector<bool> out;
+  for (const auto& k : kinds) {
+    if (k != yes && k != no)
+      fail("{}: field '{}' holds '{}', expected \"{}\" or \"{}\"", f.source(), key, k, yes, no);
+    out.push_back(k == yes);
+  }
+  return out;
+}
+
+}  // namespace
+
+double ModelConfig::softmax_scale() const {
+  double scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));
+  // transformers' yarn_apply_mscale: only for non-default rope with mscale_all_dim set.
+  if (rope.type != "default" && rope.mscale_all_dim != 0.0 && rope.factor > 1.0) {
+    double m = 0.1 * rope.mscale_all_dim * std::log(rope.factor) + 1.0;
+    scale *= m * m;
+  }
+  return scale;
+}
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
+  if (!j.is_object()) fail("{}: config is not a JSON object", source);
+  Fields f(j, source);
+  ModelConfig c;
+  c.model_type = f.string("model_type", "");
+  if (c.model_type.empty()) fail("{}: missing required field 'model_type'", source);
+  const bool glm = c.model_type == "glm_moe_dsa";
+  const bool dsv32 = c.model_type == "deepseek_v32";
+  if (!glm && !dsv32)
+    fail("{}: unknown model_type '{}' (whittle supports \"glm_moe_dsa\" and \"deepseek_v32\")", source,
+         c.model_type);
+  c.architectures = f.strings("architectures");
+
+  c.vocab_size = f.positive("vocab_size");
+  c.hidden_size = f.positive("hidden_size");
+  c.num_hidden_layers = f.positive("num_hidden_layers");
+  c.num_attention_heads = f.positive("num_attention_heads");
+  c.num_key_value_heads = f.positive("num_key_value_heads", c.num_attention_heads);
+  if (c.num_key_value_heads != c.num_attention_heads)
+    fail("{}: num_key_value_heads ({}) must equal num_attention_heads ({}) for MLA", source,
+         c.num_key_value_heads, c.num_attention_heads);
+
+  c.q_lora_rank = f.integer("q_lora_rank", 0);
+  if (c.q_lora_rank <= 0)
+    fail("{}: field 'q_lora_rank' must be a positive integer: the DSA indexer reads the q latent",
+         source);
+  c.kv_lora_rank = f.positive("kv_lora_rank");
+  c.qk_nope_head_dim = f.positive("qk_nope_head_dim");
+  c.qk_rope_head_dim = f.positive("qk_rope_head_dim");
+  if (c.qk_rope_head_dim % 2) fail("{}: qk_rope_head_dim ({}) must be even", source, c.qk_rope_head_dim);
+  c.v_head_dim = f.positive("v_head_dim");
+  if (f.has("qk_head_dim") && f.integer("qk_head_dim") != c.qk_head_dim())
+    fail("{}: qk_head_dim ({}) contradicts qk_nope_head_dim + qk_rope_head_dim ({})", source,
+         f.integer("qk_head_dim"), c.qk_head_dim());
+  c.attention_bias = f.boolean("attention_bias", false);
+  if (c.attention_bias) fail("{}: attention_bias=true is not supported", source);
+
+  c.index_n_heads = f.positive("index_n_heads", glm ? 32 : 64);
+  c.index_head_dim = f.positive("index_head_dim", 128);
+  c.index_topk = f.positive("index_topk", 2048);
+  if (c.index_head_dim <= c.qk_rope_head_dim)
+    fail("{}: index_head_dim ({}) must exceed qk_rope_head_dim ({})", source, c.index_head_dim,
+         c.qk_rope_head_dim);
+
+  c.intermediate_size = f.positive("intermediate_size");
+  c.first_k_dense_replace = f.integer("first_k_dense_replace", glm ? 3 : 0);
+  c.layer_is_moe = parse_layer_kinds(f, "mlp_layer_types", "sparse", "dense", c.num_hidden_layers);
+  if (c.layer_is_moe.empty()) {
+    int64_t dense = std::clamp<int64_t>(c.first_k_dense_replace, 0, c.num_hidden_layers);
+    c.layer_is_moe.assign(c.num_hidden_layers, true);
+    for (int64_t i = 0; i < dense; ++i) c.layer_is_moe[i] = false;
+  }
+  const bool any_moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
+  if (any_moe) {
+    c.moe_intermediate_size = f.positive("moe_intermediate_size");
+    c.n_routed_experts = f.positive("n_routed_experts");
+    c.num_experts_per_tok = f.positive("num_experts_per_tok");
+    c.n_shared_experts = f.integer("n_shared_experts", 1);
+    if (c.n_shared_experts < 0) fail("{}: n_shared_experts must not be negative", source);
+    c.n_group = f.positive("n_group", 1);
+    c.topk_group = f.positive("topk_group", 1);
+    if (c.num_experts_per_tok > c.n_routed_experts)
+      fail("{}: num_experts_per_tok ({}) exceeds n_routed_experts ({})", source, c.num_experts_per_tok,
+           c.n_routed_experts);
+    if (c.n_routed_experts % c.n_group)
+      fail("{}: n_routed_experts ({}) is not divisible by n_group ({})", source, c.n_routed_experts,
+           c.n_group);
+    if (c.n_group > 1 && c.n_routed_experts / c.n_group < 2)
+      fail("{}: n_group ({}) leaves fewer than 2 experts per group", source, c.n_group);
+    if (c.topk_group > c.n_group)
+      fail("{}: topk_group ({}) exceeds n_group ({})", source, c.topk_group, c.n_group);
+    if (c.num_experts_per_tok > c.topk_group * (c.n_routed_experts / c.n_group))
+      fail("{}: num_experts_per_tok ({}) exceeds the experts in topk_group groups", source,
+           c.num_experts_per_tok);
+  }
+  c.norm_topk_prob = f.boolean("norm_topk_prob", true);
+  c.routed_scaling_factor = f.number("routed_scaling_factor", glm ? 2.5 : 1.0);
+  c.scoring_func = f.string("scoring_func", "sigmoid");
+  if (c.scoring_func != "sigmoid")
+    fail("{}: scoring_func '{}' is not supported (expected \"sigmoid\")", source, c.scoring_func);
+  c.hidden_act = f.string("hidden_act", "silu");
+  if (c.hidden_act != "silu")
+    fail("{}: hidden_act '{}' is not supported (expected \"silu\")", source, c.hidden_act);
+
+  c.rms_norm_eps = f.number("rms_norm_eps", glm ? 1e-5 : 1e-6);
+  c.rope = parse_rope(f);
+  // transformers hard-codes interleaved RoPE for MLA and indexer of glm_moe_dsa and ignores these
+  // keys; a checkpoint asking for anything else contradicts the architecture.
+  c.rope_interleave = f.boolean("rope_interleave", true);
+  c.indexer_rope_interleave = f.boolean("indexer_rope_interleave", glm);
+  if (glm && (!c.rope_interleave || !c.indexer_rope_interleave))
+    fail("{}: glm_moe_dsa uses interleaved RoPE; rope_interleave/indexer_rope_interleave=false "
+         "contradict it",
+         source);
+  c.max_position_embeddings = f.positive("max_position_embeddings", 202752);
+
+  c.indexer_full = parse_layer_kinds(f, "indexer_types", "full", "shared", c.num_hidden_layers);
+  if (c.indexer_full.empty()) {
+    int64_t freq = std::max<int64_t>(f.integer("index_topk_freq", 1), 1);
+    int64_t offset = f.integer("index_skip_topk_offset", 2);
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+      c.indexer_full.push_back(std::max<int64_t>(i - offset + 1, 0) % freq == 0);
+  }
+  if (!c.indexer_full[0]) fail("{}: indexer_types[0] is \"shared\" but there is no earlier layer", source);
+
+  c.num_nextn_predict_layers = f.integer("num_nextn_predict_layers", 0);
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  c.eos_token_ids = f.integers("eos_token_id");
+  if (f.has("bos_token_id")) c.bos_token_id = f.integer("bos_token_id");
+  if (f.has("pad_token_id")) c.pad_token_id = f.integer("pad_token_id");
+  c.torch_dtype = f.string("dtype", f.string("torch_dtype", "bfloat16"));
+  return c;
+}
+
+ModelConfig ModelConfig::load(const fs::path& dir) {
+  const fs::path path = dir / "config.json";
+  if (!fs::exists(path)) fail("{}: missing config.json (is this a model folder?)", dir.string());
+  json j = json::parse(read_file(path), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) fail("{}: malformed JSON", path.string());
+  ModelConfig c = from_json(j, path.string());
+
+  const fs::path gen_path = dir / "generation_config.json";
+  if (fs::exists(gen_path)) {
+    json g = json::parse(read_file(gen_path), nullptr, false);
+    if (g.is_discarded() || !g.is_object()) fail("{}: malformed JSON", gen_path.string());
+    Fields gf(g, gen_path.string());
+    std::vector<int64_t> eos = gf.integers("eos_token_id");
+    if (!eos.empty()) c.eos_token_ids = eos;
+  }
+  return c;
+}
+
+}  // namespace whittle

@@ -1,0 +1,58 @@
+#include "ops/elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+namespace whittle {
+
+void rms_norm(const float* x, const float* weight, float* out, int64_t n, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float r = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * r * weight[i];
+}
+
+void rms_norm_rows(const float* x, const float* weight, float* out, int64_t rows, int64_t n, float eps) {
+  for (int64_t r = 0; r < rows; ++r) rms_norm(x + r * n, weight, out + r * n, n, eps);
+}
+
+void layer_norm(const float* x, const float* weight, const float* bias, float* out, int64_t n, float eps) {
+  double mean = 0.0;
+  for (int64_t i = 0; i < n; ++i) mean += x[i];
+  mean /= n;
+  double var = 0.0;
+  for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  var /= n;
+  const float r = 1.0f / std::sqrt(static_cast<float>(var) + eps);
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<float>(x[i] - mean) * r * weight[i] + bias[i];
+}
+
+void silu_mul(float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+void softmax(float* x, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::isinf(x[i]) && x[i] < 0 ? 0.0f : std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+std::vector<int32_t> top_k(const float* x, int64_t n, int64_t k) {
+  std::vector<int32_t> idx(static_cast<size_t>(n));
+  std::iota(idx.begin(), idx.end(), 0);
+  auto greater = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), greater);
+  idx.resize(static_cast<size_t>(k));
+  return idx;
+}
+
+}  // namespace whittle

@@ -1,0 +1,294 @@
+"""Helpers for the GLM-5 (glm_moe_dsa) transformers oracle.
+
+Independent re-implementations (of the DSA indexer scores and the MoE router) used to check
+that the golden files are robust (top-k margins), plus FP8 block quantization and file helpers.
+Nothing here is used to *produce* logits: those always come from transformers itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn value
+FP8_BLOCK = 128
+
+
+# ----------------------------------------------------------------------------------------------
+# RoPE / indexer re-implementation
+# ----------------------------------------------------------------------------------------------
+def rope_inv_freq(theta: float, rot_dim: int) -> torch.Tensor:
+    """inv_freq[i] = theta^(-2i/rot_dim), computed in fp32 like GlmMoeDsaRotaryEmbedding."""
+    return 1.0 / (theta ** (torch.arange(0, rot_dim, 2, dtype=torch.float) / rot_dim))
+
+
+def rope_interleaved_pairs(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """GPT-J style RoPE that keeps the interleaved layout: pair (2i, 2i+1) rotated by pos*inv_freq[i].
+
+    x: [..., T, (H,) rot_dim] with the T axis given by `pos` broadcasting over the last-but-(0|1) axis.
+    Written independently of transformers (which de-interleaves); dot products must agree.
+    """
+    ang = pos.float()[:, None] * inv_freq[None, :]  # [T, rot/2]
+    cos, sin = ang.cos(), ang.sin()
+    if x.dim() == 3:  # [T, H, rot]
+        cos, sin = cos[:, None, :], sin[:, None, :]
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    y = torch.empty_like(x)
+    y[..., 0::2] = x0 * cos - x1 * sin
+    y[..., 1::2] = x0 * sin + x1 * cos
+    return y
+
+
+@torch.no_grad()
+def indexer_scores_w(wq_b, wk, kn_w, kn_b, wp, n_heads, x, q_resid, theta, rot_dim, eps=1e-6) -> torch.Tensor:
+    """DSA lightning-indexer scores I[t, s] for one sequence, fp32, future keys = -inf.
+
+    x: [T, hidden] (normed attention input), q_resid: [T, q_lora_rank] (post q_a_layernorm).
+    q = wq_b(q_resid) per head [rope | nope]; k = LayerNorm(wk(x); kn_w, kn_b, eps 1e-6) [rope | nope];
+    interleaved RoPE on the first rot_dim dims of q and k;
+    I[t,s] = sum_h (weights_proj(x)_h * n_heads^-0.5) * ReLU(q_h(t).k(s) * head_dim^-0.5)
+    """
+    T = x.shape[0]
+    hd = wk.shape[0]
+    pos = torch.arange(T)
+    inv_freq = rope_inv_freq(theta, rot_dim)
+    q = F.linear(q_resid.float(), wq_b.float()).view(T, n_heads, hd)
+    k = F.linear(x.float(), wk.float())
+    k = F.layer_norm(k, (hd,), kn_w.float(), kn_b.float(), eps=eps)
+    q = torch.cat([rope_interleaved_pairs(q[..., :rot_dim], pos, inv_freq), q[..., rot_dim:]], dim=-1)
+    k = torch.cat([rope_interleaved_pairs(k[..., :rot_dim], pos, inv_freq), k[..., rot_dim:]], dim=-1)
+    s = torch.einsum("thd,sd->ths", q, k) * (hd**-0.5)
+    s = F.relu(s)
+    w = F.linear(x.float(), wp.float()) * (n_heads**-0.5)  # [T, nh]
+    out = torch.einsum("th,ths->ts", w, s)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    return out.masked_fill(~causal, float("-inf"))
+
+
+def indexer_scores(indexer, x, q_resid, theta, rot_dim):
+    """Same, reading the weights of a transformers GlmMoeDsaIndexer module."""
+    return indexer_scores_w(indexer.wq_b.weight, indexer.wk.weight, indexer.k_norm.weight, indexer.k_norm.bias,
+                            indexer.weights_proj.weight, indexer.n_heads, x, q_resid, theta, rot_dim,
+                            eps=indexer.k_norm.eps)
+
+
+def topk_boundary_gaps(scores: torch.Tensor, k: int):
+    """For each row t with more than k visible keys: relative gap between the k-th and (k+1)-th score.
+
+    Returns (list of (t, rel_gap, abs_gap)), selection mask [T, T] (bool, causal).
+    Relative gap = (s_k - s_{k+1}) / max_s |s| over the visible keys of that row.
+    """
+    T = scores.shape[0]
+    sel = torch.zeros(T, T, dtype=torch.bool)
+    gaps = []
+    for t in range(T):
+        row = scores[t, : t + 1]
+        if t + 1 <= k:
+            sel[t, : t + 1] = True
+            continue
+        v, i = row.sort(descending=True, stable=True)
+        sel[t, i[:k]] = True
+        absgap = float(v[k - 1] - v[k])
+        scale = float(row.abs().max())
+        gaps.append((t, absgap / scale if scale > 0 else 0.0, absgap))
+    return gaps, sel
+
+
+# ----------------------------------------------------------------------------------------------
+# Router re-implementation (GlmMoeDsaTopkRouter semantics)
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def route(x, weight, bias, n_group, topk_group, top_k, norm_topk_prob, scaling, use_groups=True, use_bias=True):
+    """Returns (indices sorted ascending [T,k], weights in that order [T,k], group_gaps [T], expert_gaps [T])."""
+    scores = torch.sigmoid(F.linear(x.float(), weight.float()))
+    choice = scores + bias.float() if use_bias else scores.clone()
+    T, E = choice.shape
+    group_gap = torch.full((T,), float("inf"))
+    if use_groups and n_group > 1:
+        gs = choice.view(T, n_group, E // n_group).topk(2, dim=-1).values.sum(-1)
+        gsorted = gs.sort(dim=-1, descending=True).values
+        if topk_group < n_group:
+            group_gap = gsorted[:, topk_group - 1] - gsorted[:, topk_group]
+        gidx = gs.topk(topk_group, dim=-1).indices
+        gmask = torch.zeros_like(gs, dtype=torch.bool).scatter(1, gidx, True)
+        emask = gmask[:, :, None].expand(T, n_group, E // n_group).reshape(T, E)
+        choice = choice.masked_fill(~emask, float("-inf"))
+    csorted = choice.sort(dim=-1, descending=True).values
+    expert_gap = torch.full((T,), float("inf"))
+    if top_k < E:
+        nxt = csorted[:, top_k]
+        fin = torch.isfinite(nxt)
+        expert_gap[fin] = (csorted[:, top_k - 1] - nxt)[fin]
+    idx = choice.topk(top_k, dim=-1).indices.sort(dim=-1).values
+    w = scores.gather(1, idx)
+    if norm_topk_prob:
+        w = w / (w.sum(-1, keepdim=True) + 1e-20)
+    w = w * scaling
+    return idx, w, group_gap, expert_gap
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepSeek / GLM block FP8 (e4m3, 128x128 tiles, weight = fp8 * weight_scale_inv)
+# ----------------------------------------------------------------------------------------------
+def fp8_block_quantize(w: torch.Tensor, block: int = FP8_BLOCK):
+    """w: 2-D [out, in]. Returns (fp8 tensor [out,in] float8_e4m3fn, scale_inv fp32 [ceil(out/b), ceil(in/b)])."""
+    assert w.dim() == 2
+    w = w.float()
+    R, C = w.shape
+    nr, nc = math.ceil(R / block), math.ceil(C / block)
+    q = torch.empty(R, C, dtype=torch.float8_e4m3fn)
+    s = torch.empty(nr, nc, dtype=torch.float32)
+    for i in range(nr):
+        for j in range(nc):
+            tile = w[i * block : (i + 1) * block, j * block : (j + 1) * block]
+            amax = float(tile.abs().max())
+            scale = torch.tensor(max(amax, 1e-12), dtype=torch.float32) / FP8_MAX
+            s[i, j] = scale
+            q[i * block : (i + 1) * block, j * block : (j + 1) * block] = (
+                (tile / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+            )
+    return q, s
+
+
+def fp8_block_dequantize(q: torch.Tensor, s: torch.Tensor, block: int = FP8_BLOCK) -> torch.Tensor:
+    """fp32 result of q.float() * scale_inv of its tile (one fp32 multiply per element)."""
+    R, C = q.shape
+    full = s.repeat_interleave(block, dim=0)[:R].repeat_interleave(block, dim=1)[:, :C]
+    return q.float() * full
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def dir_files(d: str):
+    return sorted(f for f in os.listdir(d) if os.path.isfile(os.path.join(d, f)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Independent reference forward pass, straight from the files (a Python model of what the C++ loader
+# and forward must do). Used only to cross-check transformers' goldens.
+# ----------------------------------------------------------------------------------------------
+def load_checkpoint_tensors(d: str) -> dict:
+    """All tensors of a checkpoint folder as fp32 (shards via the index; block-FP8 dequantized)."""
+    idx = os.path.join(d, "model.safetensors.index.json")
+    if os.path.exists(idx):
+        with open(idx) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    raw = {}
+    for fn in files:
+        raw.update(load_file(os.path.join(d, fn)))
+    out = {}
+    for n, t in raw.items():
+        if n.endswith("_scale_inv"):
+            continue
+        if t.dtype == torch.float8_e4m3fn:
+            out[n] = fp8_block_dequantize(t, raw[n + "_scale_inv"])
+        else:
+            out[n] = t.float()
+    return out
+
+
+def _rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _swiglu(x, g, u, d):
+    return F.linear(F.silu(F.linear(x, g)) * F.linear(x, u), d)
+
+
+@torch.no_grad()
+def reference_logits(d: str, input_ids) -> torch.Tensor:
+    """fp32 forward of a glm_moe_dsa checkpoint folder written from scratch (no transformers modules)."""
+    with open(os.path.join(d, "config.json")) as f:
+        c = json.load(f)
+    W = load_checkpoint_tensors(d)
+    ids = torch.as_tensor(input_ids).long()
+    T, L = ids.shape[0], c["num_hidden_layers"]
+    NH, Dn, Dr, Dv = c["num_attention_heads"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    R = c["kv_lora_rank"]
+    eps = c.get("rms_norm_eps", 1e-5)
+    theta = (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta", 10000.0))
+    mlp_types = c.get("mlp_layer_types") or [
+        "dense" if i < c.get("first_k_dense_replace", 3) else "sparse" for i in range(L)
+    ]
+    idx_types = c.get("indexer_types") or ["full"] * L
+    E, I = c["n_routed_experts"], c["moe_intermediate_size"]
+    inv_freq = rope_inv_freq(theta, Dr)
+    pos = torch.arange(T)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+
+    x = W["model.embed_tokens.weight"][ids]
+    sel = None
+    for li in range(L):
+        p = f"model.layers.{li}."
+        a = _rms(x, W[p + "input_layernorm.weight"], eps)
+        # MLA
+        q_lat = _rms(F.linear(a, W[p + "self_attn.q_a_proj.weight"]), W[p + "self_attn.q_a_layernorm.weight"], 1e-6)
+        q = F.linear(q_lat, W[p + "self_attn.q_b_proj.weight"]).view(T, NH, Dn + Dr)
+        q_nope, q_pe = q[..., :Dn], rope_interleaved_pairs(q[..., Dn:], pos, inv_freq)
+        ckv = F.linear(a, W[p + "self_attn.kv_a_proj_with_mqa.weight"])
+        lat = _rms(ckv[:, :R], W[p + "self_attn.kv_a_layernorm.weight"], 1e-6)
+        k_pe = rope_interleaved_pairs(ckv[:, R:], pos, inv_freq)
+        kv = F.linear(lat, W[p + "self_attn.kv_b_proj.weight"]).view(T, NH, Dn + Dv)
+        k_nope, v = kv[..., :Dn], kv[..., Dn:]
+        # DSA selection
+        if idx_types[li] == "full":
+            pi = p + "self_attn.indexer."
+            sc = indexer_scores_w(W[pi + "wq_b.weight"], W[pi + "wk.weight"], W[pi + "k_norm.weight"],
+                                  W[pi + "k_norm.bias"], W[pi + "weights_proj.weight"], c["index_n_heads"],
+                                  a, q_lat, theta, Dr)
+            _, sel = topk_boundary_gaps(sc, c["index_topk"])
+        mask = causal & sel
+        s = (torch.einsum("thd,shd->hts", q_nope, k_nope) + torch.einsum("thd,sd->hts", q_pe, k_pe)) * (Dn + Dr) ** -0.5
+        s = s.masked_fill(~mask, float("-inf")).softmax(-1)
+        o = torch.einsum("hts,shd->thd", s, v).reshape(T, NH * Dv)
+        x = x + F.linear(o, W[p + "self_attn.o_proj.weight"])
+        # MLP / MoE
+        m = _rms(x, W[p + "post_attention_layernorm.weight"], eps)
+        if mlp_types[li] == "dense":
+            y = _swiglu(m, W[p + "mlp.gate_proj.weight"], W[p + "mlp.up_proj.weight"], W[p + "mlp.down_proj.weight"])
+        else:
+            idx, wts, _, _ = route(m, W[p + "mlp.gate.weight"], W[p + "mlp.gate.e_score_correction_bias"],
+                                   c["n_group"], c["topk_group"], c["num_experts_per_tok"], c["norm_topk_prob"],
+                                   c["routed_scaling_factor"])
+            if p + "mlp.experts.gate_up_proj" in W:  # fused layout
+                gu, dn = W[p + "mlp.experts.gate_up_proj"], W[p + "mlp.experts.down_proj"]
+                experts = [(gu[e, :I], gu[e, I:], dn[e]) for e in range(E)]
+            else:
+                experts = [tuple(W[f"{p}mlp.experts.{e}.{n}_proj.weight"] for n in ("gate", "up", "down"))
+                           for e in range(E)]
+            y = torch.zeros_like(m)
+            for t in range(T):
+                for j in range(idx.shape[1]):
+                    g, u, dw = experts[int(idx[t, j])]
+                    y[t] += wts[t, j] * _swiglu(m[t], g, u, dw)
+            ps = p + "mlp.shared_experts."
+            y = y + _swiglu(m, W[ps + "gate_proj.weight"], W[ps + "up_proj.weight"], W[ps + "down_proj.weight"])
+        x = x + y
+    x = _rms(x, W["model.norm.weight"], eps)
+    head = W.get("lm_head.weight")
+    if head is None:
+        assert c.get("tie_word_embeddings"), "lm_head.weight missing but tie_word_embeddings is false"
+        head = W["model.embed_tokens.weight"]
+    return F.linear(x, head)
