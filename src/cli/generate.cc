@@ -41,11 +41,6 @@ Command add_generate(CLI::App& app) {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
     BpeTokenizer tokenizer = BpeTokenizer::load(std::filesystem::path(o->model) / "tokenizer.json");
-    ThreadPool pool(o->threads);
-    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
-    if (tokenizer.vocab_size() > model.config().vocab_size)
-      fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model, tokenizer.vocab_size(),
-           model.config().vocab_size);
     std::vector<int32_t> ids;
     try {
       ids = tokenizer.encode(o->prompt);
@@ -53,6 +48,11 @@ Command add_generate(CLI::App& app) {
       fail("prompt: {}", e.what());
     }
     if (ids.empty()) fail("prompt: encodes to no tokens");
+    ThreadPool pool(o->threads);
+    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
+    if (tokenizer.vocab_size() > model.config().vocab_size)
+      fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model, tokenizer.vocab_size(),
+           model.config().vocab_size);
     Sampler sampler(o->sampling);
     StreamDecoder stream(tokenizer, /*skip_special=*/true);
     const auto& eos = model.config().eos_token_ids;

@@ -18,20 +18,17 @@ enum class Role { Mtp, Quantized, Protected, Quantizable, Other };
 
 // The recipe keeps dense MLPs, the indexer's weights_proj, the router, embeddings, lm_head and
 // norms in 16 bit; attention and expert projections are what int4 quantization targets.
-Role classify(const std::string& name, const ModelConfig& c) {
-  static const std::regex layer_re(R"(^model\.layers\.(\d+)\.(.*)$)");
+Role classify(const std::string& name, const TensorView& v, const ModelConfig& c) {
+  static const std::regex layer_re(R"(^model\.layers\.(\d+)\.)");
   std::smatch m;
-  if (std::regex_match(name, m, layer_re) && std::stoll(m[1]) >= c.num_hidden_layers) return Role::Mtp;
+  if (std::regex_search(name, m, layer_re) && std::stoll(m[1]) >= c.num_hidden_layers) return Role::Mtp;
   static const std::regex quantized_re(R"(\.(qweight|qzeros|scales|g_idx|weight_scale_inv)$)");
-  if (std::regex_search(name, quantized_re)) return Role::Quantized;
-  if (name.ends_with("weight_scale_inv")) return Role::Quantized;
+  if (v.dtype() == DType::F8_E4M3 || std::regex_search(name, quantized_re)) return Role::Quantized;
   static const std::regex protected_re(
-      R"((embed_tokens|lm_head|norm|layernorm|indexer\.weights_proj|mlp\.gate\.|e_score_correction_bias)|)"
+      R"((embed_tokens|lm_head|norm|indexer\.weights_proj|mlp\.gate\.|e_score_correction_bias)|)"
       R"(^model\.layers\.\d+\.mlp\.(gate|up|down)_proj)");
   if (std::regex_search(name, protected_re)) return Role::Protected;
-  if (name.ends_with("_proj.weight") || name.ends_with("experts.gate_up_proj") ||
-      name.ends_with("experts.down_proj") || name.ends_with("indexer.wk.weight"))
-    return Role::Quantizable;
+  if (v.shape().size() >= 2) return Role::Quantizable;  // attention, indexer wq_b/wk, experts
   return Role::Other;
 }
 
@@ -81,7 +78,7 @@ Command add_info(CLI::App& app) {
       auto& d = by_dtype[std::string(dtype_name(v.dtype()))];
       d.first++;
       d.second += v.bytes.size();
-      Role r = classify(name, c);
+      Role r = classify(name, v, c);
       by_role[r].first++;
       by_role[r].second += v.bytes.size();
       total += v.bytes.size();

@@ -185,7 +185,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
          c.qk_rope_head_dim);
 
   c.intermediate_size = f.positive("intermediate_size");
-  c.first_k_dense_replace = f.integer("first_k_dense_replace", glm ? 3 : 0);
+  c.first_k_dense_replace = f.integer("first_k_dense_replace", 3);
   c.layer_is_moe = parse_layer_kinds(f, "mlp_layer_types", "sparse", "dense", c.num_hidden_layers);
   if (c.layer_is_moe.empty()) {
     int64_t dense = std::clamp<int64_t>(c.first_k_dense_replace, 0, c.num_hidden_layers);
@@ -199,8 +199,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     c.num_experts_per_tok = f.positive("num_experts_per_tok");
     c.n_shared_experts = f.integer("n_shared_experts", 1);
     if (c.n_shared_experts < 0) fail("{}: n_shared_experts must not be negative", source);
-    c.n_group = f.positive("n_group", 1);
-    c.topk_group = f.positive("topk_group", 1);
+    c.n_group = f.positive("n_group", glm ? 1 : 8);
+    c.topk_group = f.positive("topk_group", glm ? 1 : 4);
     if (c.num_experts_per_tok > c.n_routed_experts)
       fail("{}: num_experts_per_tok ({}) exceeds n_routed_experts ({})", source, c.num_experts_per_tok,
            c.n_routed_experts);
@@ -216,7 +216,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
            c.num_experts_per_tok);
   }
   c.norm_topk_prob = f.boolean("norm_topk_prob", true);
-  c.routed_scaling_factor = f.number("routed_scaling_factor", glm ? 2.5 : 1.0);
+  c.routed_scaling_factor = f.number("routed_scaling_factor", 2.5);
   c.scoring_func = f.string("scoring_func", "sigmoid");
   if (c.scoring_func != "sigmoid")
     fail("{}: scoring_func '{}' is not supported (expected \"sigmoid\")", source, c.scoring_func);
