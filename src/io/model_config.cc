@@ -84,9 +84,15 @@ class Fields {
   const std::string& source_;
 };
 
+double yarn_mscale(double scale, double mscale) {
+  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
+
 // transformers' order (modeling_rope_utils.convert_rope_params_to_dict): legacy `rope_scaling`
-// replaces `rope_parameters`; theta from there, else top-level `rope_theta`, else 10000.
-RopeConfig parse_rope(const Fields& f) {
+// replaces `rope_parameters`; theta from there, else top-level `rope_theta`, else 10000. A missing
+// original_max_position_embeddings becomes max_position_embeddings (standardize_rope_params; a
+// top-level `original_max_position_embeddings` is NOT used by 5.23: it is set too late).
+RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
   RopeConfig rope;
   const json* params = nullptr;
   if (f.has("rope_scaling")) params = &f.raw("rope_scaling");
@@ -98,13 +104,24 @@ RopeConfig parse_rope(const Fields& f) {
     Fields p(*params, f.source());
     rope.type = p.string("rope_type", p.string("type", "default"));
     rope.theta = p.number("rope_theta", rope.theta);
+    if (rope.type == "yarn" && !p.has("factor"))
+      fail("{}: yarn rope parameters need 'factor' (transformers reads rope_parameters[\"factor\"])",
+           f.source());
     rope.factor = p.number("factor", 1.0);
     rope.original_max_position_embeddings =
-        p.integer("original_max_position_embeddings", f.integer("max_position_embeddings", 4096));
-    rope.beta_fast = p.number("beta_fast", 32.0);
-    rope.beta_slow = p.number("beta_slow", 1.0);
-    rope.mscale = p.number("mscale", 1.0);
+        p.positive("original_max_position_embeddings", max_position_embeddings);
+    // Python's `get("beta_fast") or 32`: 0 falls back too.
+    rope.beta_fast = p.number("beta_fast", 0.0);
+    if (rope.beta_fast == 0.0) rope.beta_fast = 32.0;
+    rope.beta_slow = p.number("beta_slow", 0.0);
+    if (rope.beta_slow == 0.0) rope.beta_slow = 1.0;
+    rope.mscale = p.number("mscale", 0.0);
     rope.mscale_all_dim = p.number("mscale_all_dim", 0.0);
+    rope.truncate = p.boolean("truncate", true);
+    if (p.has("attention_factor")) rope.attention_factor_override = p.number("attention_factor", 1.0);
+    if (p.number("partial_rotary_factor", 1.0) != 1.0)
+      fail("{}: partial_rotary_factor {} is not supported (MLA rotates all qk_rope_head_dim dims)",
+           f.source(), p.number("partial_rotary_factor", 1.0));
   }
   if (rope.type != "default" && rope.type != "yarn")
     fail("{}: rope type '{}' is not supported (expected \"default\" or \"yarn\")", f.source(), rope.type);
@@ -130,11 +147,19 @@ std::vector<bool> parse_layer_kinds(const Fields& f, const char* key, const std:
 
 }  // namespace
 
+double RopeConfig::attention_factor() const {
+  if (type == "default") return 1.0;
+  if (attention_factor_override) return *attention_factor_override;
+  if (mscale != 0.0 && mscale_all_dim != 0.0)
+    return yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim);
+  return yarn_mscale(factor, 1.0);
+}
+
 double ModelConfig::softmax_scale() const {
   double scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim()));
   // transformers' yarn_apply_mscale: only for non-default rope with mscale_all_dim set.
-  if (rope.type != "default" && rope.mscale_all_dim != 0.0 && rope.factor > 1.0) {
-    double m = 0.1 * rope.mscale_all_dim * std::log(rope.factor) + 1.0;
+  if (rope.type != "default" && rope.mscale_all_dim != 0.0) {
+    double m = yarn_mscale(rope.factor, rope.mscale_all_dim);
     scale *= m * m;
   }
   return scale;
@@ -225,18 +250,25 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     fail("{}: hidden_act '{}' is not supported (expected \"silu\")", source, c.hidden_act);
 
   c.rms_norm_eps = f.number("rms_norm_eps", glm ? 1e-5 : 1e-6);
-  c.rope = parse_rope(f);
-  // transformers hard-codes interleaved RoPE for MLA and indexer of glm_moe_dsa and ignores these
-  // keys; a checkpoint asking for anything else contradicts the architecture.
+  c.max_position_embeddings = f.positive("max_position_embeddings", glm ? 202752 : 163840);
+  c.rope = parse_rope(f, c.max_position_embeddings);
+  // transformers hard-codes the pairing and ignores these keys: MLA is interleaved in both models,
+  // the indexer is interleaved in glm_moe_dsa and half-split in deepseek_v32. A checkpoint asking
+  // for anything else contradicts the architecture.
   c.rope_interleave = f.boolean("rope_interleave", true);
   c.indexer_rope_interleave = f.boolean("indexer_rope_interleave", glm);
   if (glm && (!c.rope_interleave || !c.indexer_rope_interleave))
     fail("{}: glm_moe_dsa uses interleaved RoPE; rope_interleave/indexer_rope_interleave=false "
          "contradict it",
          source);
-  c.max_position_embeddings = f.positive("max_position_embeddings", 202752);
+  if (dsv32 && (!c.rope_interleave || c.indexer_rope_interleave))
+    fail("{}: deepseek_v32 uses interleaved RoPE in MLA and half-split RoPE in the indexer; "
+         "rope_interleave=false / indexer_rope_interleave=true contradict it",
+         source);
 
-  c.indexer_full = parse_layer_kinds(f, "indexer_types", "full", "shared", c.num_hidden_layers);
+  // deepseek_v32 builds an indexer in every layer; transformers ignores indexer_types there.
+  if (glm) c.indexer_full = parse_layer_kinds(f, "indexer_types", "full", "shared", c.num_hidden_layers);
+  if (dsv32) c.indexer_full.assign(c.num_hidden_layers, true);
   if (c.indexer_full.empty()) {
     int64_t freq = std::max<int64_t>(f.integer("index_topk_freq", 1), 1);
     int64_t offset = f.integer("index_skip_topk_offset", 2);

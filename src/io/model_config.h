@@ -15,11 +15,20 @@ namespace whittle {
 struct RopeConfig {
   std::string type = "default";  // "default" or "yarn"
   double theta = 10000.0;        // transformers' default when no rope parameters are given
-  // YaRN (DeepSeek-V3/V3.2); unused for "default".
+  // YaRN (DeepSeek-V3/V3.2); unused for "default". Same keys and defaults as transformers'
+  // _compute_yarn_parameters (5.23).
   double factor = 1.0;
-  int64_t original_max_position_embeddings = 4096;
-  double beta_fast = 32.0, beta_slow = 1.0;
-  double mscale = 1.0, mscale_all_dim = 0.0;
+  int64_t original_max_position_embeddings = 4096;  // defaults to max_position_embeddings
+  double beta_fast = 32.0, beta_slow = 1.0;         // 0 or absent -> 32 / 1 (`or` in Python)
+  // 0 means absent: transformers tests both for truthiness, so a missing `mscale` is not 1.
+  double mscale = 0.0, mscale_all_dim = 0.0;
+  bool truncate = true;  // floor/ceil the correction range
+  std::optional<double> attention_factor_override;  // explicit `attention_factor`
+
+  // The factor YaRN multiplies cos and sin by (transformers' attention_scaling): the explicit
+  // `attention_factor`, else mscale(factor, mscale) / mscale(factor, mscale_all_dim) when both are
+  // set, else mscale(factor, 1). 1 for "default".
+  double attention_factor() const;
 };
 
 struct ModelConfig {

@@ -43,7 +43,12 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
-from transformers import GlmMoeDsaConfig, GlmMoeDsaForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    DeepseekV32Config,
+    DeepseekV32ForCausalLM,
+    GlmMoeDsaConfig,
+    GlmMoeDsaForCausalLM,
+)
 
 sys.dont_write_bytecode = True  # keep tools/oracle free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +63,13 @@ LOGIT_MARGIN_REL = 1e-3  # (top1 - top2) / max|logit|, every position
 INDEXER_GAP_REL = 1e-4  # (s_k - s_{k+1}) / max|s| over visible keys, every row that drops keys
 ROUTER_GAP_ABS = 1e-4  # k-th vs (k+1)-th biased router score, and topk_group-th vs next group score
 DSA_EFFECT_REL = 1e-2  # dsa_long: max|logits(sparse) - logits(dense)| / max|logits| must exceed this
+ABLATION_REL = 1e-2  # deepseek_v32: each config-only difference from GLM-5 must move the logits by more than this
+
+# model_type -> (config class, model class). `model_type` in a CONFIGS entry picks one (default glm_moe_dsa).
+MODEL_CLASSES = {
+    "glm_moe_dsa": (GlmMoeDsaConfig, GlmMoeDsaForCausalLM),
+    "deepseek_v32": (DeepseekV32Config, DeepseekV32ForCausalLM),
+}
 
 # ----------------------------------------------------------------------------------------------
 # Configurations
@@ -172,6 +184,44 @@ CONFIGS = {
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
         ),
     ),
+    "deepseek_v32": dict(
+        desc="DeepseekV32ForCausalLM (model_type deepseek_v32): same architecture as GLM-5 except the indexer RoPE is "
+        "half-split (NeoX) instead of interleaved, every layer has its own indexer, and YaRN rope scaling as "
+        "DeepSeek-V3.2 ships it (legacy rope_scaling {type: yarn, factor 40, mscale 1, mscale_all_dim 1, beta_fast 32, "
+        "beta_slow 1}, original_max_position_embeddings 64 so that the ramp blends pairs 1-2 of 8 at qk_rope_head_dim "
+        "16; max_position_embeddings 2560 = 40*64) with mscale(40)^2 = 1.874 on the MLA softmax scale; rms_norm_eps "
+        "1e-6. 3 layers: 1 dense + 2 MoE (16 experts, n_group 8, topk_group 4, top-4, 1 shared, moe_intermediate 8); "
+        "index_topk 6 << T=40, 8 indexer heads x 24.",
+        T=40,
+        seed=5008,  # 5000-5007 failed the logit-margin, indexer-gap or router-gap checks (hidden 48)
+        model_type="deepseek_v32",
+        arch=dict(
+            hidden_size=48,
+            num_hidden_layers=3,
+            first_k_dense_replace=1,
+            intermediate_size=64,
+            moe_intermediate_size=8,
+            n_routed_experts=16,
+            num_experts_per_tok=4,
+            n_group=8,
+            topk_group=4,
+            qk_rope_head_dim=16,
+            index_head_dim=24,
+            index_topk=6,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=2560,
+            rope_theta=10000.0,
+            rope_scaling={
+                "type": "yarn",
+                "factor": 40,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 32,
+                "beta_slow": 1,
+            },
+        ),
+    ),
 }
 
 # Same weights and goldens as a base config, different file layout.
@@ -219,10 +269,14 @@ INIT_DESC = (
 # ----------------------------------------------------------------------------------------------
 # Model construction
 # ----------------------------------------------------------------------------------------------
-def make_config(spec) -> GlmMoeDsaConfig:
+def model_classes(spec):
+    return MODEL_CLASSES[spec.get("model_type", "glm_moe_dsa")]
+
+
+def make_config(spec):
     kw = dict(BASE)
     kw.update(copy.deepcopy(spec["arch"]))
-    return GlmMoeDsaConfig(**kw)
+    return model_classes(spec)[0](**kw)
 
 
 @torch.no_grad()
@@ -256,8 +310,8 @@ def init_weights(model, seed: int) -> None:
             b.copy_(0.1 * randn(b.shape))
 
 
-def load_golden_model(path: str):
-    model = GlmMoeDsaForCausalLM.from_pretrained(
+def load_golden_model(path: str, model_cls=GlmMoeDsaForCausalLM):
+    model = model_cls.from_pretrained(
         path, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
     )
     model.eval()
@@ -304,7 +358,8 @@ class Capture:
 
     def _mk_layer(self, li):
         def f(mod, args, out):
-            self.layer_out[li] = out[0].detach().clone()
+            # GlmMoeDsaDecoderLayer returns a tuple, DeepseekV32DecoderLayer the hidden states tensor
+            self.layer_out[li] = (out[0] if isinstance(out, tuple) else out).detach().clone()
 
         return f
 
@@ -353,6 +408,20 @@ def analyse(model, ids, name, log):
 
     # (ii) indexer scores, selection, boundary gaps
     theta = cfg.rope_parameters["rope_theta"]
+    rope_kw = {}
+    if cfg.model_type != "glm_moe_dsa":
+        # RoPE frequencies re-derived from the config (oracle_common), checked against transformers' buffers
+        inv_freq, att = oc.rope_frequencies(cfg.rope_parameters, cfg.qk_rope_head_dim, cfg.max_position_embeddings)
+        rot = model.model.rotary_emb
+        checks["rope_inv_freq_max_rel_diff_vs_hf"] = float(((inv_freq - rot.inv_freq) / rot.inv_freq).abs().max())
+        assert checks["rope_inv_freq_max_rel_diff_vs_hf"] < 1e-6, checks["rope_inv_freq_max_rel_diff_vs_hf"]
+        assert att == rot.attention_scaling, (att, rot.attention_scaling)
+        scale = oc.mla_softmax_scale(cfg.rope_parameters, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim)
+        assert all(abs(layer.self_attn.scaling - scale) < 1e-12 for layer in model.model.layers)
+        checks["rope_inv_freq"] = [float(v) for v in rot.inv_freq]
+        checks["rope_attention_scaling"] = float(rot.attention_scaling)
+        checks["mla_softmax_scale"] = float(model.model.layers[0].self_attn.scaling)
+        rope_kw = dict(inv_freq=inv_freq, scaling=att, interleaved=oc.INDEXER_ROPE_INTERLEAVED[cfg.model_type])
     scores_all = torch.full((L, T, T), float("-inf"))
     selected = torch.zeros((L, T, T), dtype=torch.bool)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -364,7 +433,7 @@ def analyse(model, ids, name, log):
             continue
         args, kwargs, out = cap.idx[li]
         x, q_resid = args[0][0], args[1][0]
-        sc = oc.indexer_scores(attn.indexer, x, q_resid, theta, cfg.qk_rope_head_dim)
+        sc = oc.indexer_scores(attn.indexer, x, q_resid, theta, cfg.qk_rope_head_dim, **rope_kw)
         scores_all[li] = sc
         k = attn.indexer.index_topk
         gaps, my_sel = oc.topk_boundary_gaps(sc, k)
@@ -450,6 +519,9 @@ def analyse(model, ids, name, log):
             log(f"  [{name}] DSA effect check FAILED: {eff:.3e}")
             ok = False
 
+    if cfg.model_type == "deepseek_v32":
+        ok = deepseek_v32_ablations(model, ids, logits, checks, name, log) and ok
+
     hidden = torch.stack([cap.emb[0]] + [cap.layer_out[li][0] for li in range(L)]).float()
     checks["hidden_rms_per_layer"] = [round(float(h.pow(2).mean().sqrt()), 4) for h in hidden]
     k = cfg.num_experts_per_tok
@@ -462,6 +534,78 @@ def analyse(model, ids, name, log):
         router_weights=(torch.stack(r_w) if r_w else torch.zeros(0, T, k)).numpy().astype(np.float32),
     )
     return ok, arts, checks
+
+
+@torch.no_grad()
+def deepseek_v32_ablations(model, ids, logits, checks, name, log):
+    """Each way DeepSeek-V3.2 differs from GLM-5 by configuration must change the logits clearly (> ABLATION_REL of
+    max|logit|), so that an implementation getting one of them wrong fails the golden. Each variant patches the
+    transformers model in memory and is undone afterwards; the unpatched forward must reproduce `logits` exactly."""
+    import transformers.models.deepseek_v32.modeling_deepseek_v32 as mdv
+
+    rot = model.model.rotary_emb
+    layers = model.model.layers
+    scale0 = [layer.self_attn.scaling for layer in layers]
+    inv0, att0 = rot.inv_freq.clone(), rot.attention_scaling
+    rp = model.config.rope_parameters
+    Dr = model.config.qk_rope_head_dim
+
+    def set_inv(v):
+        rot.inv_freq.copy_(v)
+
+    def swap_fn(fn):
+        def apply():
+            saved = mdv.apply_rotary_pos_emb
+            mdv.apply_rotary_pos_emb = fn
+            return lambda: setattr(mdv, "apply_rotary_pos_emb", saved)
+
+        return apply
+
+    def no_mscale():
+        for layer in layers:
+            layer.self_attn.scaling = (model.config.qk_nope_head_dim + Dr) ** -0.5
+        return lambda: [setattr(layer.self_attn, "scaling", s) for layer, s in zip(layers, scale0)]
+
+    def default_rope():
+        set_inv(oc.rope_inv_freq(rp["rope_theta"], Dr))
+        return lambda: set_inv(inv0)
+
+    def no_truncate():
+        set_inv(oc.rope_frequencies(dict(rp, truncate=False), Dr, model.config.max_position_embeddings)[0])
+        return lambda: set_inv(inv0)
+
+    def att_factor_applied_wrongly():
+        # e.g. multiplying cos/sin by mscale(factor) although mscale == mscale_all_dim gives 1
+        rot.attention_scaling = oc.yarn_get_mscale(rp["factor"])
+        return lambda: setattr(rot, "attention_scaling", att0)
+
+    variants = {
+        # asserted: the three config-only differences the C++ code must get right
+        "indexer_rope_interleaved_instead_of_half_split": (swap_fn(mdv.apply_rotary_pos_emb_interleave), True),
+        "yarn_mscale_dropped_from_softmax_scale": (no_mscale, True),
+        "yarn_inv_freq_replaced_by_default_rope": (default_rope, True),
+        # reported
+        "yarn_correction_range_not_truncated": (no_truncate, False),
+        "yarn_cos_sin_scaled_by_mscale_factor": (att_factor_applied_wrongly, False),
+    }
+    ok = True
+    eff = {}
+    mx = logits.abs().max()
+    for vname, (apply, asserted) in variants.items():
+        undo = apply()
+        try:
+            other = forward(model, ids)
+        finally:
+            undo()
+        rel = float((other - logits).abs().max() / mx)
+        eff[vname] = dict(rel_maxdiff=rel, argmax_changes=f"{int((other.argmax(-1) != logits.argmax(-1)).sum())}/{len(ids)}")
+        if asserted and rel <= ABLATION_REL:
+            log(f"  [{name}] ablation check FAILED: {vname} moves the logits by only {rel:.3e}")
+            ok = False
+    again = forward(model, ids)
+    assert torch.equal(again, logits), "patched model not restored"
+    checks["deepseek_v32_ablations"] = eff
+    return ok
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,7 +690,7 @@ def config_summary(cfg):
         "index_n_heads", "index_head_dim", "index_topk", "rope_parameters", "rms_norm_eps", "tie_word_embeddings",
         "eos_token_id", "pad_token_id", "bos_token_id",
     ]
-    return {k: getattr(cfg, k) for k in keys}
+    return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
 
 
 def safetensors_summary(out_dir):
@@ -621,14 +765,15 @@ def build_base(name, spec, out_root, tmp, log, max_tries=40):
     for seed in range(spec["seed"], spec["seed"] + max_tries):
         fresh_dir(out_dir)
         cfg = make_config(spec)
-        m16 = GlmMoeDsaForCausalLM._from_config(cfg, dtype=torch.bfloat16)
+        model_cls = model_classes(spec)[1]
+        m16 = model_cls._from_config(cfg, dtype=torch.bfloat16)
         init_weights(m16, seed)
         assert m16.model.rotary_emb.inv_freq.dtype == torch.float32
         ids = torch.randint(4, cfg.vocab_size, (spec["T"],), generator=torch.Generator().manual_seed(seed + 1000003))
         extra = {}
         if spec.get("fp8"):
             src, quantized, deq_sd = write_fp8(m16, out_dir, tmp)
-            golden = load_golden_model(src)
+            golden = load_golden_model(src, model_cls)
             check_same_weights(golden, expected_fp8_state(m16, deq_sd))
             extra["fp8_quantized_tensors"] = len(quantized)
             extra["fp8_quantization_config"] = FP8_QUANT_CONFIG
@@ -640,7 +785,7 @@ def build_base(name, spec, out_root, tmp, log, max_tries=40):
             )
         else:
             m16.save_pretrained(out_dir)
-            golden = load_golden_model(out_dir)
+            golden = load_golden_model(out_dir, model_cls)
             check_same_weights(golden, m16.state_dict())
         ok, arts, checks = analyse(golden, ids, name, log)
         if ok:

@@ -1,4 +1,4 @@
-"""Helpers for the GLM-5 (glm_moe_dsa) transformers oracle.
+"""Helpers for the GLM-5 (glm_moe_dsa) and DeepSeek-V3.2 (deepseek_v32) transformers oracle.
 
 Independent re-implementations (of the DSA indexer scores and the MoE router) used to check
 that the golden files are robust (top-k margins), plus FP8 block quantization and file helpers.
@@ -28,16 +28,80 @@ def rope_inv_freq(theta: float, rot_dim: int) -> torch.Tensor:
     return 1.0 / (theta ** (torch.arange(0, rot_dim, 2, dtype=torch.float) / rot_dim))
 
 
-def rope_interleaved_pairs(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN magnitude correction 0.1*mscale*ln(scale) + 1 (1 for scale <= 1)."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_frequencies(rp: dict, rot_dim: int, max_position_embeddings: int):
+    """(inv_freq fp32 [rot_dim/2], attention_scaling) for a standardized `rope_parameters` dict.
+
+    "default": theta^(-2i/d), scaling 1. "yarn": written from the YaRN paper / DeepSeek-V3 reference (not
+    transformers code): blend of the extrapolated (theta^(-2i/d)) and interpolated (/factor) frequencies with a
+    linear ramp over pair index i between the correction dims of beta_fast and beta_slow (floored / ceiled unless
+    truncate is false, clamped to [0, d-1]); cos/sin scaled by attention_factor, which defaults to
+    mscale(factor, mscale)/mscale(factor, mscale_all_dim) when both are set (non-zero), else mscale(factor).
+    """
+    theta = float(rp["rope_theta"])
+    inv_freq = rope_inv_freq(theta, rot_dim)
+    rtype = rp.get("rope_type", rp.get("type", "default"))
+    if rtype == "default":
+        return inv_freq, 1.0
+    assert rtype == "yarn", rtype
+    orig = rp.get("original_max_position_embeddings") or max_position_embeddings
+    factor = rp.get("factor")
+    if factor is None:
+        factor = max_position_embeddings / orig
+    beta_fast, beta_slow = rp.get("beta_fast") or 32, rp.get("beta_slow") or 1
+
+    def corr_dim(rot):
+        return rot_dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(theta))
+
+    lo, hi = corr_dim(beta_fast), corr_dim(beta_slow)
+    if rp.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, rot_dim - 1)
+    if lo == hi:
+        hi += 0.001
+    ramp = ((torch.arange(rot_dim // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)  # 1 = interpolate
+    extra = inv_freq
+    inter = 1.0 / (factor * (theta ** (torch.arange(0, rot_dim, 2, dtype=torch.float) / rot_dim)))
+    keep = 1 - ramp
+    inv = inter * (1 - keep) + extra * keep
+    att = rp.get("attention_factor")
+    if att is None:
+        m, mad = rp.get("mscale"), rp.get("mscale_all_dim")
+        att = yarn_get_mscale(factor, m) / yarn_get_mscale(factor, mad) if (m and mad) else yarn_get_mscale(factor)
+    return inv, float(att)
+
+
+def mla_softmax_scale(rp: dict, qk_head_dim: int) -> float:
+    """qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)^2 for a non-default rope with mscale_all_dim set."""
+    s = qk_head_dim**-0.5
+    if rp.get("rope_type", rp.get("type", "default")) != "default" and rp.get("mscale_all_dim"):
+        m = yarn_get_mscale(rp["factor"], rp["mscale_all_dim"])
+        s = s * m * m
+    return s
+
+
+def _cos_sin(pos, inv_freq, scaling, x):
+    ang = pos.float()[:, None] * inv_freq[None, :]  # [T, rot/2]
+    cos, sin = ang.cos(), ang.sin()
+    if scaling != 1.0:
+        cos, sin = cos * scaling, sin * scaling
+    if x.dim() == 3:  # [T, H, rot]
+        cos, sin = cos[:, None, :], sin[:, None, :]
+    return cos, sin
+
+
+def rope_interleaved_pairs(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0):
     """GPT-J style RoPE that keeps the interleaved layout: pair (2i, 2i+1) rotated by pos*inv_freq[i].
 
     x: [..., T, (H,) rot_dim] with the T axis given by `pos` broadcasting over the last-but-(0|1) axis.
     Written independently of transformers (which de-interleaves); dot products must agree.
+    cos/sin are multiplied by `scaling` (YaRN attention_factor).
     """
-    ang = pos.float()[:, None] * inv_freq[None, :]  # [T, rot/2]
-    cos, sin = ang.cos(), ang.sin()
-    if x.dim() == 3:  # [T, H, rot]
-        cos, sin = cos[:, None, :], sin[:, None, :]
+    cos, sin = _cos_sin(pos, inv_freq, scaling, x)
     x0, x1 = x[..., 0::2], x[..., 1::2]
     y = torch.empty_like(x)
     y[..., 0::2] = x0 * cos - x1 * sin
@@ -45,24 +109,52 @@ def rope_interleaved_pairs(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.T
     return y
 
 
+def rope_half_split(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0):
+    """NeoX style RoPE: pair (i, i + rot_dim/2) rotated by pos*inv_freq[i] (DeepSeek-V3.2 indexer)."""
+    cos, sin = _cos_sin(pos, inv_freq, scaling, x)
+    h = x.shape[-1] // 2
+    x0, x1 = x[..., :h], x[..., h:]
+    return torch.cat([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+
+
+# Indexer RoPE pairing per model_type (MLA is interleaved in both).
+INDEXER_ROPE_INTERLEAVED = {"glm_moe_dsa": True, "deepseek_v32": False}
+
+
+def config_rope_parameters(c: dict) -> dict:
+    """transformers' precedence for a config.json dict: `rope_scaling` replaces `rope_parameters`; rope_theta from
+    there, else top-level `rope_theta`, else 10000; original_max_position_embeddings defaults to
+    max_position_embeddings for yarn."""
+    rp = dict(c.get("rope_scaling") or c.get("rope_parameters") or {})
+    rp.setdefault("rope_theta", c.get("rope_theta", 10000.0))
+    rp.setdefault("rope_type", rp.get("type", "default"))
+    if rp["rope_type"] == "yarn":
+        rp.setdefault("original_max_position_embeddings", c["max_position_embeddings"])
+    return rp
+
+
 @torch.no_grad()
-def indexer_scores_w(wq_b, wk, kn_w, kn_b, wp, n_heads, x, q_resid, theta, rot_dim, eps=1e-6) -> torch.Tensor:
+def indexer_scores_w(wq_b, wk, kn_w, kn_b, wp, n_heads, x, q_resid, theta, rot_dim, eps=1e-6, inv_freq=None,
+                     scaling=1.0, interleaved=True) -> torch.Tensor:
     """DSA lightning-indexer scores I[t, s] for one sequence, fp32, future keys = -inf.
 
     x: [T, hidden] (normed attention input), q_resid: [T, q_lora_rank] (post q_a_layernorm).
     q = wq_b(q_resid) per head [rope | nope]; k = LayerNorm(wk(x); kn_w, kn_b, eps 1e-6) [rope | nope];
-    interleaved RoPE on the first rot_dim dims of q and k;
+    RoPE on the first rot_dim dims of q and k: interleaved pairs (GLM-5) or half-split (DeepSeek-V3.2,
+    interleaved=False); inv_freq defaults to theta^(-2i/rot_dim), cos/sin scaled by `scaling`;
     I[t,s] = sum_h (weights_proj(x)_h * n_heads^-0.5) * ReLU(q_h(t).k(s) * head_dim^-0.5)
     """
     T = x.shape[0]
     hd = wk.shape[0]
     pos = torch.arange(T)
-    inv_freq = rope_inv_freq(theta, rot_dim)
+    if inv_freq is None:
+        inv_freq = rope_inv_freq(theta, rot_dim)
+    rope = rope_interleaved_pairs if interleaved else rope_half_split
     q = F.linear(q_resid.float(), wq_b.float()).view(T, n_heads, hd)
     k = F.linear(x.float(), wk.float())
     k = F.layer_norm(k, (hd,), kn_w.float(), kn_b.float(), eps=eps)
-    q = torch.cat([rope_interleaved_pairs(q[..., :rot_dim], pos, inv_freq), q[..., rot_dim:]], dim=-1)
-    k = torch.cat([rope_interleaved_pairs(k[..., :rot_dim], pos, inv_freq), k[..., rot_dim:]], dim=-1)
+    q = torch.cat([rope(q[..., :rot_dim], pos, inv_freq, scaling), q[..., rot_dim:]], dim=-1)
+    k = torch.cat([rope(k[..., :rot_dim], pos, inv_freq, scaling), k[..., rot_dim:]], dim=-1)
     s = torch.einsum("thd,sd->ths", q, k) * (hd**-0.5)
     s = F.relu(s)
     w = F.linear(x.float(), wp.float()) * (n_heads**-0.5)  # [T, nh]
@@ -71,11 +163,11 @@ def indexer_scores_w(wq_b, wk, kn_w, kn_b, wp, n_heads, x, q_resid, theta, rot_d
     return out.masked_fill(~causal, float("-inf"))
 
 
-def indexer_scores(indexer, x, q_resid, theta, rot_dim):
-    """Same, reading the weights of a transformers GlmMoeDsaIndexer module."""
+def indexer_scores(indexer, x, q_resid, theta, rot_dim, **rope_kw):
+    """Same, reading the weights of a transformers GlmMoeDsaIndexer / DeepseekV32Indexer module."""
     return indexer_scores_w(indexer.wq_b.weight, indexer.wk.weight, indexer.k_norm.weight, indexer.k_norm.bias,
                             indexer.weights_proj.weight, indexer.n_heads, x, q_resid, theta, rot_dim,
-                            eps=indexer.k_norm.eps)
+                            eps=indexer.k_norm.eps, **rope_kw)
 
 
 def topk_boundary_gaps(scores: torch.Tensor, k: int):
@@ -219,7 +311,9 @@ def _swiglu(x, g, u, d):
 
 @torch.no_grad()
 def reference_logits(d: str, input_ids) -> torch.Tensor:
-    """fp32 forward of a glm_moe_dsa checkpoint folder written from scratch (no transformers modules)."""
+    """fp32 forward of a glm_moe_dsa / deepseek_v32 checkpoint folder written from scratch (no transformers
+    modules). deepseek_v32: half-split indexer RoPE, every layer has its own indexer, YaRN frequencies and
+    attention_factor on cos/sin, mscale^2 on the MLA softmax scale."""
     with open(os.path.join(d, "config.json")) as f:
         c = json.load(f)
     W = load_checkpoint_tensors(d)
@@ -228,13 +322,16 @@ def reference_logits(d: str, input_ids) -> torch.Tensor:
     NH, Dn, Dr, Dv = c["num_attention_heads"], c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
     R = c["kv_lora_rank"]
     eps = c.get("rms_norm_eps", 1e-5)
-    theta = (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta", 10000.0))
+    rp = config_rope_parameters(c)
+    theta = rp["rope_theta"]
+    idx_interleaved = INDEXER_ROPE_INTERLEAVED[c["model_type"]]
     mlp_types = c.get("mlp_layer_types") or [
         "dense" if i < c.get("first_k_dense_replace", 3) else "sparse" for i in range(L)
     ]
-    idx_types = c.get("indexer_types") or ["full"] * L
+    idx_types = (c.get("indexer_types") if c["model_type"] == "glm_moe_dsa" else None) or ["full"] * L
     E, I = c["n_routed_experts"], c["moe_intermediate_size"]
-    inv_freq = rope_inv_freq(theta, Dr)
+    inv_freq, att = rope_frequencies(rp, Dr, c["max_position_embeddings"])
+    scale = mla_softmax_scale(rp, Dn + Dr)
     pos = torch.arange(T)
     causal = torch.ones(T, T, dtype=torch.bool).tril()
 
@@ -246,10 +343,10 @@ def reference_logits(d: str, input_ids) -> torch.Tensor:
         # MLA
         q_lat = _rms(F.linear(a, W[p + "self_attn.q_a_proj.weight"]), W[p + "self_attn.q_a_layernorm.weight"], 1e-6)
         q = F.linear(q_lat, W[p + "self_attn.q_b_proj.weight"]).view(T, NH, Dn + Dr)
-        q_nope, q_pe = q[..., :Dn], rope_interleaved_pairs(q[..., Dn:], pos, inv_freq)
+        q_nope, q_pe = q[..., :Dn], rope_interleaved_pairs(q[..., Dn:], pos, inv_freq, att)
         ckv = F.linear(a, W[p + "self_attn.kv_a_proj_with_mqa.weight"])
         lat = _rms(ckv[:, :R], W[p + "self_attn.kv_a_layernorm.weight"], 1e-6)
-        k_pe = rope_interleaved_pairs(ckv[:, R:], pos, inv_freq)
+        k_pe = rope_interleaved_pairs(ckv[:, R:], pos, inv_freq, att)
         kv = F.linear(lat, W[p + "self_attn.kv_b_proj.weight"]).view(T, NH, Dn + Dv)
         k_nope, v = kv[..., :Dn], kv[..., Dn:]
         # DSA selection
@@ -257,10 +354,10 @@ def reference_logits(d: str, input_ids) -> torch.Tensor:
             pi = p + "self_attn.indexer."
             sc = indexer_scores_w(W[pi + "wq_b.weight"], W[pi + "wk.weight"], W[pi + "k_norm.weight"],
                                   W[pi + "k_norm.bias"], W[pi + "weights_proj.weight"], c["index_n_heads"],
-                                  a, q_lat, theta, Dr)
+                                  a, q_lat, theta, Dr, inv_freq=inv_freq, scaling=att, interleaved=idx_interleaved)
             _, sel = topk_boundary_gaps(sc, c["index_topk"])
         mask = causal & sel
-        s = (torch.einsum("thd,shd->hts", q_nope, k_nope) + torch.einsum("thd,sd->hts", q_pe, k_pe)) * (Dn + Dr) ** -0.5
+        s = (torch.einsum("thd,shd->hts", q_nope, k_nope) + torch.einsum("thd,sd->hts", q_pe, k_pe)) * scale
         s = s.masked_fill(~mask, float("-inf")).softmax(-1)
         o = torch.einsum("hts,shd->thd", s, v).reshape(T, NH * Dv)
         x = x + F.linear(o, W[p + "self_attn.o_proj.weight"])
