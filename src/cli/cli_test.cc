@@ -34,13 +34,20 @@ struct Outcome {
 
 std::string quote(const std::string& s) {
   std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
+  for (char c : s) {
+    if (c == '\'') q += "'\\''";
+    else q += c;
+  }
+  q += '\'';
+  return q;
 }
 
 Outcome whittle(const std::vector<std::string>& args) {
   std::string cmd = quote(WHITTLE_BINARY);
-  for (const auto& a : args) cmd += " " + quote(a);
+  for (const auto& a : args) {
+    cmd += ' ';
+    cmd += quote(a);
+  }
   cmd += " 2>&1";
   Outcome r{-1, ""};
   FILE* p = popen(cmd.c_str(), "r");
@@ -135,7 +142,10 @@ TEST(Cli, InfoListsTheMtpLayer) {
 TEST(Cli, LogitsWritesTheGoldenLogits) {
   fs::path out = fs::temp_directory_path() / ("whittle_cli_logits_" + std::to_string(::getpid()) + ".npy");
   std::string ids;
-  for (int64_t id : read_npy_i64(kModel / "input_ids.npy")) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  for (int64_t id : read_npy_i64(kModel / "input_ids.npy")) {
+    if (!ids.empty()) ids += ',';
+    ids += std::to_string(id);
+  }
   std::vector<int64_t> golden_shape;
   std::vector<float> golden = read_npy_f32(kModel / "logits.npy", &golden_shape);
   float scale = 0;

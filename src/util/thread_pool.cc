@@ -30,7 +30,7 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)
   std::unique_lock lock(mu_);
   job_ = &fn;
   job_n_ = n;
-  job_chunk_ = (n + chunks - 1) / chunks;
+  job_chunk_ = std::max(grain, (n + chunks - 1) / chunks);
   chunks_ = (n + job_chunk_ - 1) / job_chunk_;
   next_chunk_ = 0;
   done_chunks_ = 0;
