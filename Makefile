@@ -19,6 +19,7 @@ build: setup $(BUILD)/build.ninja
 demo: build
 	$(BUILD)/whittle info $(DEMO_MODEL)
 	$(BUILD)/whittle generate $(DEMO_MODEL) -p "The quick brown fox" --max-tokens 32 --seed 1 --temperature 0.8
+	$(BUILD)/whittle generate $(DEMO_MODEL) --chat -p "What is 2 + 3?" --max-tokens 32 --seed 1 --temperature 0.8
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600

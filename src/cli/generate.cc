@@ -10,6 +10,7 @@
 #include "model/glm_moe_dsa.h"
 #include "serve/sampler.h"
 #include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/chat_template.h"
 #include "util/error.h"
 
 namespace whittle::cli {
@@ -21,7 +22,7 @@ Command add_generate(CLI::App& app) {
     int64_t max_tokens = 128;
     SamplingParams sampling{.temperature = 0.0f};
     size_t threads = 0;
-    bool quiet = false;
+    bool quiet = false, chat = false, think = false;
   };
   auto o = std::make_shared<Options>();
   cmd->add_option("MODEL", o->model, "Hugging Face model folder")->required();
@@ -36,14 +37,24 @@ Command add_generate(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", o->sampling.seed, "Random seed")->capture_default_str();
   cmd->add_option("--threads", o->threads, "Worker threads (0: one per core)");
+  cmd->add_flag("--chat", o->chat, "Wrap the prompt as one user turn in the model's chat template");
+  cmd->add_flag("--think", o->think, "With --chat: let the model think first (<think>); default off");
   cmd->add_flag("-q,--quiet", o->quiet, "Do not print the timing summary to stderr");
   return [=] {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
     BpeTokenizer tokenizer = BpeTokenizer::load(std::filesystem::path(o->model) / "tokenizer.json");
+    std::string text = o->prompt;
+    if (o->chat) {
+      nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+      messages.push_back({{"role", "user"}, {"content", o->prompt}});
+      ChatTemplateOptions options{
+          .add_generation_prompt = true, .enable_thinking = o->think, .clear_thinking = std::nullopt};
+      text = Glm5ChatTemplate::load(o->model).render(messages, nlohmann::ordered_json(), options);
+    }
     std::vector<int32_t> ids;
     try {
-      ids = tokenizer.encode(o->prompt);
+      ids = tokenizer.encode(text);
     } catch (const Error& e) {
       fail("prompt: {}", e.what());
     }
@@ -79,6 +90,7 @@ Command add_generate(CLI::App& app) {
     std::string rest = stream.flush();
     std::fwrite(rest.data(), 1, rest.size(), stdout);
     std::fputc('\n', stdout);
+    std::fflush(stdout);
     const auto t3 = Clock::now();
     auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     if (!o->quiet)

@@ -1,0 +1,59 @@
+// Glm5ChatTemplate: renders the GLM-5/5.1 conversation format natively (no Jinja engine), byte for
+// byte what transformers' apply_chat_template(..., tokenize=False) gives with the checkpoint's
+// chat_template.jinja. Messages and tools are OpenAI-style JSON, as a server receives them:
+//   {"role": "system"|"user"|"assistant"|"tool", "content": string | [parts] | null,
+//    "reasoning_content": string, "tool_calls": [{"function": {"name", "arguments": {...}}}]}
+// Tool-call arguments may also be a JSON string (the OpenAI wire form); it is parsed first.
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace whittle {
+
+struct ChatTemplateOptions {
+  bool add_generation_prompt = false;   // append "<|assistant|><think>" (or "</think>")
+  std::optional<bool> enable_thinking;  // unset: the template's default (thinking on)
+  std::optional<bool> clear_thinking;   // unset: reasoning kept only after the last user message
+};
+
+class Glm5ChatTemplate {
+ public:
+  // The differences between the template revisions whittle renders.
+  struct Variant {
+    // GLM-5.1: tools are unwrapped from {"type":"function","function":{...}}, `defer_loading` and
+    // `strict` dropped, deferred tools left out. GLM-4.7/5: each tool is dumped as given.
+    bool unwrap_tools = true;
+    // GLM-5.1: assistant turns after the last user message with no reasoning get "<think></think>"
+    // while thinking is on. GLM-4.7/5: a lone "</think>".
+    bool empty_think_in_current_turn = true;
+  };
+
+  Glm5ChatTemplate() = default;  // GLM-5.1
+  explicit Glm5ChatTemplate(Variant variant) : variant_(variant) {}
+
+  // Reads a model folder's chat template (chat_template.jinja, else tokenizer_config.json's
+  // "chat_template") and picks the variant from it. Throws Error naming the file when there is
+  // none or it is not a GLM template this renderer reproduces (e.g. GLM-5.2's "Reasoning Effort").
+  static Glm5ChatTemplate load(const std::filesystem::path& model_dir);
+  static Glm5ChatTemplate from_template_text(std::string_view jinja, std::string_view source_name);
+
+  // Throws Error for malformed messages (a field of the wrong type, a content shape the template
+  // cannot print, invalid UTF-8).
+  std::string render(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
+                     const ChatTemplateOptions& options) const;
+
+  const Variant& variant() const { return variant_; }
+
+ private:
+  Variant variant_;
+};
+
+// Python's json.dumps(value, ensure_ascii=False) (separators ", " and ": ", key order kept): the
+// `tojson` filter transformers gives chat templates.
+std::string python_json_dumps(const nlohmann::ordered_json& value);
+
+}  // namespace whittle
