@@ -9,6 +9,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "ops/rope.h"
 #include "util/error.h"
 
 namespace whittle {
@@ -138,6 +139,172 @@ TEST(ModelConfig, BadFieldsGiveClearErrors) {
   j["rope_parameters"] = {{"rope_type", "longrope"}};
   EXPECT_THAT(error_of(j), HasSubstr("rope type 'longrope' is not supported"));
   EXPECT_THAT(error_of(json::array()), HasSubstr("not a JSON object"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// DeepSeek-V3.2 (deepseek_v32) and YaRN. Expected values come from transformers 5.23.0
+// (DeepseekV32Config + ROPE_INIT_FUNCTIONS["yarn"], i.e. _compute_yarn_parameters); the tiny
+// end-to-end check is the golden tests/golden/models/deepseek_v32.
+
+// DeepSeek-V3.2-Exp's config.json as shipped: legacy `rope_scaling` with "type", top-level
+// rope_theta, no rope_parameters / mlp_layer_types / indexer keys.
+json deepseek_v32() {
+  return json::parse(R"({
+    "architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32",
+    "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+    "num_hidden_layers": 61, "num_attention_heads": 128, "num_key_value_heads": 128,
+    "n_shared_experts": 1, "n_routed_experts": 256, "routed_scaling_factor": 2.5,
+    "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128,
+    "qk_nope_head_dim": 128, "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4,
+    "num_experts_per_tok": 8, "moe_layer_freq": 1, "first_k_dense_replace": 3, "norm_topk_prob": true,
+    "scoring_func": "sigmoid", "hidden_act": "silu", "max_position_embeddings": 163840,
+    "initializer_range": 0.02, "rms_norm_eps": 1e-06, "use_cache": true, "bos_token_id": 0,
+    "eos_token_id": 1, "tie_word_embeddings": false, "rope_theta": 10000,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 4096, "type": "yarn"},
+    "attention_bias": false, "attention_dropout": 0.0, "index_head_dim": 128, "index_n_heads": 64,
+    "index_topk": 2048, "num_nextn_predict_layers": 1, "torch_dtype": "bfloat16"})");
+}
+
+// inv_freq of a 64-dim RoPE at pairs kPairs, exactly as transformers computes them.
+const int kPairs[] = {0, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 31};
+void expect_inv_freq(const RopeConfig& rope, const std::vector<float>& want) {
+  RopeTable table(rope, 64);
+  ASSERT_EQ(table.inv_freq().size(), 32u);
+  for (size_t k = 0; k < want.size(); ++k)
+    EXPECT_EQ(table.inv_freq()[kPairs[k]], want[k]) << "pair " << kPairs[k];
+}
+
+TEST(ModelConfig, DeepSeekV32ShippedConfigMatchesTransformers) {
+  ModelConfig c = ModelConfig::from_json(deepseek_v32(), "c");
+  EXPECT_EQ(c.rope.type, "yarn");
+  EXPECT_DOUBLE_EQ(c.rope.theta, 10000.0);
+  EXPECT_DOUBLE_EQ(c.rope.factor, 40.0);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(c.rope.attention_factor(), 1.0);  // mscale == mscale_all_dim: cos/sin unscaled
+  const double m = 0.1 * std::log(40.0) + 1.0;       // ... but the softmax scale gets mscale^2
+  EXPECT_NEAR(c.softmax_scale(), m * m / std::sqrt(192.0), 1e-15);
+  EXPECT_TRUE(c.rope_interleave);
+  EXPECT_FALSE(c.indexer_rope_interleave);
+  EXPECT_EQ(std::count(c.indexer_full.begin(), c.indexer_full.end(), true), 61);
+  EXPECT_FALSE(c.layer_is_moe[2]);
+  EXPECT_TRUE(c.layer_is_moe[3]);
+  EXPECT_EQ(c.n_group, 8);
+  EXPECT_EQ(c.topk_group, 4);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{1}));
+  expect_inv_freq(c.rope, {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.3f8b74p-5f, 0x1.b86436p-6f,
+                           0x1.2d1b86p-6f, 0x1.97e506p-7f, 0x1.111aeep-7f, 0x1.6872b2p-8f, 0x1.d2e0ccp-9f,
+                           0x1.26d42cp-9f, 0x1.67459ap-10f, 0x1.9e7c6ep-11f, 0x1.b32624p-12f,
+                           0x1.74eea6p-13f, 0x1.17a8e2p-15f, 0x1.bf749ep-19f});
+  EXPECT_FLOAT_EQ(RopeTable(c.rope, 64).attention_scaling(), 1.0f);
+}
+
+TEST(ModelConfig, DeepSeekV32DefaultsFollowTransformers) {
+  json j = deepseek_v32();
+  for (const char* k : {"n_group", "topk_group", "rms_norm_eps", "max_position_embeddings", "index_head_dim",
+                        "index_n_heads", "index_topk", "first_k_dense_replace", "routed_scaling_factor",
+                        "rope_theta", "rope_scaling"})
+    j.erase(k);
+  // yarn without original_max_position_embeddings: transformers uses max_position_embeddings,
+  // whose deepseek_v32 default is 163840 (not GLM-5's 202752).
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 40}};
+  ModelConfig c = ModelConfig::from_json(j, "c");
+  EXPECT_EQ(c.n_group, 8);
+  EXPECT_EQ(c.topk_group, 4);
+  EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
+  EXPECT_EQ(c.max_position_embeddings, 163840);
+  EXPECT_EQ(c.index_n_heads, 64);
+  EXPECT_EQ(c.index_head_dim, 128);
+  EXPECT_EQ(c.index_topk, 2048);
+  EXPECT_FALSE(c.layer_is_moe[2]);
+  EXPECT_TRUE(c.layer_is_moe[3]);
+  EXPECT_DOUBLE_EQ(c.routed_scaling_factor, 2.5);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 10000.0);
+  EXPECT_EQ(c.rope.original_max_position_embeddings, 163840);
+  EXPECT_DOUBLE_EQ(c.rope.attention_factor(), 1.3688879454113936);  // no mscale keys: mscale(40)
+  EXPECT_DOUBLE_EQ(c.softmax_scale(), 1.0 / std::sqrt(192.0));        // no mscale_all_dim
+  expect_inv_freq(c.rope, {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.59742ap-5f, 0x1.030dc6p-5f,
+                           0x1.84869ep-6f, 0x1.235a72p-6f, 0x1.b4f7e4p-7f, 0x1.47ae14p-7f, 0x1.eb736p-8f,
+                           0x1.708938p-8f, 0x1.145ceep-8f, 0x1.9e7c7p-9f, 0x1.36d21ap-9f, 0x1.d22a5p-10f,
+                           0x1.5d931cp-10f, 0x1.bf749ep-15f});
+  j["max_position_embeddings"] = 4096;
+  EXPECT_EQ(ModelConfig::from_json(j, "c").rope.original_max_position_embeddings, 4096);
+}
+
+TEST(ModelConfig, YarnAttentionFactorFollowsTransformers) {
+  json j = deepseek_v32();
+  // mscale absent: transformers falls back to mscale(factor) (it tests `mscale and mscale_all_dim`);
+  // it does not treat the missing mscale as 1 (which would give 1.3689 / 1.2608 = 1.0857).
+  j["rope_scaling"].erase("mscale");
+  j["rope_scaling"]["mscale_all_dim"] = 0.707;
+  ModelConfig c = ModelConfig::from_json(j, "c");
+  EXPECT_DOUBLE_EQ(c.rope.attention_factor(), 1.3688879454113936);
+  EXPECT_FLOAT_EQ(RopeTable(c.rope, 64).attention_scaling(), 1.3688879454113936f);
+  const double m = 0.1 * 0.707 * std::log(40.0) + 1.0;
+  EXPECT_NEAR(c.softmax_scale(), m * m / std::sqrt(192.0), 1e-15);
+  // DeepSeek-V2 style: mscale == mscale_all_dim != 1 -> 1.
+  j["rope_scaling"]["mscale"] = 0.707;
+  EXPECT_DOUBLE_EQ(ModelConfig::from_json(j, "c").rope.attention_factor(), 1.0);
+  // An explicit attention_factor wins.
+  j["rope_scaling"]["attention_factor"] = 1.25;
+  EXPECT_DOUBLE_EQ(ModelConfig::from_json(j, "c").rope.attention_factor(), 1.25);
+  // beta_fast / beta_slow of 0 fall back to 32 / 1 (`or` in transformers).
+  j = deepseek_v32();
+  j["rope_scaling"]["beta_fast"] = 0;
+  j["rope_scaling"]["beta_slow"] = nullptr;
+  c = ModelConfig::from_json(j, "c");
+  EXPECT_DOUBLE_EQ(c.rope.beta_fast, 32.0);
+  EXPECT_DOUBLE_EQ(c.rope.beta_slow, 1.0);
+  // A default rope never scales.
+  EXPECT_DOUBLE_EQ(ModelConfig::from_json(glm5(), "c").rope.attention_factor(), 1.0);
+}
+
+TEST(ModelConfig, YarnTruncateFalseKeepsFractionalCorrectionRange) {
+  json j = deepseek_v32();
+  j["rope_scaling"]["truncate"] = false;
+  ModelConfig c = ModelConfig::from_json(j, "c");
+  EXPECT_FALSE(c.rope.truncate);
+  expect_inv_freq(c.rope, {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.4ab0f6p-5f, 0x1.c603c4p-6f,
+                           0x1.3500d4p-6f, 0x1.a041bp-7f, 0x1.14c428p-7f, 0x1.6a0664p-8f, 0x1.cf5f94p-9f,
+                           0x1.1fcc8p-9f, 0x1.56206cp-10f, 0x1.7adedap-11f, 0x1.6ee22ep-12f,
+                           0x1.f08dc4p-14f, 0x1.17a8e2p-15f, 0x1.bf749ep-19f});
+}
+
+TEST(ModelConfig, DeepSeekV32PairingAndIndexerLayersAreFixed) {
+  // transformers builds an indexer in every deepseek_v32 layer and ignores indexer_types.
+  json j = deepseek_v32();
+  j["num_hidden_layers"] = 2;
+  j["first_k_dense_replace"] = 1;
+  j["indexer_types"] = {"full", "shared"};
+  j["index_topk_freq"] = 2;
+  EXPECT_EQ(ModelConfig::from_json(j, "c").indexer_full, (std::vector<bool>{true, true}));
+  // ... and hard-codes the pairing: interleaved MLA, half-split indexer.
+  j = deepseek_v32();
+  j["indexer_rope_interleave"] = true;
+  EXPECT_THAT(error_of(j), HasSubstr("half-split RoPE in the indexer"));
+  j = deepseek_v32();
+  j["rope_interleave"] = false;
+  EXPECT_THAT(error_of(j), HasSubstr("deepseek_v32 uses interleaved RoPE in MLA"));
+  j = deepseek_v32();
+  j["indexer_rope_interleave"] = false;
+  j["rope_interleave"] = true;
+  EXPECT_NO_THROW(ModelConfig::from_json(j, "c"));
+}
+
+TEST(ModelConfig, BadYarnParametersGiveClearErrors) {
+  json j = deepseek_v32();
+  j["rope_scaling"].erase("factor");
+  EXPECT_THAT(error_of(j), HasSubstr("yarn rope parameters need 'factor'"));
+  j = deepseek_v32();
+  j["rope_scaling"]["partial_rotary_factor"] = 0.5;
+  EXPECT_THAT(error_of(j), HasSubstr("partial_rotary_factor 0.5 is not supported"));
+  j = deepseek_v32();
+  j["rope_scaling"]["original_max_position_embeddings"] = 0;
+  EXPECT_THAT(error_of(j), HasSubstr("'original_max_position_embeddings' must be positive"));
+  j = deepseek_v32();
+  j["rope_scaling"]["truncate"] = "yes";
+  EXPECT_THAT(error_of(j), HasSubstr("'truncate' must be true or false"));
 }
 
 }  // namespace
