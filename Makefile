@@ -39,7 +39,7 @@ fuzz-build: setup
 
 fuzz: fuzz-build
 	mkdir -p build-fuzz/corpus-$(FUZZ_TARGET)
-	build-fuzz/$(FUZZ_TARGET) -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus-$(FUZZ_TARGET) fuzz/seeds/$(FUZZ_TARGET)
+	UBSAN_OPTIONS=halt_on_error=1 build-fuzz/$(FUZZ_TARGET) -max_total_time=$(FUZZ_SECONDS) build-fuzz/corpus-$(FUZZ_TARGET) fuzz/seeds/$(FUZZ_TARGET)
 
 format:
 	find src fuzz bench -name '*.cc' -o -name '*.h' | xargs clang-format -i

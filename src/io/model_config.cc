@@ -4,6 +4,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "io/json_excerpt.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -23,7 +24,7 @@ class Fields {
   int64_t integer(const char* key) const {
     if (!has(key)) fail("{}: missing required field '{}'", source_, key);
     const json& v = j_.at(key);
-    if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", source_, key, v.dump());
+    if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", source_, key, json_excerpt(v));
     return v.get<int64_t>();
   }
   int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
@@ -37,28 +38,28 @@ class Fields {
   double number(const char* key, double fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_number()) fail("{}: field '{}' must be a number, got {}", source_, key, v.dump());
+    if (!v.is_number()) fail("{}: field '{}' must be a number, got {}", source_, key, json_excerpt(v));
     return v.get<double>();
   }
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_boolean()) fail("{}: field '{}' must be true or false, got {}", source_, key, v.dump());
+    if (!v.is_boolean()) fail("{}: field '{}' must be true or false, got {}", source_, key, json_excerpt(v));
     return v.get<bool>();
   }
   std::string string(const char* key, const std::string& fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_string()) fail("{}: field '{}' must be a string, got {}", source_, key, v.dump());
+    if (!v.is_string()) fail("{}: field '{}' must be a string, got {}", source_, key, json_excerpt(v));
     return v.get<std::string>();
   }
   std::vector<std::string> strings(const char* key) const {
     std::vector<std::string> out;
     if (!has(key)) return out;
     const json& v = j_.at(key);
-    if (!v.is_array()) fail("{}: field '{}' must be a list of strings, got {}", source_, key, v.dump());
+    if (!v.is_array()) fail("{}: field '{}' must be a list of strings, got {}", source_, key, json_excerpt(v));
     for (const json& e : v) {
-      if (!e.is_string()) fail("{}: field '{}' must be a list of strings, got {}", source_, key, v.dump());
+      if (!e.is_string()) fail("{}: field '{}' must be a list of strings, got {}", source_, key, json_excerpt(v));
       out.push_back(e.get<std::string>());
     }
     return out;
@@ -71,7 +72,7 @@ class Fields {
     if (v.is_number_integer()) return {v.get<int64_t>()};
     if (!v.is_array()) fail("{}: field '{}' must be an integer or a list of integers", source_, key);
     for (const json& e : v) {
-      if (!e.is_number_integer()) fail("{}: field '{}' must hold integers, got {}", source_, key, v.dump());
+      if (!e.is_number_integer()) fail("{}: field '{}' must hold integers, got {}", source_, key, json_excerpt(v));
       out.push_back(e.get<int64_t>());
     }
     return out;
@@ -100,7 +101,7 @@ RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
   rope.theta = f.number("rope_theta", 10000.0);
   if (params) {
     if (!params->is_object())
-      fail("{}: field 'rope_parameters' must be an object, got {}", f.source(), params->dump());
+      fail("{}: field 'rope_parameters' must be an object, got {}", f.source(), json_excerpt(*params));
     Fields p(*params, f.source());
     rope.type = p.string("rope_type", p.string("type", "default"));
     rope.theta = p.number("rope_theta", rope.theta);

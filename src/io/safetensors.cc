@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "io/json_excerpt.h"
 #include "util/error.h"
 
 namespace whittle {
@@ -20,6 +21,7 @@ constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) {
   return __builtin_mul_overflow(a, b, out);
 }
+
 }  // namespace
 
 int64_t TensorInfo::numel() const {
@@ -29,6 +31,15 @@ int64_t TensorInfo::numel() const {
 }
 
 std::string shape_str(std::span<const int64_t> shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+std::optional<int64_t> checked_numel(std::span<const int64_t> shape) {
+  int64_t bound = 1, numel = 1;
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(bound, std::max<int64_t>(d, 1), &bound)) return std::nullopt;
+    numel *= d;  // cannot overflow: |numel| <= bound
+  }
+  return numel;
+}
 
 SafeTensorsHeader parse_safetensors_header(std::span<const std::byte> file, const std::string& src) {
   if (file.size() < 8)
@@ -44,7 +55,7 @@ SafeTensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
   if (header_len < 2) fail("{}: header of {} bytes cannot hold a JSON object", src, header_len);
 
   const char* text = reinterpret_cast<const char*>(file.data() + 8);
-  if (text[0] != '{') fail("{}: header does not start with '{{'", src);
+  if (text[0] != '{') fail("{}: header is not a JSON object (it does not start with '{{')", src);
   json header = json::parse(text, text + header_len, nullptr, /*allow_exceptions=*/false);
   if (header.is_discarded()) fail("{}: malformed header JSON ({} bytes)", src, header_len);
   if (!header.is_object()) fail("{}: header JSON is not an object", src);
@@ -82,22 +93,24 @@ SafeTensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
     if (!dtype) fail("{}: tensor '{}': unknown dtype '{}'", src, name, dt->get<std::string>());
     t.dtype = *dtype;
 
-    uint64_t numel = 1;
     for (const json& d : *sh) {
       if (!d.is_number_unsigned())
-        fail("{}: tensor '{}': shape {} must hold non-negative integers", src, name, sh->dump());
+        fail("{}: tensor '{}': shape element {} is {}; dimensions must be non-negative integers", src,
+             name, t.shape.size(), json_excerpt(d));
       uint64_t v = d.get<uint64_t>();
-      if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) || mul_overflows(numel, v, &numel))
-        fail("{}: tensor '{}': shape {} overflows", src, name, sh->dump());
+      if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        fail("{}: tensor '{}': shape overflows at element {} ({})", src, name, t.shape.size(), v);
       t.shape.push_back(static_cast<int64_t>(v));
     }
+    std::optional<int64_t> numel = checked_numel(t.shape);
     uint64_t nbytes = 0;
-    if (mul_overflows(numel, dtype_size(t.dtype), &nbytes))
-      fail("{}: tensor '{}': shape {} overflows", src, name, sh->dump());
+    if (!numel || mul_overflows(static_cast<uint64_t>(*numel), dtype_size(t.dtype), &nbytes))
+      fail("{}: tensor '{}': shape {} overflows", src, name, shape_str(t.shape));
 
     for (const json& o : *off)
       if (!o.is_number_unsigned())
-        fail("{}: tensor '{}': data_offsets {} must be non-negative integers", src, name, off->dump());
+        fail("{}: tensor '{}': data_offsets element {} is not a non-negative integer", src, name,
+             json_excerpt(o));
     uint64_t begin = (*off)[0].get<uint64_t>(), end = (*off)[1].get<uint64_t>();
     if (begin > end)
       fail("{}: tensor '{}': data_offsets [{}, {}] end before they begin", src, name, begin, end);

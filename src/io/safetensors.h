@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -28,6 +29,11 @@ struct TensorInfo {
 };
 
 std::string shape_str(std::span<const int64_t> shape);
+
+// product(shape), or nullopt when a dimension is negative or the product of the non-zero dimensions
+// exceeds int64_t: numel() multiplies left to right in int64_t, so a shape like [2^40, 2^40, 0] must
+// be refused even though it holds no elements.
+std::optional<int64_t> checked_numel(std::span<const int64_t> shape);
 
 // A view of one tensor's bytes inside a mapped file, with enough context for error messages.
 struct TensorView {

@@ -112,7 +112,9 @@ void convert_to_f32(DType dtype, const std::byte* src, size_t count, float* dst)
       for (size_t i = 0; i < count; ++i) dst[i] = f16_to_f32(load_unaligned<uint16_t>(src + 2 * i));
       return;
     case DType::F32:
-      std::memcpy(dst, src, count * 4);
+      // memcpy with a null pointer is undefined even for 0 bytes, and an empty std::vector's data()
+      // may be null (found by fuzz/safetensors_fuzz.cc on a [0, 4] tensor).
+      if (count > 0) std::memcpy(dst, src, count * 4);
       return;
     case DType::F64:
       for (size_t i = 0; i < count; ++i) dst[i] = static_cast<float>(load_unaligned<double>(src + 8 * i));

@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "util/atomic_file.h"
+#include "io/json_excerpt.h"
 #include "util/error.h"
 
 namespace whittle {
@@ -27,34 +28,38 @@ using json = nlohmann::json;
 // ---------------------------------------------------------------------------------------------
 // UTF-8
 
-// Length of the valid UTF-8 sequence starting at s[i], or 0 if none starts there (the ranges of
-// the Unicode standard's table 3-7: no overlongs, no surrogates, nothing above U+10FFFF).
-size_t utf8_sequence_length(std::string_view s, size_t i) {
-  const auto byte = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
-  const uint8_t b0 = byte(i);
-  if (b0 < 0x80) return 1;
-  size_t need;
+// The sequence a lead byte starts (the Unicode standard's table 3-7: no overlongs, no surrogates,
+// nothing above U+10FFFF): its total length (0 for a byte that cannot lead) and the range allowed
+// for its second byte; later bytes are always 0x80..0xBF.
+struct Utf8Lead {
+  size_t length = 0;
   uint8_t lo = 0x80, hi = 0xBF;
-  if (b0 >= 0xC2 && b0 <= 0xDF) {
-    need = 1;
-  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    need = 2;
-    if (b0 == 0xE0) lo = 0xA0;
-    if (b0 == 0xED) hi = 0x9F;
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    need = 3;
-    if (b0 == 0xF0) lo = 0x90;
-    if (b0 == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
+};
+
+Utf8Lead utf8_lead(uint8_t b0) {
+  if (b0 < 0x80) return {1};
+  if (b0 >= 0xC2 && b0 <= 0xDF) return {2};
+  if (b0 >= 0xE0 && b0 <= 0xEF) return {3, uint8_t(b0 == 0xE0 ? 0xA0 : 0x80), uint8_t(b0 == 0xED ? 0x9F : 0xBF)};
+  if (b0 >= 0xF0 && b0 <= 0xF4) return {4, uint8_t(b0 == 0xF0 ? 0x90 : 0x80), uint8_t(b0 == 0xF4 ? 0x8F : 0xBF)};
+  return {};
+}
+
+// How many bytes from s[i] are a valid prefix of the sequence s[i] leads (at least 1, at most its
+// length; fewer when a byte is out of range or the text ends).
+size_t utf8_valid_prefix(std::string_view s, size_t i, const Utf8Lead& lead) {
+  size_t k = 1;
+  for (; k < lead.length && i + k < s.size(); ++k) {
+    const uint8_t c = static_cast<uint8_t>(s[i + k]);
+    if (c < (k == 1 ? lead.lo : 0x80) || c > (k == 1 ? lead.hi : 0xBF)) break;
   }
-  for (size_t k = 1; k <= need; ++k) {
-    if (i + k >= s.size()) return 0;
-    const uint8_t b = byte(i + k);
-    const uint8_t l = k == 1 ? lo : 0x80, h = k == 1 ? hi : 0xBF;
-    if (b < l || b > h) return 0;
-  }
-  return need + 1;
+  return k;
+}
+
+// Length of the valid UTF-8 sequence starting at s[i], or 0 if none starts there.
+size_t utf8_sequence_length(std::string_view s, size_t i) {
+  const Utf8Lead lead = utf8_lead(static_cast<uint8_t>(s[i]));
+  if (lead.length == 0) return 0;
+  return utf8_valid_prefix(s, i, lead) == lead.length ? lead.length : 0;
 }
 
 // Decodes the code point of a valid sequence of length `len` at s[i].
@@ -132,27 +137,11 @@ char32_t code_point_before(std::string_view s, size_t end, size_t* start_out) {
 size_t incomplete_utf8_tail(std::string_view s) {
   for (size_t back = 1; back <= std::min<size_t>(3, s.size()); ++back) {
     const size_t i = s.size() - back;
-    const uint8_t lead = static_cast<uint8_t>(s[i]);
-    if ((lead & 0xC0) == 0x80) continue;  // a continuation byte: its lead is further back
-    size_t need = 0;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      need = 2;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      need = 3;
-      if (lead == 0xE0) lo = 0xA0;
-      if (lead == 0xED) hi = 0x9F;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      need = 4;
-      if (lead == 0xF0) lo = 0x90;
-      if (lead == 0xF4) hi = 0x8F;
-    }
-    if (need <= back) return s.size();
-    for (size_t k = 1; k < back; ++k) {
-      const uint8_t c = static_cast<uint8_t>(s[i + k]);
-      if (c < (k == 1 ? lo : 0x80) || c > (k == 1 ? hi : 0xBF)) return s.size();
-    }
-    return i;
+    const uint8_t b = static_cast<uint8_t>(s[i]);
+    if ((b & 0xC0) == 0x80) continue;  // a continuation byte: its lead is further back
+    const Utf8Lead lead = utf8_lead(b);
+    if (lead.length <= back) return s.size();
+    return utf8_valid_prefix(s, i, lead) == back ? i : s.size();
   }
   return s.size();
 }
@@ -302,18 +291,18 @@ void BpeTokenizer::Impl::parse_model(const json& model) {
   const std::string where = "model";
   if (model.contains("type") && model.at("type") != "BPE")
     fail("{}: unsupported model.type {} (only \"BPE\" is supported)", source,
-         model.at("type").dump());
+         json_excerpt(model.at("type")));
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (model.contains(key) && !model.at(key).is_null() && model.at(key) != "")
       fail("{}: unsupported model.{} {} (byte-level BPE expects null)", source, key,
-           model.at(key).dump());
+           json_excerpt(model.at(key)));
   }
   if (json_flag(model, "byte_fallback", false))
     fail("{}: unsupported model.byte_fallback true (byte-level BPE expects false)", source);
   if (model.contains("dropout") && !model.at("dropout").is_null() &&
       model.at("dropout").get<double>() != 0.0)
     fail("{}: unsupported model.dropout {} (inference expects null)", source,
-         model.at("dropout").dump());
+         json_excerpt(model.at("dropout")));
   ignore_merges = json_flag(model, "ignore_merges", false);
   fuse_unk = json_flag(model, "fuse_unk", false);
 
@@ -324,7 +313,7 @@ void BpeTokenizer::Impl::parse_model(const json& model) {
   for (const auto& [token, value] : vocab.items()) {
     if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > INT32_MAX)
       fail("{}: model.vocab[{}] must be a non-negative integer id, got {}", source,
-           json(token).dump(), value.dump());
+           json(token).dump(), json_excerpt(value));
     max_id = std::max(max_id, value.get<int32_t>());
   }
   id_token.assign(max_id + 1, std::string());
@@ -362,7 +351,7 @@ void BpeTokenizer::Impl::parse_model(const json& model) {
       const std::string text = entry.get<std::string>();
       const size_t space = text.find(' ', 1);
       if (space == std::string::npos)
-        fail("{}: model.merges[{}] = {} is not \"left right\"", source, rank, entry.dump());
+        fail("{}: model.merges[{}] = {} is not \"left right\"", source, rank, json_excerpt(entry));
       left = text.substr(0, space);
       right = text.substr(space + 1);
     } else if (entry.is_array() && entry.size() == 2 && entry[0].is_string() &&
@@ -371,7 +360,7 @@ void BpeTokenizer::Impl::parse_model(const json& model) {
       right = entry[1].get<std::string>();
     } else {
       fail("{}: model.merges[{}] = {} is neither \"left right\" nor [left, right]", source, rank,
-           entry.dump());
+           json_excerpt(entry));
     }
     const auto find = [&](const std::string& token) {
       auto it = token_to_id.find(token);
@@ -418,10 +407,10 @@ void BpeTokenizer::Impl::parse_pre_tokenizer(const json& pre) {
     const std::string where = "pre_tokenizer.pretokenizers[0]";
     if (!split.is_object() || split.value("type", "") != "Split")
       fail("{}: unsupported {}.type {} (expected \"Split\")", source, where,
-           split.is_object() && split.contains("type") ? split.at("type").dump() : "null");
+           split.is_object() && split.contains("type") ? json_excerpt(split.at("type")) : "null");
     if (split.value("behavior", "") != "Isolated")
       fail("{}: unsupported {}.behavior {} (only \"Isolated\" is supported)", source, where,
-           split.contains("behavior") ? split.at("behavior").dump() : "null");
+           split.contains("behavior") ? json_excerpt(split.at("behavior")) : "null");
     if (json_flag(split, "invert", false)) fail("{}: unsupported {}.invert true", source, where);
     const json& pat = require(split, "pattern", where, source);
     if (pat.contains("Regex")) {
@@ -430,13 +419,13 @@ void BpeTokenizer::Impl::parse_pre_tokenizer(const json& pre) {
       pattern = pat.at("String").get<std::string>();
       compile_options |= PCRE2_LITERAL;
     } else {
-      fail("{}: {}.pattern must hold \"Regex\" or \"String\", got {}", source, where, pat.dump());
+      fail("{}: {}.pattern must hold \"Regex\" or \"String\", got {}", source, where, json_excerpt(pat));
     }
     const json& second = steps[1];
     if (!second.is_object() || second.value("type", "") != "ByteLevel")
       fail("{}: unsupported pre_tokenizer.pretokenizers[1].type {} (expected \"ByteLevel\")",
            source,
-           second.is_object() && second.contains("type") ? second.at("type").dump() : "null");
+           second.is_object() && second.contains("type") ? json_excerpt(second.at("type")) : "null");
     check_byte_level(second, "pre_tokenizer.pretokenizers[1]", false);
   } else {
     fail(
@@ -468,7 +457,7 @@ void BpeTokenizer::Impl::parse_added(const json& added_tokens) {
     AddedToken token;
     const json& id = require(entry, "id", where, source);
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-      fail("{}: {}.id must be a non-negative integer, got {}", source, where, id.dump());
+      fail("{}: {}.id must be a non-negative integer, got {}", source, where, json_excerpt(id));
     token.id = id.get<int32_t>();
     token.content = require(entry, "content", where, source).get<std::string>();
     if (token.content.empty()) fail("{}: {}.content is empty", source, where);
@@ -512,7 +501,7 @@ void BpeTokenizer::Impl::parse(const json& doc) {
   if (doc.contains("decoder") && !doc.at("decoder").is_null() &&
       doc.at("decoder").value("type", "") != "ByteLevel")
     fail("{}: unsupported decoder.type {} (expected \"ByteLevel\")", source,
-         doc.at("decoder").contains("type") ? doc.at("decoder").at("type").dump() : "null");
+         doc.at("decoder").contains("type") ? json_excerpt(doc.at("decoder").at("type")) : "null");
   parse_model(require(doc, "model", "", source));
   parse_pre_tokenizer(require(doc, "pre_tokenizer", "", source));
   parse_added(doc.contains("added_tokens") ? doc.at("added_tokens") : json());
@@ -876,25 +865,7 @@ std::string utf8_lossy(std::string_view bytes) {
       continue;
     }
     // Replace the maximal subpart: the lead byte plus the continuation bytes that were valid.
-    size_t consumed = 1;
-    size_t need = 0;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b0 >= 0xC2 && b0 <= 0xDF) {
-      need = 1;
-    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-      need = 2;
-      if (b0 == 0xE0) lo = 0xA0;
-      if (b0 == 0xED) hi = 0x9F;
-    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-      need = 3;
-      if (b0 == 0xF0) lo = 0x90;
-      if (b0 == 0xF4) hi = 0x8F;
-    }
-    for (size_t k = 1; k <= need && i + k < bytes.size(); ++k) {
-      const uint8_t c = static_cast<uint8_t>(bytes[i + k]);
-      if (c < (k == 1 ? lo : 0x80) || c > (k == 1 ? hi : 0xBF)) break;
-      ++consumed;
-    }
+    const size_t consumed = utf8_valid_prefix(bytes, i, utf8_lead(b0));
     append_utf8(out, 0xFFFD);
     i += consumed;
   }
