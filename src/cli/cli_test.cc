@@ -17,6 +17,7 @@
 #include "io/npy.h"
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
+#include "tokenizer/bpe_tokenizer.h"
 #include "util/atomic_file.h"
 
 namespace whittle {
@@ -159,6 +160,18 @@ TEST(Cli, LogitsWritesTheGoldenLogits) {
     for (size_t i = 0; i < logits.size(); ++i) ASSERT_NEAR(logits[i], golden[i], 1e-3f * scale) << mode << " " << i;
   }
   fs::remove(out);
+}
+
+TEST(Cli, GenerateIsReproducibleAndStaysInTheTokenizerVocabulary) {
+  const std::string demo = (kRoot / "models/tiny-glm5-random").string();
+  for (const char* chat : {"", "--chat"}) {
+    std::vector<std::string> args = {"generate", demo, "-p", "Hello world", "-n", "48", "-t", "1.0", "--seed", "7", "-q"};
+    if (*chat) args.push_back(chat);
+    Outcome a = whittle(args), b = whittle(args);
+    ASSERT_EQ(a.status, 0) << a.output;
+    EXPECT_EQ(a.output, b.output);  // same seed, same text
+    EXPECT_FALSE(find_invalid_utf8(a.output).has_value());
+  }
 }
 
 TEST(Cli, MissingModelFolder) {

@@ -75,7 +75,8 @@ Command add_generate(CLI::App& app) {
     int64_t generated = 0;
     std::string stop = "max tokens";
     while (generated < o->max_tokens) {
-      int32_t next = sampler.sample(logits);
+      // Embedding rows past the tokenizer's ids are padding (GLM-5 pads 154,856 ids to 154,880).
+      int32_t next = sampler.sample(std::span<const float>(logits).first(tokenizer.vocab_size()));
       ++generated;
       if (std::find(eos.begin(), eos.end(), next) != eos.end()) {
         stop = "eos";
