@@ -14,6 +14,7 @@
 
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -102,19 +103,6 @@ TEST_F(NpyTest, RoundTripsManyShapes) {
     EXPECT_EQ(fs::file_size(dir_ / "a.npy") % 64, (4 * v.size()) % 64)
         << "header not 64-byte aligned";
   }
-}
-
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    for (const auto& part : parts) EXPECT_THAT(e.what(), HasSubstr(part));
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-whittle exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "did not throw";
 }
 
 // A v1.0 file with the given header dict text (padded like numpy) and data.

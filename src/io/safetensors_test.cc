@@ -16,6 +16,7 @@
 #include "io/npy.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -49,20 +50,6 @@ std::string raw_safetensors(const std::string& header, const std::string& data) 
   for (int i = 0; i < 8; ++i)
     out[i] = static_cast<char>((uint64_t{header.size()} >> (8 * i)) & 0xff);
   return out + header + data;
-}
-
-// Runs `fn`, which must throw exactly a whittle::Error whose message holds every one of `parts`.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    for (const auto& part : parts) EXPECT_THAT(e.what(), HasSubstr(part));
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-whittle exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "did not throw";
 }
 
 class SafeTensorsBadInput : public ::testing::Test {

@@ -18,6 +18,7 @@
 #include "io/safetensors.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -46,19 +47,6 @@ class WriterTest : public ::testing::Test {
   }
   fs::path dir_;
 };
-
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& parts) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    for (const auto& part : parts) EXPECT_THAT(e.what(), HasSubstr(part));
-    return;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "threw a non-whittle exception: " << e.what();
-    return;
-  }
-  ADD_FAILURE() << "did not throw";
-}
 
 uint8_t f32_to_f8e4m3_exact(float v) {
   for (int b = 0; b < 256; ++b)
