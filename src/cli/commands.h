@@ -12,5 +12,6 @@ using Command = std::function<int()>;
 Command add_info(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_logits(CLI::App& app);
+Command add_eval(CLI::App& app);
 
 }  // namespace whittle::cli

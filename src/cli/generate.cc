@@ -1,6 +1,6 @@
-// `whittle generate MODEL -p TEXT`: encode, prefill, then decode token by token from the latent
-// cache, sampling each token; streams complete UTF-8 characters to stdout as they are made and
-// stops at max tokens or one of the model's EOS ids.
+// `whittle generate MODEL -p TEXT`: encode, then run the shared generation loop (serve/generation.h:
+// prefill, then sample and decode token by token from the latent cache); streams complete UTF-8
+// characters to stdout as they are made and stops at max tokens or one of the model's EOS ids.
 #include <fmt/core.h>
 
 #include <chrono>
@@ -8,7 +8,7 @@
 
 #include "cli/commands.h"
 #include "model/glm_moe_dsa.h"
-#include "serve/sampler.h"
+#include "serve/generation.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/chat_template.h"
 #include "util/error.h"
@@ -64,40 +64,29 @@ Command add_generate(CLI::App& app) {
     if (tokenizer.vocab_size() > model.config().vocab_size)
       fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model, tokenizer.vocab_size(),
            model.config().vocab_size);
-    Sampler sampler(o->sampling);
     StreamDecoder stream(tokenizer, /*skip_special=*/true);
-    const auto& eos = model.config().eos_token_ids;
+    GenerationOptions options{.max_tokens = o->max_tokens,
+                              .sampling = o->sampling,
+                              .sample_vocab = tokenizer.vocab_size(),
+                              .stop_ids = model.config().eos_token_ids};
 
     const auto t1 = Clock::now();
     KvCache cache(model.config());
-    std::vector<float> logits = model.prefill(ids, cache, /*all_logits=*/false);
-    const auto t2 = Clock::now();
-    int64_t generated = 0;
-    std::string stop = "max tokens";
-    while (generated < o->max_tokens) {
-      // Embedding rows past the tokenizer's ids are padding (GLM-5 pads 154,856 ids to 154,880).
-      int32_t next = sampler.sample(std::span<const float>(logits).first(tokenizer.vocab_size()));
-      ++generated;
-      if (std::find(eos.begin(), eos.end(), next) != eos.end()) {
-        stop = "eos";
-        break;
-      }
-      std::string piece = stream.push(next);
+    GenerationResult result = generate(model, cache, ids, options, [&](int32_t token) {
+      std::string piece = stream.push(token);
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
-      if (generated == o->max_tokens) break;
-      logits = model.decode(next, cache);
-    }
+      return true;
+    });
     std::string rest = stream.flush();
     std::fwrite(rest.data(), 1, rest.size(), stdout);
     std::fputc('\n', stdout);
     std::fflush(stdout);
-    const auto t3 = Clock::now();
-    auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
     if (!o->quiet)
       fmt::print(stderr, "[load {:.2f}s | prompt {} tokens {:.1f} tok/s | generated {} tokens {:.1f} tok/s | stop: {}]\n",
-                 secs(t0, t1), ids.size(), ids.size() / secs(t1, t2), generated,
-                 generated / std::max(secs(t2, t3), 1e-9), stop);
+                 std::chrono::duration<double>(t1 - t0).count(), ids.size(),
+                 ids.size() / std::max(result.prefill_seconds, 1e-9), result.sampled,
+                 result.sampled / std::max(result.decode_seconds, 1e-9), stop_reason_name(result.stop));
     return 0;
   };
 }

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   add(whittle::cli::add_info);
   add(whittle::cli::add_generate);
   add(whittle::cli::add_logits);
+  add(whittle::cli::add_eval);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

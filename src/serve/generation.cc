@@ -1,0 +1,60 @@
+// The generation loop; see generation.h.
+#include "serve/generation.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "util/error.h"
+
+namespace whittle {
+
+const char* stop_reason_name(StopReason reason) {
+  switch (reason) {
+    case StopReason::kMaxTokens:
+      return "max tokens";
+    case StopReason::kStopId:
+      return "eos";
+    case StopReason::kCallback:
+      return "stop";
+  }
+  return "?";
+}
+
+GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int32_t> prompt,
+                          const GenerationOptions& options, const TokenCallback& on_token) {
+  using Clock = std::chrono::steady_clock;
+  auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+  if (prompt.empty()) fail("generation: the prompt has no tokens");
+  const int64_t vocab = model.config().vocab_size;
+  const int64_t n_sample = options.sample_vocab > 0 ? std::min(options.sample_vocab, vocab) : vocab;
+  Sampler sampler(options.sampling);
+  GenerationResult r;
+
+  const auto t0 = Clock::now();
+  std::vector<float> logits = model.prefill(prompt, cache, /*all_logits=*/false);
+  const auto t1 = Clock::now();
+  r.prefill_seconds = secs(t0, t1);
+  while (r.sampled < options.max_tokens) {
+    int32_t next =
+        sampler.sample(std::span<const float>(logits).first(static_cast<size_t>(n_sample)));
+    ++r.sampled;
+    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), next) !=
+        options.stop_ids.end()) {
+      r.stop = StopReason::kStopId;
+      r.stop_id = next;
+      break;
+    }
+    r.tokens.push_back(next);
+    if (on_token && !on_token(next)) {
+      r.stop = StopReason::kCallback;
+      break;
+    }
+    // The last token is not decoded: nobody would read its logits.
+    if (r.sampled == options.max_tokens) break;
+    logits = model.decode(next, cache);
+  }
+  r.decode_seconds = secs(t1, Clock::now());
+  return r;
+}
+
+}  // namespace whittle
