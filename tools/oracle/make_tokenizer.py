@@ -94,7 +94,16 @@ def training_text():
 
 
 def build():
-    bpe_size = VOCAB_TOTAL - len(ADDED_TOKENS)
+    chunks, _ = training_text()
+    return train_glm5_tokenizer(chunks, VOCAB_TOTAL)
+
+
+def train_glm5_tokenizer(chunks, vocab_total, min_frequency=2):
+    """A byte-level BPE in GLM-5's tokenizer.json form trained on `chunks` (an iterable of str):
+    vocab_total - 36 BPE ids, then GLM-5's 36 added tokens. Shared with tools/train/train_tokenizer.py.
+    Returns (tokenizer, bpe_size)."""
+    chunks = list(chunks)
+    bpe_size = vocab_total - len(ADDED_TOKENS)
     tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.normalizer = None
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -105,12 +114,11 @@ def build():
     tok.post_processor = None
     trainer = trainers.BpeTrainer(
         vocab_size=bpe_size,
-        min_frequency=2,
+        min_frequency=min_frequency,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    chunks, _ = training_text()
     tok.train_from_iterator(chunks, trainer=trainer, length=len(chunks))
     assert tok.get_vocab_size(with_added_tokens=False) == bpe_size, tok.get_vocab_size()
     for content, special in ADDED_TOKENS:
@@ -148,18 +156,24 @@ def tokenizer_config(template_text, bpe_size):
     }
 
 
+def tokenizer_json_text(tok):
+    """tokenizers writes a pretty JSON; re-dump it with formatting of our own so the bytes depend
+    only on content."""
+    doc = json.loads(tok.to_str())
+    return json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
+
+
+def tokenizer_config_text(template_text, bpe_size):
+    return json.dumps(tokenizer_config(template_text, bpe_size), ensure_ascii=False, indent=2) + "\n"
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     tok, bpe_size = build()
-    # tokenizers writes a pretty JSON; re-dump it with sorted-stable formatting of our own so the
-    # bytes depend only on content.
-    doc = json.loads(tok.to_str())
-    (OUT / "tokenizer.json").write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n",
-                                        encoding="utf-8")
+    (OUT / "tokenizer.json").write_text(tokenizer_json_text(tok), encoding="utf-8")
     template_text = TEMPLATE.read_text(encoding="utf-8")
-    (OUT / "tokenizer_config.json").write_text(
-        json.dumps(tokenizer_config(template_text, bpe_size), ensure_ascii=False, indent=2) + "\n",
-        encoding="utf-8")
+    (OUT / "tokenizer_config.json").write_text(tokenizer_config_text(template_text, bpe_size),
+                                               encoding="utf-8")
     _, files = training_text()
     oracle = {
         "made_by": "tools/oracle/make_tokenizer.py",
