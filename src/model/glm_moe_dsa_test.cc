@@ -12,6 +12,7 @@
 
 #include "io/npy.h"
 #include "serve/sampler.h"
+#include "util/atomic_file.h"
 
 namespace whittle {
 namespace {
@@ -28,39 +29,56 @@ std::vector<std::string> golden_models() {
   return names;
 }
 
+// A golden folder holds a checkpoint, or names one in `model_dir.txt` (the bundled model, whose
+// weights live in models/). `positions.npy`, when present, says which positions' logits are stored.
 struct Golden {
+  fs::path model;
   std::vector<int32_t> ids;
-  std::vector<float> logits;  // [T, V]
+  std::vector<int64_t> positions;  // position of each stored row
+  std::vector<float> logits;       // [positions.size(), V]
   int64_t T = 0, V = 0;
 };
 
 Golden read_golden(const fs::path& dir) {
   Golden g;
+  g.model = dir;
+  if (fs::exists(dir / "model_dir.txt")) {
+    std::string rel = read_file(dir / "model_dir.txt");
+    rel.erase(rel.find_last_not_of(" \n") + 1);
+    g.model = fs::path(WHITTLE_SOURCE_DIR) / rel;
+  }
   for (int64_t id : read_npy_i64(dir / "input_ids.npy")) g.ids.push_back(static_cast<int32_t>(id));
+  g.T = static_cast<int64_t>(g.ids.size());
   std::vector<int64_t> shape;
   g.logits = read_npy_f32(dir / "logits.npy", &shape);
   EXPECT_EQ(shape.size(), 2u);
-  g.T = shape[0];
   g.V = shape[1];
-  EXPECT_EQ(g.T, static_cast<int64_t>(g.ids.size()));
+  if (fs::exists(dir / "positions.npy")) {
+    g.positions = read_npy_i64(dir / "positions.npy");
+  } else {
+    for (int64_t t = 0; t < g.T; ++t) g.positions.push_back(t);
+  }
+  EXPECT_EQ(shape[0], static_cast<int64_t>(g.positions.size()));
   return g;
 }
 
 // The criterion: max |delta| <= 1e-3 x the largest golden logit magnitude, and the same
-// arg-max at every position.
-void expect_matches(const Golden& g, const std::vector<float>& got, int64_t first_row, int64_t rows,
+// arg-max at every stored position. `got` holds the logits of positions [first, first + rows).
+void expect_matches(const Golden& g, const std::vector<float>& got, int64_t first, int64_t rows,
                     const std::string& what) {
   ASSERT_EQ(got.size(), static_cast<size_t>(rows * g.V)) << what;
   float max_abs = 0.0f;
   for (float x : g.logits) max_abs = std::max(max_abs, std::fabs(x));
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* want = &g.logits[(first_row + r) * g.V];
-    const float* have = &got[r * g.V];
+  for (size_t r = 0; r < g.positions.size(); ++r) {
+    const int64_t pos = g.positions[r];
+    if (pos < first || pos >= first + rows) continue;
+    const float* want = &g.logits[r * g.V];
+    const float* have = &got[(pos - first) * g.V];
     float worst = 0.0f;
     for (int64_t v = 0; v < g.V; ++v) worst = std::max(worst, std::fabs(want[v] - have[v]));
-    EXPECT_LE(worst, 1e-3f * max_abs) << what << ": position " << first_row + r;
+    EXPECT_LE(worst, 1e-3f * max_abs) << what << ": position " << pos;
     EXPECT_EQ(argmax({want, static_cast<size_t>(g.V)}), argmax({have, static_cast<size_t>(g.V)}))
-        << what << ": arg-max differs at position " << first_row + r;
+        << what << ": arg-max differs at position " << pos;
   }
 }
 
@@ -71,8 +89,8 @@ class GoldenModel : public ::testing::TestWithParam<std::string> {
 
 TEST_P(GoldenModel, PrefillMatchesTransformers) {
   ThreadPool pool(2);
-  GlmMoeDsa model = GlmMoeDsa::load(dir(), pool);
   Golden g = read_golden(dir());
+  GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
   ASSERT_EQ(g.V, model.config().vocab_size);
   KvCache cache(model.config());
   expect_matches(g, model.prefill(g.ids, cache), 0, g.T, "prefill");
@@ -81,8 +99,8 @@ TEST_P(GoldenModel, PrefillMatchesTransformers) {
 
 TEST_P(GoldenModel, DecodeWithCacheMatchesPrefill) {
   ThreadPool pool(2);
-  GlmMoeDsa model = GlmMoeDsa::load(dir(), pool);
   Golden g = read_golden(dir());
+  GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
   KvCache cache(model.config());
   std::vector<float> all;
   for (int32_t id : g.ids) {
@@ -100,8 +118,8 @@ TEST_P(GoldenModel, DecodeWithCacheMatchesPrefill) {
 
 TEST_P(GoldenModel, ChunkedPrefillMatches) {
   ThreadPool pool(2);
-  GlmMoeDsa model = GlmMoeDsa::load(dir(), pool);
   Golden g = read_golden(dir());
+  GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
   KvCache cache(model.config());
   const int64_t split = g.T / 3;
   std::span<const int32_t> ids(g.ids);
