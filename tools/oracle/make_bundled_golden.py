@@ -17,7 +17,6 @@ boundary a relative gap > 1e-4 (so neither tie-breaking nor fp32 summation order
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -32,15 +31,7 @@ import transformers  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from oracle_common import config_rope_parameters, indexer_scores, topk_boundary_gaps  # noqa: E402
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from oracle_common import config_rope_parameters, indexer_scores, sha256_file, topk_boundary_gaps  # noqa: E402
 
 
 def analyse(model, ids):
@@ -117,7 +108,7 @@ def main() -> None:
                      "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                      "numpy": np.__version__},
         "settings": "float32 (bf16 weights upcast), eager attention, eager experts, CPU, batch 1, no padding",
-        "model_sha256": {f: sha256(os.path.join(args.model, f)) for f in sorted(os.listdir(args.model))
+        "model_sha256": {f: sha256_file(os.path.join(args.model, f)) for f in sorted(os.listdir(args.model))
                          if f.endswith((".safetensors", ".json"))},
         "text_start_token": start, "T": T, "stored_positions": len(positions),
         "min_top1_top2_margin_rel": margin, "min_indexer_topk_gap_rel": min_gap,
