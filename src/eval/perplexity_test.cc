@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "model/demo_model_test_fixture.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
@@ -24,19 +25,7 @@ const fs::path kRoot = WHITTLE_SOURCE_DIR;
 const fs::path kModel = kRoot / "models/tiny-glm5-random";
 const fs::path kGolden = kRoot / "tests/golden/eval";
 
-class Perplexity : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    pool_ = new ThreadPool(2);
-    model_ = new GlmMoeDsa(GlmMoeDsa::load(kModel, *pool_));
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    delete pool_;
-  }
-  static inline ThreadPool* pool_ = nullptr;
-  static inline GlmMoeDsa* model_ = nullptr;
-};
+class Perplexity : public DemoModelTest {};
 
 TEST_F(Perplexity, MatchesTransformersStridedRecipe) {
   nlohmann::json golden = nlohmann::json::parse(read_file(kGolden / "ppl_golden.json"));

@@ -7,26 +7,14 @@
 
 #include <filesystem>
 
+#include "model/demo_model_test_fixture.h"
 #include "util/error.h"
 
 namespace whittle {
 namespace {
 
-const std::filesystem::path kModel =
-    std::filesystem::path(WHITTLE_SOURCE_DIR) / "models/tiny-glm5-random";
-
-class Generation : public ::testing::Test {
+class Generation : public DemoModelTest {
  protected:
-  static void SetUpTestSuite() {
-    pool_ = new ThreadPool(2);
-    model_ = new GlmMoeDsa(GlmMoeDsa::load(kModel, *pool_));
-  }
-  static void TearDownTestSuite() {
-    delete model_;
-    delete pool_;
-  }
-  static inline ThreadPool* pool_ = nullptr;
-  static inline GlmMoeDsa* model_ = nullptr;
   const std::vector<int32_t> prompt_ = {12, 345, 678, 9};
 };
 
