@@ -3,7 +3,6 @@
 // invalid UTF-8 in a prompt, an out-of-range id) ends with one clear message and a non-zero exit.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <unistd.h>
 
@@ -19,6 +18,7 @@
 #include "io/safetensors_writer.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "util/atomic_file.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -33,32 +33,11 @@ struct Outcome {
   std::string output;  // stdout and stderr together
 };
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'') q += "'\\''";
-    else q += c;
-  }
-  q += '\'';
-  return q;
-}
-
 Outcome whittle(const std::vector<std::string>& args) {
-  std::string cmd = quote(WHITTLE_BINARY);
-  for (const auto& a : args) {
-    cmd += ' ';
-    cmd += quote(a);
-  }
-  cmd += " 2>&1";
-  Outcome r{-1, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
+  std::vector<std::string> cmd = {WHITTLE_BINARY};
+  cmd.insert(cmd.end(), args.begin(), args.end());
+  CommandOutcome r = run_command(cmd, "2>&1");
+  return {r.status, r.output};
 }
 
 // A scratch copy of the golden model that a test may damage.

@@ -7,7 +7,6 @@
 #include <fmt/core.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -20,6 +19,7 @@
 
 #include "tokenizer/bpe_tokenizer.h"
 #include "util/atomic_file.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -37,39 +37,15 @@ struct Outcome {
   std::string err;  // stderr
 };
 
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) {
-    if (c == '\'')
-      q += "'\\''";
-    else
-      q += c;
-  }
-  q += '\'';
-  return q;
-}
-
 Outcome run_eval(const std::vector<std::string>& args) {
   static int counter = 0;
   const fs::path err =
       fs::temp_directory_path() /
       ("whittle_eval_err_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-  std::string cmd = quote(WHITTLE_BINARY);
-  cmd += " eval";
-  for (const auto& a : args) {
-    cmd += ' ';
-    cmd += quote(a);
-  }
-  cmd += " 2>";
-  cmd += quote(err.string());
-  Outcome r{-1, "", ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  std::vector<std::string> cmd = {WHITTLE_BINARY, "eval"};
+  cmd.insert(cmd.end(), args.begin(), args.end());
+  CommandOutcome run = run_command(cmd, "2>" + shell_quote(err.string()));
+  Outcome r{run.status, run.output, ""};
   r.err = read_file(err);
   fs::remove(err);
   return r;
