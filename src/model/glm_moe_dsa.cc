@@ -14,9 +14,9 @@ namespace whittle {
 namespace {
 using Vec = std::vector<float>;
 
-Vec linear(const Linear& l, const float* x, int64_t rows) {
+Vec linear(const Linear& l, const float* x, int64_t rows, ThreadPool& pool) {
   Vec y(static_cast<size_t>(rows * l.out));
-  matmul_nt(x, l.w.data(), y.data(), rows, l.in, l.out);
+  matmul_nt(x, l.w.data(), y.data(), rows, l.in, l.out, false, &pool);
   return y;
 }
 
@@ -99,7 +99,7 @@ std::vector<float> GlmMoeDsa::run(std::span<const int32_t> tokens, KvCache& cach
   const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
   Vec normed(static_cast<size_t>(rows * H));
   rms_norm_rows(h.data() + first * H, weights_.norm.data(), normed.data(), rows, H, eps);
-  return linear(weights_.lm_head, normed.data(), rows);
+  return linear(weights_.lm_head, normed.data(), rows, pool_);
 }
 
 void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cache, bool absorbed, float* out) {
@@ -112,14 +112,14 @@ void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cac
   const float latent_eps = static_cast<float>(c.latent_norm_eps);
 
   // Queries: q_a -> RMSNorm -> q_b, per head [nope | rope]; rope rotated at the token's position.
-  Vec q_lat = linear(w.q_a_proj, a, T);
+  Vec q_lat = linear(w.q_a_proj, a, T, pool_);
   rms_norm_rows(q_lat.data(), w.q_a_layernorm.data(), q_lat.data(), T, c.q_lora_rank, latent_eps);
-  Vec q = linear(w.q_b_proj, q_lat.data(), T);
+  Vec q = linear(w.q_b_proj, q_lat.data(), T, pool_);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t hd = 0; hd < NH; ++hd) rope_.rotate(&q[(t * NH + hd) * Dqk + Dn], P + t, c.rope_interleave);
 
   // The compressed kv path: [latent | k_pe]; only the latent is normalised; both are cached.
-  Vec ckv = linear(w.kv_a_proj_with_mqa, a, T);
+  Vec ckv = linear(w.kv_a_proj_with_mqa, a, T, pool_);
   lc.latent.resize(static_cast<size_t>(S * Rkv));
   lc.k_pe.resize(static_cast<size_t>(S * Dr));
   for (int64_t t = 0; t < T; ++t) {
@@ -139,7 +139,7 @@ void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cac
   const int64_t kv_width = Dn + Dv;
   if (!absorbed) {
     // Expanded form: per-head keys [k_nope | k_pe] and values from kv_b_proj over every cached latent.
-    Vec kv = linear(w.kv_b_proj, lc.latent.data(), S);  // [S, NH * (Dn + Dv)]
+    Vec kv = linear(w.kv_b_proj, lc.latent.data(), S, pool_);  // [S, NH * (Dn + Dv)]
     pool_.parallel_for(static_cast<size_t>(T * NH), [&](size_t begin, size_t end) {
       for (size_t i = begin; i < end; ++i) {
         const int64_t t = static_cast<int64_t>(i) / NH, hd = static_cast<int64_t>(i) % NH;
@@ -178,7 +178,7 @@ void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cac
       }
     });
   }
-  matmul_nt(attn.data(), w.o_proj.w.data(), out, T, NH * Dv, c.hidden_size);
+  matmul_nt(attn.data(), w.o_proj.w.data(), out, T, NH * Dv, c.hidden_size, false, &pool_);
 }
 
 std::vector<KeySelection> GlmMoeDsa::index(const IndexerWeights& w, const float* a, const float* q_lat,
@@ -186,10 +186,10 @@ std::vector<KeySelection> GlmMoeDsa::index(const IndexerWeights& w, const float*
   const ModelConfig& c = config_;
   const int64_t IH = c.index_n_heads, ID = c.index_head_dim, S = past + T;
   // Rope occupies the FIRST qk_rope_head_dim dims of indexer vectors (the last ones in MLA heads).
-  Vec q = linear(w.wq_b, q_lat, T);
+  Vec q = linear(w.wq_b, q_lat, T, pool_);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t hd = 0; hd < IH; ++hd) rope_.rotate(&q[(t * IH + hd) * ID], past + t, c.indexer_rope_interleave);
-  Vec k = linear(w.wk, a, T);
+  Vec k = linear(w.wk, a, T, pool_);
   lc.index_keys.resize(static_cast<size_t>(S * ID));
   for (int64_t t = 0; t < T; ++t) {
     float* key = &lc.index_keys[(past + t) * ID];
@@ -197,7 +197,7 @@ std::vector<KeySelection> GlmMoeDsa::index(const IndexerWeights& w, const float*
                static_cast<float>(c.index_k_norm_eps));
     rope_.rotate(key, past + t, c.indexer_rope_interleave);
   }
-  Vec head_w = linear(w.weights_proj, a, T);
+  Vec head_w = linear(w.weights_proj, a, T, pool_);
   const float w_scale = 1.0f / std::sqrt(static_cast<float>(IH));
   const float qk_scale = 1.0f / std::sqrt(static_cast<float>(ID));
   for (float& x : head_w) x *= w_scale;
@@ -225,10 +225,11 @@ std::vector<KeySelection> GlmMoeDsa::index(const IndexerWeights& w, const float*
 }
 
 void GlmMoeDsa::mlp(const MlpWeights& w, const float* x, int64_t T, float* out, bool accumulate) {
-  Vec gate = linear(w.gate_proj, x, T);
-  Vec up = linear(w.up_proj, x, T);
+  Vec gate = linear(w.gate_proj, x, T, pool_);
+  Vec up = linear(w.up_proj, x, T, pool_);
   silu_mul(gate.data(), up.data(), static_cast<int64_t>(gate.size()));
-  matmul_nt(gate.data(), w.down_proj.w.data(), out, T, w.down_proj.in, w.down_proj.out, accumulate);
+  matmul_nt(gate.data(), w.down_proj.w.data(), out, T, w.down_proj.in, w.down_proj.out, accumulate,
+            &pool_);
 }
 
 void GlmMoeDsa::moe(const MoeWeights& w, const float* x, int64_t T, float* out) {
@@ -237,7 +238,7 @@ void GlmMoeDsa::moe(const MoeWeights& w, const float* x, int64_t T, float* out) 
   const int64_t per_group = E / c.n_group;
 
   // Router in fp32: sigmoid scores; the correction bias only decides which experts are chosen.
-  Vec logits = linear(w.router, x, T);
+  Vec logits = linear(w.router, x, T, pool_);
   std::vector<std::vector<std::pair<int64_t, float>>> routed(static_cast<size_t>(E));  // (token, weight)
   Vec choice(static_cast<size_t>(E)), group_score(static_cast<size_t>(c.n_group));
   for (int64_t t = 0; t < T; ++t) {

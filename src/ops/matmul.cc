@@ -2,19 +2,56 @@
 
 #include <cblas.h>
 
+#include <algorithm>
+
+#include "util/thread_pool.h"
+
 namespace whittle {
 
-void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, bool accumulate) {
-  if (M == 0 || N == 0) return;
+namespace {
+
+// OpenBLAS runs single-threaded in whittle; parallelism comes from ThreadPool (see matmul.h).
+// Set before main() runs, so no BLAS call ever starts OpenBLAS's thread server.
+[[maybe_unused]] const bool kBlasSingleThreaded = [] {
+  openblas_set_num_threads(1);
+  return true;
+}();
+
+// Columns [n0, n1) of y: rows n0..n1 of W, written with row stride N.
+void matmul_nt_columns(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+                       bool accumulate, int64_t n0, int64_t n1) {
+  const float beta = accumulate ? 1.0f : 0.0f;
   if (M == 1) {
     // GEMV is what decode does; sgemv avoids sgemm's packing overhead.
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), 1.0f, w,
-                static_cast<int>(K), x, 1, accumulate ? 1.0f : 0.0f, y, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n1 - n0), static_cast<int>(K), 1.0f,
+                w + n0 * K, static_cast<int>(K), x, 1, beta, y + n0, 1);
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N),
-              static_cast<int>(K), 1.0f, x, static_cast<int>(K), w, static_cast<int>(K),
-              accumulate ? 1.0f : 0.0f, y, static_cast<int>(N));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(n1 - n0),
+              static_cast<int>(K), 1.0f, x, static_cast<int>(K), w + n0 * K, static_cast<int>(K), beta,
+              y + n0, static_cast<int>(N));
+}
+
+}  // namespace
+
+void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, bool accumulate,
+               ThreadPool* pool) {
+  if (M == 0 || N == 0) return;
+  if (pool == nullptr || pool->size() < 2 || M * N * K < kParallelMatmulFlops || N < 2) {
+    matmul_nt_columns(x, w, y, M, K, N, accumulate, 0, N);
+    return;
+  }
+  // Column blocks of a multiple of 16 (whole cache lines of y and SIMD widths of the BLAS kernel),
+  // about two per worker so an uneven split costs little.
+  const int64_t blocks = static_cast<int64_t>(pool->size()) * 2;
+  const int64_t width = std::max<int64_t>(16, (N + blocks - 1) / blocks + 15) / 16 * 16;
+  const int64_t n_blocks = (N + width - 1) / width;
+  pool->parallel_for(static_cast<size_t>(n_blocks), [&](size_t begin, size_t end) {
+    for (size_t b = begin; b < end; ++b) {
+      const int64_t n0 = static_cast<int64_t>(b) * width;
+      matmul_nt_columns(x, w, y, M, K, N, accumulate, n0, std::min(N, n0 + width));
+    }
+  });
 }
 
 void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, bool accumulate) {

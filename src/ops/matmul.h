@@ -1,21 +1,30 @@
 // Dense float32 matrix products in the layout weights come in: y[M,N] = x[M,K] · W[N,K]^T.
-// The fast path is OpenBLAS sgemm (multi-threaded over all cores); the scalar reference is the
-// oracle the fast path is tested against.
+// The fast path is single-threaded OpenBLAS sgemm/sgemv on column blocks that whittle's own
+// ThreadPool spreads over its workers: one set of threads in the process. (OpenBLAS's own threads
+// spin between calls; next to whittle's workers, or on a machine with other load, they made decode
+// 300x slower, measured on the 2-core dev box.) The scalar reference is the oracle for both.
 #pragma once
 
 #include <cstdint>
 
 namespace whittle {
 
+class ThreadPool;
+
 // y = x · W^T (+ y when accumulate). x: [M, K] row-major, W: [N, K] row-major, y: [M, N].
+// With a pool, products of at least kParallelMatmulFlops are split over its workers by output
+// column; do not pass the pool from inside one of its own parallel_for jobs.
 void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
-               bool accumulate = false);
+               bool accumulate = false, ThreadPool* pool = nullptr);
+
+// Smaller products run on the calling thread: waking workers costs more than they save.
+inline constexpr int64_t kParallelMatmulFlops = int64_t{1} << 18;
 
 // Same contract, plain loops with double accumulation; slow, for tests.
 void matmul_nt_reference(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
                          bool accumulate = false);
 
-// y = x · W (no transpose). x: [M, K], W: [K, N], y: [M, N].
+// y = x · W (no transpose). x: [M, K], W: [K, N], y: [M, N]. Single-threaded.
 void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
                bool accumulate = false);
 

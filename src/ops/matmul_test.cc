@@ -1,6 +1,8 @@
 // The BLAS-backed products against the scalar reference on random shapes, awkward ones included.
 #include "ops/matmul.h"
 
+#include "util/thread_pool.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -31,6 +33,30 @@ TEST(Matmul, NtMatchesReferenceOnAwkwardShapes) {
       for (int64_t i = 0; i < M * N; ++i)
         ASSERT_NEAR(fast[i], ref[i], 1e-4f * std::sqrt(static_cast<float>(K)) + 1e-5f)
             << "M=" << M << " K=" << K << " N=" << N << " acc=" << acc << " i=" << i;
+    }
+  }
+}
+
+// Split by column blocks over a pool: every shape above the parallel threshold, widths that are
+// not multiples of the block, and pools larger than the number of blocks.
+TEST(Matmul, PooledNtMatchesReference) {
+  std::mt19937 rng(11);
+  const int64_t shapes[][3] = {{1, 1024, 300}, {1, 4096, 4096}, {3, 256, 4097}, {64, 64, 64},
+                               {128, 128, 17}, {7, 640, 1000}, {512, 256, 2}, {2, 65536, 3}};
+  for (size_t threads : {2, 3, 8}) {
+    ThreadPool pool(threads);
+    for (const auto& s : shapes) {
+      const int64_t M = s[0], K = s[1], N = s[2];
+      ASSERT_GE(M * N * K, kParallelMatmulFlops) << "shape below the threshold tests nothing new";
+      auto x = random_vector(M * K, rng), w = random_vector(N * K, rng), y0 = random_vector(M * N, rng);
+      for (bool acc : {false, true}) {
+        std::vector<float> fast = y0, ref = y0;
+        matmul_nt(x.data(), w.data(), fast.data(), M, K, N, acc, &pool);
+        matmul_nt_reference(x.data(), w.data(), ref.data(), M, K, N, acc);
+        for (int64_t i = 0; i < M * N; ++i)
+          ASSERT_NEAR(fast[i], ref[i], 1e-4f * std::sqrt(static_cast<float>(K)) + 1e-5f)
+              << "threads=" << threads << " M=" << M << " K=" << K << " N=" << N << " acc=" << acc;
+      }
     }
   }
 }

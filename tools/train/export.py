@@ -26,10 +26,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
 
 
-def export_model(state_dict: dict, cfg, out: Path, tokenizer_dir: Path | None, meta: dict | None = None) -> Path:
+def export_model(state_dict: dict, cfg, out: Path, tokenizer_dir: Path | None, meta: dict | None = None,
+                 trained_context: int | None = None) -> Path:
     from transformers import GenerationConfig, GlmMoeDsaConfig, GlmMoeDsaForCausalLM
 
     cfg = GlmMoeDsaConfig.from_dict(cfg.to_dict()) if not isinstance(cfg, dict) else GlmMoeDsaConfig.from_dict(cfg)
+    if trained_context is not None:
+        # With default RoPE max_position_embeddings changes no weight and no computation; it tells users (and
+        # `whittle eval`'s default window) how long the sequences were that the model was trained on.
+        cfg.max_position_embeddings = trained_context
     model = GlmMoeDsaForCausalLM._from_config(cfg, dtype=torch.bfloat16)
     missing, unexpected = model.load_state_dict(state_dict, strict=True), None
     for n, b in model.named_buffers():
@@ -77,7 +82,8 @@ def main() -> None:
     st = ck["state"]
     meta = {"run": a.run, "step": st["step"], "steps": ck["args"]["steps"], "tokens": st["tokens"],
             "train_seconds": st["train_seconds"]}
-    out = export_model(ck["model"], ck["config"], Path(a.out), Path(a.tokenizer_dir), meta=None)
+    out = export_model(ck["model"], ck["config"], Path(a.out), Path(a.tokenizer_dir), meta=None,
+                       trained_context=ck["args"]["context"])
     meta["out"] = str(a.out)
     # what was exported where (read by report.py / model_card.py); not written into the model folder
     Path(f"data/train/{a.run}/exported.json").write_text(json.dumps(meta, indent=1) + "\n")

@@ -230,8 +230,9 @@ def main() -> None:
              "corpus (man pages, Python documentation, WordNet, C headers, the Python standard library, generated "
              "arithmetic and chats about those) and should not be used for anything but testing whittle. Its task "
              "accuracy (arithmetic, loops) is measured by `whittle eval`, reported in docs/RESULTS.md. It was trained "
-             f"on {args['context']}-token windows only: `max_position_embeddings` (4096) is what the config allows, not "
-             f"what the model has seen; use windows of at most {args['context']} tokens for perplexity.\n")
+             f"on {args['context']}-token windows only, so `export.py` sets `max_position_embeddings` to "
+             f"{cfg['max_position_embeddings']} (with default RoPE this changes no computation; `whittle eval` takes its "
+             "default perplexity window from it). Generation past it runs, on positions the model has never seen.\n")
     (mdir / "README.md").write_text("\n".join(L))
     print(f"wrote {mdir / 'README.md'}")
 

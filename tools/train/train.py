@@ -415,7 +415,8 @@ def main() -> None:
         from export import export_model
 
         out = run_dir / f"export-step-{state['step']}"
-        export_model(model.state_dict(), cfg, out, Path(a.tokenizer).parent, meta=snapshot_meta())
+        export_model(model.state_dict(), cfg, out, Path(a.tokenizer).parent, meta=snapshot_meta(),
+                     trained_context=a.context)
         log(f"exported {out}")
 
     def snapshot_meta():
