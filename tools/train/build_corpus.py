@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpus_arith as arith  # noqa: E402
 import corpus_chat as chat  # noqa: E402
 import corpus_sources as src  # noqa: E402
+from docs_format import EOT, join_docs, join_stream, split_docs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_DIR = REPO / "models" / "tiny-glm5" / "eval"
-SEP = "\n<|endoftext|>\n"
 
 # Training budgets in characters per source (the held-out budgets are per eval file part).
 BUDGET = {"man": 7_000_000, "pydoc": 7_000_000, "wordnet": 4_000_000,
@@ -119,10 +119,6 @@ def dedupe(docs):
             seen.add(h)
             out.append(d)
     return out
-
-
-def join_docs(texts):
-    return "".join(t.rstrip("\n") + SEP for t in texts)
 
 
 def wordnet_docs(synsets, rng, group=(15, 40)):
@@ -205,7 +201,7 @@ def code_snippets(docs):
 def file_info(path):
     data = path.read_bytes()
     text = data.decode("utf-8")
-    return {"bytes": len(data), "chars": len(text), "documents": text.count(SEP),
+    return {"bytes": len(data), "chars": len(text), "documents": text.count(EOT),
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -325,8 +321,8 @@ def main():
     for dom, text in train.items():
         (tmp / "train" / f"{dom}.txt").write_text(text, encoding="utf-8")
     eval_dir.mkdir(parents=True, exist_ok=True)
-    for dom, text in evals.items():
-        atomic_write(eval_dir / f"{dom}.txt", text)
+    for dom, text in evals.items():  # checked above in corpus form, written in stream form (docs_format.py)
+        atomic_write(eval_dir / f"{dom}.txt", join_stream(split_docs(text)))
     for name, probs in (("arith_one_step", ev_one), ("arith_two_step", ev_two)):
         atomic_write(eval_dir / f"{name}.jsonl", "".join(
             json.dumps({"question": p["question"], "answer": p["answer"]}, ensure_ascii=False) + "\n"

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_format import join_stream  # noqa: E402
 from train import DOMAINS, indexer_scores, load_docs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +87,7 @@ def main() -> None:
     print(f"{'domain':<7} {'mode':<8} {'T':>4} {'max|d|/max|g|':>14} {'argmax diff':>11} {'near-ties':>9}"
           f" {'stable-tie rel':>14} {'argmax diff':>11}")
     for d in DOMAINS:
-        text = "\n<|endoftext|>\n".join(load_docs(Path(a.eval_dir) / f"{d}.txt")[:50])
+        text = join_stream(load_docs(Path(a.eval_dir) / f"{d}.txt")[:50])  # the stream training sees
         ids = tok.encode(text, add_special_tokens=False).ids[: a.tokens]
         x = torch.tensor([ids])
         with torch.no_grad():

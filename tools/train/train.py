@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_format import split_docs  # noqa: E402
 from model_config import check_marlin, make_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAINS = ("prose", "code", "arith", "chat")
-SEP = "\n<|endoftext|>\n"
 
 
 def log(msg: str) -> None:
@@ -47,13 +47,7 @@ def log(msg: str) -> None:
 
 
 def load_docs(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8")
-    docs = [d for d in text.split(SEP)]
-    if docs and docs[-1].strip() == "":
-        docs.pop()
-    if docs and docs[-1].endswith("\n<|endoftext|>"):
-        docs[-1] = docs[-1][: -len("\n<|endoftext|>")]
-    return docs
+    return split_docs(path.read_text(encoding="utf-8"))
 
 
 def tokenize_docs(tok, docs: list[str], eot: int) -> tuple[np.ndarray, np.ndarray]:

@@ -37,9 +37,11 @@ import make_tokenizer_golden as mtg  # noqa: E402  (its tricky strings)
 import tokenizers  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docs_format import SEP, join_stream, split_docs  # noqa: E402
+
 VOCAB_TOTAL = 4096
 CHARS = {"prose": 4_000_000, "code": 3_000_000, "arith": 1_000_000, "chat": 2_000_000}
-SEP = "\n<|endoftext|>\n"
 TEMPLATE = REPO / "tests" / "golden" / "tokenizer" / "chat_template.jinja"
 GOLDEN_DIR = REPO / "tests" / "golden" / "tiny_glm5_tokenizer"
 GOLDEN_SEED = 20260604
@@ -69,7 +71,7 @@ def golden_strings(eval_dir, seed=GOLDEN_SEED, per_domain=75):
     rng = random.Random(seed)
     out = []
     for dom in ("prose", "code", "arith", "chat"):
-        docs = [d for d in (Path(eval_dir) / f"{dom}.txt").read_text(encoding="utf-8").split(SEP) if d]
+        docs = [d for d in split_docs((Path(eval_dir) / f"{dom}.txt").read_text(encoding="utf-8")) if d]
         picks = rng.sample(docs, min(per_domain, len(docs)))
         for d in picks:
             if len(d) > 500:
@@ -81,8 +83,9 @@ def golden_strings(eval_dir, seed=GOLDEN_SEED, per_domain=75):
                     i += 1
                 d = piece if rng.random() < 0.7 else piece.rstrip("\n")
             out.append(d)
-        # documents with their separator, as a model sees them in training
+        # documents with their separators in both forms (the stream form is what the model sees)
         out.append(SEP.join(docs[:2]) + SEP)
+        out.append(join_stream(docs[:2]))
     out += (mtg.PROSE + mtg.CJK + mtg.EMOJI + mtg.COMBINING + mtg.WHITESPACE + mtg.CODE + mtg.DIGITS
             + mtg.CONTRACTIONS + mtg.SPECIAL + mtg.EDGE)
     out += ["#### 12", "<<7+5=12>>12", "$<<5*3=15>>15", "#### 1000\n", "  #### 7", "12 * 12 = <<12*12=144>>144"]
