@@ -49,7 +49,10 @@ std::optional<std::string> extract_answer(std::string_view s) {
 }
 
 std::vector<QaItem> read_qa_jsonl(const std::filesystem::path& path) {
-  const std::string text = read_file(path);
+  return parse_qa_jsonl(read_file(path), path.string());
+}
+
+std::vector<QaItem> parse_qa_jsonl(std::string_view text, const std::string& source) {
   std::vector<QaItem> items;
   size_t pos = 0;
   int64_t line_no = 0;
@@ -61,30 +64,30 @@ std::vector<QaItem> read_qa_jsonl(const std::filesystem::path& path) {
     ++line_no;
     if (std::all_of(line.begin(), line.end(), is_space)) continue;
     nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) fail("{}:{}: malformed JSON line", path.string(), line_no);
+    if (j.is_discarded()) fail("{}:{}: malformed JSON line", source, line_no);
     if (!j.is_object())
-      fail("{}:{}: expected a JSON object, got {}", path.string(), line_no, json_excerpt(j));
+      fail("{}:{}: expected a JSON object, got {}", source, line_no, json_excerpt(j));
     QaItem item;
     item.line = line_no;
     for (auto [field, out] :
          {std::pair{"question", &item.question}, std::pair{"answer", &item.answer}}) {
       auto it = j.find(field);
-      if (it == j.end()) fail("{}:{}: missing field '{}'", path.string(), line_no, field);
+      if (it == j.end()) fail("{}:{}: missing field '{}'", source, line_no, field);
       if (!it->is_string())
-        fail("{}:{}: field '{}' must be a string, got {}", path.string(), line_no, field,
+        fail("{}:{}: field '{}' must be a string, got {}", source, line_no, field,
              json_excerpt(*it));
       *out = it->get<std::string>();
     }
     size_t mark = item.answer.find("####");
     if (mark == std::string::npos)
-      fail("{}:{}: 'answer' has no '#### <answer>' (GSM8K format)", path.string(), line_no);
+      fail("{}:{}: 'answer' has no '#### <answer>' (GSM8K format)", source, line_no);
     item.gold = normalize_answer(std::string_view(item.answer).substr(mark + 4));
-    if (item.gold.empty()) fail("{}:{}: nothing after '####' in 'answer'", path.string(), line_no);
+    if (item.gold.empty()) fail("{}:{}: nothing after '####' in 'answer'", source, line_no);
     items.push_back(std::move(item));
   }
   if (items.empty())
     fail("{}: no items (expected GSM8K jsonl: one {{\"question\", \"answer\"}} per line)",
-         path.string());
+         source);
   return items;
 }
 

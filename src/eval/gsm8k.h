@@ -27,6 +27,8 @@ struct QaItem {
 // line that is not a JSON object, lacks a string `question` or `answer`, or whose answer has no
 // "####" followed by text; and for a file without items.
 std::vector<QaItem> read_qa_jsonl(const std::filesystem::path& path);
+// Same, on text already in memory; `source` names it in errors.
+std::vector<QaItem> parse_qa_jsonl(std::string_view text, const std::string& source);
 
 // Strips whitespace, removes commas, then one trailing '.' ("1,234." -> "1234").
 std::string normalize_answer(std::string_view text);

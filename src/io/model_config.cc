@@ -25,8 +25,14 @@ class Fields {
     if (!has(key)) fail("{}: missing required field '{}'", source_, key);
     const json& v = j_.at(key);
     if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", source_, key, json_excerpt(v));
+    // Sizes reach BLAS as int: anything past 2^31 - 1 is a corrupt file, not a model.
+    const bool in_range = v.is_number_unsigned()
+                              ? v.get<uint64_t>() <= static_cast<uint64_t>(kMaxField)
+                              : v.get<int64_t>() >= -kMaxField && v.get<int64_t>() <= kMaxField;
+    if (!in_range) fail("{}: field '{}' is {}, outside [-{}, {}]", source_, key, json_excerpt(v), kMaxField, kMaxField);
     return v.get<int64_t>();
   }
+  static constexpr int64_t kMaxField = (int64_t{1} << 31) - 1;
   int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
   int64_t positive(const char* key) const {
     int64_t v = integer(key);

@@ -118,6 +118,12 @@ TEST(ModelConfig, BadFieldsGiveClearErrors) {
   j["hidden_size"] = "big";
   EXPECT_THAT(error_of(j), HasSubstr("'hidden_size' must be an integer"));
   j = glm5();
+  j["hidden_size"] = uint64_t{18446744073709551615u};  // would read as -1 through int64
+  EXPECT_THAT(error_of(j), HasSubstr("'hidden_size' is 18446744073709551615, outside [-2147483647, 2147483647]"));
+  j = glm5();
+  j["vocab_size"] = int64_t{1} << 40;
+  EXPECT_THAT(error_of(j), HasSubstr("'vocab_size' is 1099511627776, outside"));
+  j = glm5();
   j["qk_head_dim"] = 128;
   EXPECT_THAT(error_of(j), HasSubstr("qk_head_dim (128) contradicts"));
   j = glm5();
