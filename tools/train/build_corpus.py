@@ -334,7 +334,8 @@ def main():
         "seed": seed,
         "python": platform.python_version(),
         "packages": src.package_versions(),
-        "separator": "documents are each followed by '\\n<|endoftext|>\\n'",
+        "separator": "train/*.txt: documents are each followed by '\\n<|endoftext|>\\n'; eval *.txt: by "
+                     "'<|endoftext|>' alone (stream form, tools/train/docs_format.py)",
         "train": {dom: file_info(tmp / "train" / f"{dom}.txt") for dom in train},
         "eval": {f.name: file_info(f) if f.suffix == ".txt" else
                  {"bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
