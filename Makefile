@@ -1,7 +1,7 @@
 # The two commands a user needs: `make demo` and `make test`. Both install what is missing first.
 BUILD ?= build
 JOBS ?= $(shell nproc)
-DEMO_MODEL ?= models/tiny-glm5-random
+DEMO_MODEL ?= models/tiny-glm5
 
 .PHONY: all setup build demo test asan fuzz-build fuzz format clean
 
@@ -16,10 +16,13 @@ $(BUILD)/build.ninja:
 build: setup $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
+# The bundled trained model: what it is, how well it predicts held-out text and solves held-out
+# arithmetic (50 one-step + 50 two-step problems), then one chat turn.
 demo: build
 	$(BUILD)/whittle info $(DEMO_MODEL)
-	$(BUILD)/whittle generate $(DEMO_MODEL) -p "The quick brown fox" --max-tokens 32 --seed 1 --temperature 0.8
-	$(BUILD)/whittle generate $(DEMO_MODEL) --chat -p "What is 2 + 3?" --max-tokens 32 --seed 1 --temperature 0.8
+	$(BUILD)/whittle eval $(DEMO_MODEL) --task ppl --doc-start '<|endoftext|>'
+	$(BUILD)/whittle eval $(DEMO_MODEL) --task arith --limit 50
+	$(BUILD)/whittle generate $(DEMO_MODEL) --chat -p 'What does the `ls` command do?' --max-tokens 96 --seed 1
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600

@@ -310,5 +310,37 @@ TEST(EvalCli, UsageErrorsAreClear) {
   EXPECT_THAT(r.err, HasSubstr("too short to score"));
 }
 
+// The bundled trained model (models/tiny-glm5) measured by the commands of docs/RESULTS.md on a
+// prefix of the held-out data: a regression test of the whole engine on a model whose outputs mean
+// something (random weights score near-uniform perplexity, ~4,000, and no arithmetic). The bounds
+// are loose multiples of the measured numbers, so that only a real regression fails them.
+// Measured (docs/RESULTS.md): whole-file perplexity 27x (prose) to 381x (arith) below the unigram's;
+// 24 of the first 50 one-step problems solved.
+constexpr double kBundledPplGain = 10.0;
+constexpr int kBundledArithFloor = 15;
+
+TEST(BundledModel, PredictsHeldOutTextAndSolvesArithmetic) {
+  const fs::path model = kRoot / "models/tiny-glm5";
+  const json unigram = json::parse(read_file(model / "eval/unigram_baseline.json"))["eval"];
+  Outcome r = run_eval({model.string(), "--task", "ppl", "--doc-start", "<|endoftext|>", "--limit",
+                        "2048", "--json", "-q"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json ppl = json_lines(r.out).at(0);
+  EXPECT_EQ(ppl["ctx"], 256);  // the trained context, from max_position_embeddings
+  ASSERT_EQ(ppl["files"].size(), 4u);
+  for (const json& f : ppl["files"]) {
+    const std::string domain = fs::path(f["file"].get<std::string>()).stem().string();
+    const double baseline = unigram.at(domain)["perplexity"];
+    EXPECT_LT(f["ppl"].get<double>(), baseline / kBundledPplGain)
+        << domain << ": perplexity " << f["ppl"] << " vs unigram " << baseline;
+  }
+  r = run_eval({model.string(), "--task", "arith", "--data",
+                (model / "eval/arith_one_step.jsonl").string(), "--limit", "50", "--json", "-q"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json arith = json_lines(r.out).at(0);
+  EXPECT_EQ(arith["items"], 50);
+  EXPECT_GE(arith["correct"].get<int>(), kBundledArithFloor) << arith["correct"] << "/50 one-step problems";
+}
+
 }  // namespace
 }  // namespace whittle

@@ -127,7 +127,7 @@ def main() -> None:
     L.append(f"- {step:,} optimizer steps × {args['batch']} sequences × {args['context']} tokens = **{tokens / 1e6:.2f} M "
              f"tokens seen** (plan: {steps:,} steps, {steps * args['batch'] * args['context'] / 1e6:.1f} M tokens); "
              f"domain mix {mix}.")
-    L.append(f"- Wall time of the training steps so far: **{hours:.2f} h** on {a.machine}; ~1,000 tokens/s.")
+    L.append(f"- Wall time of the training steps{'' if done else ' so far'}: **{hours:.2f} h** on {a.machine}; ~1,000 tokens/s.")
     L.append(f"- AdamW (0.9, 0.95), peak LR {args['lr']}, {args['warmup']} warm-up steps, cosine to "
              f"{args['min_lr_frac']:.0%}, weight decay {args['wd']}, clip {args['clip']}; fp32.")
     L.append(f"- DSA indexer trained with DeepSeek-V3.2's KL objective: steps 1–{args['dense_steps']} dense attention "
