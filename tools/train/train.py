@@ -19,7 +19,6 @@ Everything a resume needs is in data/train/<run>/ckpt.pt (written atomically eve
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -33,6 +32,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docs_format import split_docs  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
+from oracle_common import sha256_file  # noqa: E402
 from model_config import check_marlin, make_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,12 +65,6 @@ def tokenize_docs(tok, docs: list[str], eot: int) -> tuple[np.ndarray, np.ndarra
     return ids, offs
 
 
-def sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
 
 
 def load_tokenized(corpus: Path, tokenizer_json: Path, cache_dir: Path, tok, eot: int) -> dict:
