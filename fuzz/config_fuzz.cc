@@ -1,10 +1,15 @@
 // libFuzzer target for ModelConfig::from_json, the parser of a model's config.json (outside input:
-// any folder a user points whittle at). Any JSON either parses into a config or throws
-// whittle::Error; any other exception, a crash or a sanitizer report is a finding. A parsed config
-// must satisfy what the forward pass relies on: positive sizes, top-k within the expert count,
-// whole expert groups, a dense/MoE and an indexer kind for every layer.
+// any folder a user points whittle at), and ModelConfig::read_generation_config, the reader of
+// generation_config.json, which gets the same JSON. Any JSON either parses or throws whittle::Error;
+// any other exception, a crash or a sanitizer report is a finding. A parsed config must satisfy what
+// the forward pass relies on: positive sizes, top-k within the expert count, whole expert groups, a
+// dense/MoE and an indexer kind for every layer, and norms, scales and RoPE factors that are positive
+// and finite (in float32 where the forward pass uses float32). A generation config's eos ids must be
+// in the vocabulary and its sampling defaults in range.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -18,6 +23,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const nlohmann::json j = nlohmann::json::parse(std::string_view(buffer.data(), buffer.size()), nullptr,
                                                  /*allow_exceptions=*/false);
   if (j.is_discarded()) return 0;
+
+  // As generation_config.json, applied to a config with a 2^20-token vocabulary. The source name is
+  // a temporary on purpose: the reader once kept a reference to it (a use-after-free in errors).
+  whittle::ModelConfig g;
+  g.vocab_size = int64_t{1} << 20;
+  try {
+    g.read_generation_config(j, std::string("fuzz/") + "generation_config.json");
+    for (int64_t id : g.eos_token_ids)
+      if (id < 0 || id >= g.vocab_size) __builtin_trap();
+    if (g.temperature && !(std::isfinite(*g.temperature) && *g.temperature >= 0)) __builtin_trap();
+    if (g.top_p && !(*g.top_p >= 0 && *g.top_p <= 1)) __builtin_trap();
+    if (g.top_k && *g.top_k < 0) __builtin_trap();
+  } catch (const whittle::Error& e) {
+    if (std::string_view(e.what()).substr(0, 28) != "fuzz/generation_config.json:") __builtin_trap();
+  }
+
   whittle::ModelConfig c;
   try {
     c = whittle::ModelConfig::from_json(j, "fuzz/config.json");
@@ -35,6 +56,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (c.topk_group <= 0 || c.topk_group > c.n_group) __builtin_trap();
   }
   if (c.index_topk <= 0 || c.max_position_embeddings <= 0) __builtin_trap();
-  (void)c.softmax_scale();
+  if (c.num_nextn_predict_layers < 0) __builtin_trap();
+  for (int64_t id : c.eos_token_ids)
+    if (id < 0 || id >= c.vocab_size) __builtin_trap();
+  const auto positive_float = [](double x) {
+    const float f = static_cast<float>(x);
+    return std::isfinite(x) && x > 0 && std::isfinite(f) && f > 0;
+  };
+  const auto positive = [](double x) { return std::isfinite(x) && x > 0; };
+  if (!positive_float(c.rms_norm_eps) || !positive_float(c.routed_scaling_factor)) __builtin_trap();
+  if (!positive(c.softmax_scale()) || !positive(c.rope.attention_factor()) || !positive(c.rope.theta))
+    __builtin_trap();
+  if (c.rope.type == "yarn") {
+    if (!positive_float(c.rope.factor) || !positive(c.rope.beta_fast) || !positive(c.rope.beta_slow) ||
+        c.rope.theta == 1.0)
+      __builtin_trap();
+  }
   return 0;
 }

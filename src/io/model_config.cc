@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "io/json_excerpt.h"
@@ -17,55 +18,78 @@ namespace {
 // Typed field access with errors that name the file and the field.
 class Fields {
  public:
-  Fields(const json& j, const std::string& source) : j_(j), source_(source) {}
+  // `source` is copied: callers pass temporaries such as `path.string()`.
+  // `prefix` names a nested object in messages ("rope_scaling.").
+  Fields(const json& j, std::string source, std::string prefix = "")
+      : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
+  Fields(json&&, std::string, std::string = "") = delete;  // j_ would dangle
 
   bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
 
   int64_t integer(const char* key) const {
-    if (!has(key)) fail("{}: missing required field '{}'", source_, key);
+    if (!has(key)) fail("{}: missing required field '{}'", source_, name(key));
     const json& v = j_.at(key);
-    if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", source_, key, json_excerpt(v));
-    // Sizes reach BLAS as int: anything past 2^31 - 1 is a corrupt file, not a model.
-    const bool in_range = v.is_number_unsigned()
-                              ? v.get<uint64_t>() <= static_cast<uint64_t>(kMaxField)
-                              : v.get<int64_t>() >= -kMaxField && v.get<int64_t>() <= kMaxField;
-    if (!in_range) fail("{}: field '{}' is {}, outside [-{}, {}]", source_, key, json_excerpt(v), kMaxField, kMaxField);
+    if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", source_, name(key), json_excerpt(v));
+    if (!in_range(v)) fail("{}: field '{}' is {}, outside [-{}, {}]", source_, name(key), json_excerpt(v), kMaxField, kMaxField);
     return v.get<int64_t>();
   }
   static constexpr int64_t kMaxField = (int64_t{1} << 31) - 1;
+  // Sizes reach BLAS as int: anything past 2^31 - 1 is a corrupt file, not a model.
+  static bool in_range(const json& v) {
+    return v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(kMaxField)
+                                  : v.get<int64_t>() >= -kMaxField && v.get<int64_t>() <= kMaxField;
+  }
   int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
   int64_t positive(const char* key) const {
     int64_t v = integer(key);
-    if (v <= 0) fail("{}: field '{}' must be positive, got {}", source_, key, v);
+    if (v <= 0) fail("{}: field '{}' must be positive, got {}", source_, name(key), v);
     return v;
   }
   int64_t positive(const char* key, int64_t fallback) const { return has(key) ? positive(key) : fallback; }
 
+  // JSON has no NaN or infinity, but a literal such as 1e999 parses to infinity.
   double number(const char* key, double fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_number()) fail("{}: field '{}' must be a number, got {}", source_, key, json_excerpt(v));
-    return v.get<double>();
+    if (!v.is_number()) fail("{}: field '{}' must be a number, got {}", source_, name(key), json_excerpt(v));
+    const double x = v.get<double>();
+    if (!std::isfinite(x)) fail("{}: field '{}' must be a finite number, got {}", source_, name(key), x);
+    return x;
+  }
+  double positive_number(const char* key, double fallback) const {
+    const double x = number(key, fallback);
+    if (!(x > 0)) fail("{}: field '{}' must be a positive number, got {}", source_, name(key), x);
+    return x;
+  }
+  // A positive number that stays positive and finite in float32, where the forward pass uses it
+  // (an epsilon of 1e-50 would become 0 there and divide by zero).
+  double positive_float(const char* key, double fallback) const {
+    const double x = positive_number(key, fallback);
+    const float f = static_cast<float>(x);
+    if (!(f > 0) || !std::isfinite(f))
+      fail("{}: field '{}' is {}, outside float32's positive range [{}, {}]", source_, name(key), x,
+           std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max());
+    return x;
   }
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_boolean()) fail("{}: field '{}' must be true or false, got {}", source_, key, json_excerpt(v));
+    if (!v.is_boolean()) fail("{}: field '{}' must be true or false, got {}", source_, name(key), json_excerpt(v));
     return v.get<bool>();
   }
   std::string string(const char* key, const std::string& fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_string()) fail("{}: field '{}' must be a string, got {}", source_, key, json_excerpt(v));
+    if (!v.is_string()) fail("{}: field '{}' must be a string, got {}", source_, name(key), json_excerpt(v));
     return v.get<std::string>();
   }
   std::vector<std::string> strings(const char* key) const {
     std::vector<std::string> out;
     if (!has(key)) return out;
     const json& v = j_.at(key);
-    if (!v.is_array()) fail("{}: field '{}' must be a list of strings, got {}", source_, key, json_excerpt(v));
+    if (!v.is_array()) fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), json_excerpt(v));
     for (const json& e : v) {
-      if (!e.is_string()) fail("{}: field '{}' must be a list of strings, got {}", source_, key, json_excerpt(v));
+      if (!e.is_string()) fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), json_excerpt(v));
       out.push_back(e.get<std::string>());
     }
     return out;
@@ -75,20 +99,24 @@ class Fields {
     std::vector<int64_t> out;
     if (!has(key)) return out;
     const json& v = j_.at(key);
-    if (v.is_number_integer()) return {v.get<int64_t>()};
-    if (!v.is_array()) fail("{}: field '{}' must be an integer or a list of integers", source_, key);
+    if (v.is_number_integer()) return {integer(key)};
+    if (!v.is_array())
+      fail("{}: field '{}' must be an integer or a list of integers, got {}", source_, name(key), json_excerpt(v));
     for (const json& e : v) {
-      if (!e.is_number_integer()) fail("{}: field '{}' must hold integers, got {}", source_, key, json_excerpt(v));
+      if (!e.is_number_integer()) fail("{}: field '{}' must hold integers, got {}", source_, name(key), json_excerpt(e));
+      if (!in_range(e))
+        fail("{}: field '{}' holds {}, outside [-{}, {}]", source_, name(key), json_excerpt(e), kMaxField, kMaxField);
       out.push_back(e.get<int64_t>());
     }
     return out;
   }
   const json& raw(const char* key) const { return j_.at(key); }
   const std::string& source() const { return source_; }
+  std::string name(const char* key) const { return prefix_ + key; }
 
  private:
   const json& j_;
-  const std::string& source_;
+  std::string source_, prefix_;
 };
 
 double yarn_mscale(double scale, double mscale) {
@@ -101,20 +129,22 @@ double yarn_mscale(double scale, double mscale) {
 // top-level `original_max_position_embeddings` is NOT used by 5.23: it is set too late).
 RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
   RopeConfig rope;
-  const json* params = nullptr;
-  if (f.has("rope_scaling")) params = &f.raw("rope_scaling");
-  else if (f.has("rope_parameters")) params = &f.raw("rope_parameters");
+  const char* params_key = f.has("rope_scaling") ? "rope_scaling" : f.has("rope_parameters") ? "rope_parameters" : nullptr;
   rope.theta = f.number("rope_theta", 10000.0);
-  if (params) {
-    if (!params->is_object())
-      fail("{}: field 'rope_parameters' must be an object, got {}", f.source(), json_excerpt(*params));
-    Fields p(*params, f.source());
+  if (params_key) {
+    const json& params = f.raw(params_key);
+    if (!params.is_object())
+      fail("{}: field '{}' must be an object, got {}", f.source(), params_key, json_excerpt(params));
+    Fields p(params, f.source(), std::string(params_key) + ".");
     rope.type = p.string("rope_type", p.string("type", "default"));
     rope.theta = p.number("rope_theta", rope.theta);
-    if (rope.type == "yarn" && !p.has("factor"))
+    const bool yarn = rope.type == "yarn";
+    if (yarn && !p.has("factor"))
       fail("{}: yarn rope parameters need 'factor' (transformers reads rope_parameters[\"factor\"])",
            f.source());
-    rope.factor = p.number("factor", 1.0);
+    // The YaRN values must keep the frequencies finite: factor divides them in float32, and the
+    // betas go through a logarithm.
+    rope.factor = yarn ? p.positive_float("factor", 1.0) : p.number("factor", 1.0);
     rope.original_max_position_embeddings =
         p.positive("original_max_position_embeddings", max_position_embeddings);
     // Python's `get("beta_fast") or 32`: 0 falls back too.
@@ -122,10 +152,15 @@ RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
     if (rope.beta_fast == 0.0) rope.beta_fast = 32.0;
     rope.beta_slow = p.number("beta_slow", 0.0);
     if (rope.beta_slow == 0.0) rope.beta_slow = 1.0;
+    for (const auto& [key, value] : {std::pair{"beta_fast", rope.beta_fast}, {"beta_slow", rope.beta_slow}})
+      if (yarn && value < 0)
+        fail("{}: field '{}' must be positive (YaRN takes its logarithm), got {}", f.source(), p.name(key), value);
     rope.mscale = p.number("mscale", 0.0);
     rope.mscale_all_dim = p.number("mscale_all_dim", 0.0);
     rope.truncate = p.boolean("truncate", true);
-    if (p.has("attention_factor")) rope.attention_factor_override = p.number("attention_factor", 1.0);
+    if (p.has("attention_factor"))
+      rope.attention_factor_override =
+          yarn ? p.positive_number("attention_factor", 1.0) : p.number("attention_factor", 1.0);
     if (p.number("partial_rotary_factor", 1.0) != 1.0)
       fail("{}: partial_rotary_factor {} is not supported (MLA rotates all qk_rope_head_dim dims)",
            f.source(), p.number("partial_rotary_factor", 1.0));
@@ -133,6 +168,16 @@ RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
   if (rope.type != "default" && rope.type != "yarn")
     fail("{}: rope type '{}' is not supported (expected \"default\" or \"yarn\")", f.source(), rope.type);
   if (!(rope.theta > 0)) fail("{}: rope_theta must be positive, got {}", f.source(), rope.theta);
+  // YaRN's correction range divides by log(rope_theta).
+  if (rope.type == "yarn" && rope.theta == 1.0)
+    fail("{}: rope_theta must not be 1 with yarn rope parameters (YaRN divides by log(rope_theta))", f.source());
+  if (rope.type == "yarn") {
+    const double factor = rope.attention_factor();
+    if (!std::isfinite(factor) || !(factor > 0))
+      fail("{}: yarn mscale {} and mscale_all_dim {} with factor {} give an attention factor of {} (expected a "
+           "positive finite number)",
+           f.source(), rope.mscale, rope.mscale_all_dim, rope.factor, factor);
+  }
   return rope;
 }
 
@@ -150,6 +195,16 @@ std::vector<bool> parse_layer_kinds(const Fields& f, const char* key, const std:
     out.push_back(k == yes);
   }
   return out;
+}
+
+constexpr int64_t kMaxLayers = 65536;
+
+// Stop ids must be tokens the model can produce.
+void check_eos_ids(const std::vector<int64_t>& ids, int64_t vocab_size, const std::string& source) {
+  for (int64_t id : ids)
+    if (id < 0 || id >= vocab_size)
+      fail("{}: field 'eos_token_id' holds {}, outside the vocabulary [0, {}) (vocab_size)", source, id,
+           vocab_size);
 }
 
 }  // namespace
@@ -188,6 +243,11 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.vocab_size = f.positive("vocab_size");
   c.hidden_size = f.positive("hidden_size");
   c.num_hidden_layers = f.positive("num_hidden_layers");
+  // Per-layer tables are built here, before any weight is read: 2^31 - 1 layers took 5 s and 0.5 GB
+  // for a 1 KB file. Released models have at most a few hundred layers.
+  if (c.num_hidden_layers > kMaxLayers)
+    fail("{}: field 'num_hidden_layers' is {}, beyond whittle's limit of {} layers", source, c.num_hidden_layers,
+         kMaxLayers);
   c.num_attention_heads = f.positive("num_attention_heads");
   c.num_key_value_heads = f.positive("num_key_value_heads", c.num_attention_heads);
   if (c.num_key_value_heads != c.num_attention_heads)
@@ -248,7 +308,9 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
            c.num_experts_per_tok);
   }
   c.norm_topk_prob = f.boolean("norm_topk_prob", true);
-  c.routed_scaling_factor = f.number("routed_scaling_factor", 2.5);
+  // Multiplies every routed expert's weight in float32: 0, a negative or an overflowing value makes
+  // the MoE output nonsense.
+  c.routed_scaling_factor = f.positive_float("routed_scaling_factor", 2.5);
   c.scoring_func = f.string("scoring_func", "sigmoid");
   if (c.scoring_func != "sigmoid")
     fail("{}: scoring_func '{}' is not supported (expected \"sigmoid\")", source, c.scoring_func);
@@ -256,9 +318,14 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (c.hidden_act != "silu")
     fail("{}: hidden_act '{}' is not supported (expected \"silu\")", source, c.hidden_act);
 
-  c.rms_norm_eps = f.number("rms_norm_eps", glm ? 1e-5 : 1e-6);
+  // 1 / sqrt(mean(x^2) + eps) in float32: eps <= 0 gives inf / NaN on a zero row.
+  c.rms_norm_eps = f.positive_float("rms_norm_eps", glm ? 1e-5 : 1e-6);
   c.max_position_embeddings = f.positive("max_position_embeddings", glm ? 202752 : 163840);
   c.rope = parse_rope(f, c.max_position_embeddings);
+  if (const double scale = c.softmax_scale(); !std::isfinite(scale) || !(scale > 0))
+    fail("{}: yarn mscale_all_dim {} with factor {} gives an attention softmax scale of {} (expected a positive "
+         "finite number)",
+         source, c.rope.mscale_all_dim, c.rope.factor, scale);
   // transformers hard-codes the pairing and ignores these keys: MLA is interleaved in both models,
   // the indexer is interleaved in glm_moe_dsa and half-split in deepseek_v32. A checkpoint asking
   // for anything else contradicts the architecture.
@@ -285,12 +352,37 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (!c.indexer_full[0]) fail("{}: indexer_types[0] is \"shared\" but there is no earlier layer", source);
 
   c.num_nextn_predict_layers = f.integer("num_nextn_predict_layers", 0);
+  if (c.num_nextn_predict_layers < 0 || c.num_nextn_predict_layers > kMaxLayers)
+    fail("{}: field 'num_nextn_predict_layers' is {}, outside [0, {}]", source, c.num_nextn_predict_layers,
+         kMaxLayers);
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
   c.eos_token_ids = f.integers("eos_token_id");
+  check_eos_ids(c.eos_token_ids, c.vocab_size, source);
   if (f.has("bos_token_id")) c.bos_token_id = f.integer("bos_token_id");
   if (f.has("pad_token_id")) c.pad_token_id = f.integer("pad_token_id");
   c.torch_dtype = f.string("dtype", f.string("torch_dtype", "bfloat16"));
   return c;
+}
+
+void ModelConfig::read_generation_config(const json& g, const std::string& source) {
+  if (!g.is_object()) fail("{}: generation config is not a JSON object", source);
+  Fields f(g, source);
+  std::vector<int64_t> eos = f.integers("eos_token_id");
+  check_eos_ids(eos, vocab_size, source);
+  if (!eos.empty()) eos_token_ids = eos;
+  // Sampling defaults, checked as transformers' logits warpers check them.
+  if (f.has("temperature")) {
+    temperature = f.number("temperature", 1.0);
+    if (*temperature < 0) fail("{}: field 'temperature' must not be negative, got {}", source, *temperature);
+  }
+  if (f.has("top_p")) {
+    top_p = f.number("top_p", 1.0);
+    if (*top_p < 0 || *top_p > 1) fail("{}: field 'top_p' must be in [0, 1], got {}", source, *top_p);
+  }
+  if (f.has("top_k")) {
+    top_k = f.integer("top_k");
+    if (*top_k < 0) fail("{}: field 'top_k' must not be negative, got {}", source, *top_k);
+  }
 }
 
 ModelConfig ModelConfig::load(const fs::path& dir) {
@@ -303,10 +395,8 @@ ModelConfig ModelConfig::load(const fs::path& dir) {
   const fs::path gen_path = dir / "generation_config.json";
   if (fs::exists(gen_path)) {
     json g = json::parse(read_file(gen_path), nullptr, false);
-    if (g.is_discarded() || !g.is_object()) fail("{}: malformed JSON", gen_path.string());
-    Fields gf(g, gen_path.string());
-    std::vector<int64_t> eos = gf.integers("eos_token_id");
-    if (!eos.empty()) c.eos_token_ids = eos;
+    if (g.is_discarded()) fail("{}: malformed JSON", gen_path.string());
+    c.read_generation_config(g, gen_path.string());
   }
   return c;
 }

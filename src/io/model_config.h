@@ -87,13 +87,20 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> bos_token_id, pad_token_id;
   std::string torch_dtype = "bfloat16";
+  // generation_config.json's sampling defaults, validated on load. Nothing applies them yet:
+  // `whittle generate`'s flags decide.
+  std::optional<double> temperature, top_p;
+  std::optional<int64_t> top_k;
 
   // Softmax scale of MLA: qk_head_dim^-0.5, times mscale^2 for YaRN with mscale_all_dim.
   double softmax_scale() const;
 
   // Parses a config.json object. `source` names the file in errors.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
-  // Reads `<dir>/config.json` (and `generation_config.json` for eos ids when present).
+  // Applies a generation_config.json object: its eos_token_id replaces config.json's; temperature,
+  // top_p and top_k are checked and kept. `source` names the file in errors.
+  void read_generation_config(const nlohmann::json& j, const std::string& source);
+  // Reads `<dir>/config.json` (and `generation_config.json` when present).
   static ModelConfig load(const std::filesystem::path& dir);
 };
 

@@ -5,12 +5,18 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "ops/rope.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -307,10 +313,145 @@ TEST(ModelConfig, BadYarnParametersGiveClearErrors) {
   EXPECT_THAT(error_of(j), HasSubstr("partial_rotary_factor 0.5 is not supported"));
   j = deepseek_v32();
   j["rope_scaling"]["original_max_position_embeddings"] = 0;
-  EXPECT_THAT(error_of(j), HasSubstr("'original_max_position_embeddings' must be positive"));
+  EXPECT_THAT(error_of(j), HasSubstr("'rope_scaling.original_max_position_embeddings' must be positive"));
   j = deepseek_v32();
   j["rope_scaling"]["truncate"] = "yes";
-  EXPECT_THAT(error_of(j), HasSubstr("'truncate' must be true or false"));
+  EXPECT_THAT(error_of(j), HasSubstr("'rope_scaling.truncate' must be true or false"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile values: every one must end in an error naming the file and the field, never a NaN in the
+// forward pass or a message built from freed memory.
+
+// A model folder holding config.json (GLM-5's) and, when given, generation_config.json text.
+class ConfigFolder {
+ public:
+  explicit ConfigFolder(const std::string& generation_config = "")
+      : dir_(std::filesystem::temp_directory_path() /
+             ("whittle_config_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++))) {
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    write_file_atomic(dir_ / "config.json", glm5().dump());
+    if (!generation_config.empty()) write_file_atomic(dir_ / "generation_config.json", generation_config);
+  }
+  ~ConfigFolder() { std::filesystem::remove_all(dir_); }
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  static inline int counter_ = 0;
+  std::filesystem::path dir_;
+};
+
+std::string load_error(const std::string& generation_config) {
+  ConfigFolder folder(generation_config);
+  try {
+    ModelConfig::load(folder.dir());
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelConfig, GenerationConfigErrorsNameTheFileAndTheField) {
+  // Each message starts with the file's path (a heap use-after-free once made it garbage) and names
+  // the field.
+  const std::string file = "generation_config.json: ";
+  EXPECT_THAT(load_error(R"({"eos_token_id": "x"})"),
+              HasSubstr(file + "field 'eos_token_id' must be an integer or a list of integers, got \"x\""));
+  EXPECT_THAT(load_error(R"({"eos_token_id": [1, "x"]})"),
+              HasSubstr(file + "field 'eos_token_id' must hold integers, got \"x\""));
+  EXPECT_THAT(load_error(R"({"eos_token_id": [1, 18446744073709551615]})"),
+              HasSubstr(file + "field 'eos_token_id' holds 18446744073709551615, outside"));
+  EXPECT_THAT(load_error(R"({"eos_token_id": 154880})"),
+              HasSubstr(file + "field 'eos_token_id' holds 154880, outside the vocabulary [0, 154880)"));
+  EXPECT_THAT(load_error(R"({"eos_token_id": -1})"), HasSubstr(file + "field 'eos_token_id' holds -1"));
+  EXPECT_THAT(load_error(R"({"temperature": "hot"})"),
+              HasSubstr(file + "field 'temperature' must be a number, got \"hot\""));
+  EXPECT_THAT(load_error(R"({"temperature": -0.5})"),
+              HasSubstr(file + "field 'temperature' must not be negative, got -0.5"));
+  EXPECT_THAT(load_error(R"({"temperature": 1e999})"), HasSubstr(file + "malformed JSON"));  // nlohmann refuses it
+  EXPECT_THAT(load_error(R"({"top_p": [0.9]})"), HasSubstr(file + "field 'top_p' must be a number, got an array"));
+  EXPECT_THAT(load_error(R"({"top_p": 1.5})"), HasSubstr(file + "field 'top_p' must be in [0, 1], got 1.5"));
+  EXPECT_THAT(load_error(R"({"top_k": 0.5})"), HasSubstr(file + "field 'top_k' must be an integer, got 0.5"));
+  EXPECT_THAT(load_error(R"({"top_k": -3})"), HasSubstr(file + "field 'top_k' must not be negative, got -3"));
+  EXPECT_THAT(load_error(R"({"eos_token_id": )"), HasSubstr(file + "malformed JSON"));
+  EXPECT_THAT(load_error("[1, 2]"), HasSubstr(file + "generation config is not a JSON object"));
+  for (const char* text : {R"({"eos_token_id": "x"})", R"({"temperature": "hot"})", "{"})
+    EXPECT_THAT(load_error(text), ::testing::StartsWith(std::filesystem::temp_directory_path().string())) << text;
+
+  // A well-formed file replaces config.json's eos ids and keeps the sampling defaults.
+  ConfigFolder folder(R"({"eos_token_id": [7, 9], "temperature": 0.8, "top_p": 0.95, "top_k": 50,
+                          "do_sample": true, "pad_token_id": null})");
+  const ModelConfig c = ModelConfig::load(folder.dir());
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{7, 9}));
+  EXPECT_DOUBLE_EQ(c.temperature.value_or(-1), 0.8);
+  EXPECT_DOUBLE_EQ(c.top_p.value_or(-1), 0.95);
+  EXPECT_EQ(c.top_k.value_or(-1), 50);
+}
+
+TEST(ModelConfig, ValuesThatWouldGiveNanOrNonsenseAreRejected) {
+  const auto with = [](const char* key, const json& value) {
+    json j = glm5();
+    j[key] = value;
+    return error_of(j);
+  };
+  for (const json& eps : {json(-1), json(0), json(-1e-6), json(1e-50)})
+    EXPECT_THAT(with("rms_norm_eps", eps), HasSubstr("m/config.json: field 'rms_norm_eps'")) << eps;
+  EXPECT_THAT(with("rms_norm_eps", -1), HasSubstr("field 'rms_norm_eps' must be a positive number, got -1"));
+  EXPECT_THAT(with("rms_norm_eps", 1e-50), HasSubstr("field 'rms_norm_eps' is 1e-50, outside float32's positive range"));
+  // JSON text cannot hold infinity (nlohmann refuses 1e999), but a json built in memory can.
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_THAT(with("rms_norm_eps", inf), HasSubstr("field 'rms_norm_eps' must be a finite number, got inf"));
+  for (const json& f : {json(0), json(-2.5), json(1e300)})
+    EXPECT_THAT(with("routed_scaling_factor", f), HasSubstr("field 'routed_scaling_factor'")) << f;
+  EXPECT_THAT(with("num_nextn_predict_layers", -1),
+              HasSubstr("field 'num_nextn_predict_layers' is -1, outside [0, 65536]"));
+  // 2^31 - 1 layers once cost 5 s and 0.5 GB of per-layer tables for a 1 KB config.json.
+  json layers = glm5();
+  layers["num_hidden_layers"] = 2147483647;
+  layers.erase("mlp_layer_types");
+  EXPECT_THAT(error_of(layers),
+              HasSubstr("m/config.json: field 'num_hidden_layers' is 2147483647, beyond whittle's limit of 65536"));
+  EXPECT_THAT(with("eos_token_id", json::array({1, 200000})),
+              HasSubstr("m/config.json: field 'eos_token_id' holds 200000, outside the vocabulary [0, 154880)"));
+  EXPECT_THAT(with("rope_theta", inf), HasSubstr("field 'rope_theta' must be a finite number"));
+  ModelConfig c = ModelConfig::from_json(glm5(), "c");
+  expect_error([&] { c.read_generation_config(json{{"temperature", -inf}}, "g.json"); },
+               {"g.json: field 'temperature' must be a finite number, got -inf"});
+}
+
+TEST(ModelConfig, YarnValuesThatWouldGiveNanAreRejected) {
+  const auto with = [](const char* key, const json& value) {
+    json j = deepseek_v32();
+    j["rope_scaling"][key] = value;
+    return error_of(j);
+  };
+  EXPECT_THAT(with("factor", 0), HasSubstr("m/config.json: field 'rope_scaling.factor' must be a positive number, got 0"));
+  EXPECT_THAT(with("factor", -40), HasSubstr("field 'rope_scaling.factor' must be a positive number, got -40"));
+  EXPECT_THAT(with("factor", 1e-60), HasSubstr("field 'rope_scaling.factor' is 1e-60, outside float32"));
+  EXPECT_THAT(with("factor", "40"), HasSubstr("field 'rope_scaling.factor' must be a number, got \"40\""));
+  EXPECT_THAT(with("beta_fast", -32), HasSubstr("field 'rope_scaling.beta_fast' must be positive"));
+  EXPECT_THAT(with("beta_slow", -1), HasSubstr("field 'rope_scaling.beta_slow' must be positive"));
+  EXPECT_THAT(with("attention_factor", 0), HasSubstr("field 'rope_scaling.attention_factor' must be a positive"));
+  EXPECT_THAT(with("original_max_position_embeddings", -1),
+              HasSubstr("field 'rope_scaling.original_max_position_embeddings' must be positive"));
+  // mscale(40, m) = 0.1 m ln 40 + 1 turns negative below m = -10 / ln 40; cos/sin are scaled by
+  // mscale(40, mscale) / mscale(40, mscale_all_dim).
+  EXPECT_THAT(with("mscale_all_dim", -10), HasSubstr("give an attention factor of -0.5"));
+  json j = deepseek_v32();
+  j["rope_scaling"].erase("mscale");
+  j["rope_scaling"]["mscale_all_dim"] = 1e308;  // the softmax scale squares mscale(40, 1e308)
+  EXPECT_THAT(error_of(j), HasSubstr("gives an attention softmax scale of inf"));
+  j = deepseek_v32();
+  j["rope_theta"] = 1;
+  EXPECT_THAT(error_of(j), HasSubstr("rope_theta must not be 1 with yarn"));
+  j["rope_scaling"] = {{"type", "default"}};
+  EXPECT_NO_THROW(ModelConfig::from_json(j, "c"));  // theta 1 is odd but finite without YaRN
+  j = deepseek_v32();
+  j["rope_parameters"] = j["rope_scaling"];
+  j.erase("rope_scaling");
+  j["rope_parameters"]["factor"] = 0;
+  EXPECT_THAT(error_of(j), HasSubstr("field 'rope_parameters.factor' must be a positive number"));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -175,6 +176,26 @@ TEST_F(NpyTest, BadHeadersNameTheFileAndTheField) {
         write_npy(p, std::span<const int32_t>(kI32), std::vector<int64_t>{3, 3});
       },
       {p.string(), "holds 9 elements, but 8 were given"});
+}
+
+TEST_F(NpyTest, NonRegularFilesAreRefusedWithoutBlocking) {
+  const fs::path fifo = dir_ / "ids.npy";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THAT(error_reading_fifo(fifo, [&] { read_npy(fifo); }),
+              HasSubstr(fifo.string() + ": not a regular file"));
+  expect_error([&] { read_npy_f32(dir_); }, {dir_.string() + ": not a regular file", "folder"});
+  expect_error([] { read_npy("/dev/zero"); }, {"/dev/zero: not a regular file"});
+}
+
+TEST_F(NpyTest, WritingDoesNotFollowASymlinkAtTheOldTemporaryName) {
+  const fs::path victim = dir_ / "victim.txt";
+  write_file_atomic(victim, "precious");
+  const fs::path out = dir_ / "logits.npy";
+  fs::create_symlink(victim, out.string() + ".tmp." + std::to_string(::getpid()));
+  const std::vector<float> values = {1.0f, 2.0f};
+  write_npy(out, values, std::vector<int64_t>{2});
+  EXPECT_EQ(read_file(victim), "precious");
+  EXPECT_EQ(read_npy_f32(out), values);
 }
 
 }  // namespace

@@ -180,8 +180,15 @@ TensorStore::TensorStore(const fs::path& dir) : dir_(dir) {
       shards.insert(shard);
     }
     for (const auto& s : shards) {
-      if (!fs::exists(dir / s))
+      // Follows symlinks (a Hugging Face cache links shards to blobs); a FIFO or device is refused
+      // here, before anything opens it.
+      std::error_code ec;
+      const fs::file_status st = fs::status(dir / s, ec);
+      if (!fs::exists(st))
         fail("{}: shard '{}' named in the index does not exist", index_path.string(), s);
+      if (!fs::is_regular_file(st))
+        fail("{}: shard '{}' named in the index is not a regular file; expected a file",
+             index_path.string(), s);
       shard_paths.push_back(dir / s);
     }
   } else {

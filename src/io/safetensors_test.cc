@@ -5,6 +5,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -237,6 +238,43 @@ TEST_F(TensorStoreBadInput, DuplicateTensorAcrossShards) {
   expect_error([&] { TensorStore s(dir_.path()); },
                {dir_.path().string(), "tensor 'a'", "model-00001-of-00002.safetensors",
                 "model-00003-of-00003.safetensors"});
+}
+
+TEST_F(TensorStoreBadInput, FifoShardOrIndexIsRefusedWithoutBlocking) {
+  write_two_shards();
+  const fs::path shard2 = dir_.path() / "model-00002-of-00002.safetensors";
+  fs::remove(shard2);
+  ASSERT_EQ(::mkfifo(shard2.c_str(), 0600), 0);
+  write(
+      "model.safetensors.index.json",
+      R"({"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}})");
+  std::string error = error_reading_fifo(shard2, [&] { TensorStore s(dir_.path()); });
+  EXPECT_THAT(error, HasSubstr("'model-00002-of-00002.safetensors'"));
+  EXPECT_THAT(error, HasSubstr("not a regular file"));
+  EXPECT_THAT(error, HasSubstr(index().string()));
+  error = error_reading_fifo(shard2, [&] { SafeTensorsFile f(shard2); });
+  EXPECT_THAT(error, HasSubstr(shard2.string() + ": not a regular file"));
+
+  // The index itself a FIFO.
+  fs::remove(index());
+  ASSERT_EQ(::mkfifo(index().c_str(), 0600), 0);
+  error = error_reading_fifo(index(), [&] { TensorStore s(dir_.path()); });
+  EXPECT_THAT(error, HasSubstr(index().string() + ": not a regular file"));
+
+  // Without an index a FIFO named *.safetensors is not a shard: it is skipped, never opened.
+  fs::remove(index());
+  TensorStore store(dir_.path());
+  EXPECT_EQ(store.file_count(), 1u);
+  EXPECT_TRUE(store.contains("a"));
+}
+
+TEST_F(TensorStoreBadInput, IndexNamesAFolder) {
+  write_two_shards();
+  fs::create_directories(dir_.path() / "sub.safetensors");
+  write("model.safetensors.index.json",
+        R"({"weight_map":{"a":"model-00001-of-00002.safetensors","b":"sub.safetensors"}})");
+  expect_error([&] { TensorStore s(dir_.path()); },
+               {index().string(), "shard 'sub.safetensors'", "not a regular file"});
 }
 
 TEST_F(TensorStoreBadInput, NotAFolderOrEmpty) {

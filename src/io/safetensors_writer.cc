@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "io/safetensors.h"
 #include "util/atomic_file.h"
@@ -75,6 +76,7 @@ std::string json_string(std::string_view text, std::string_view what) {
 SafeTensorsWriter::SafeTensorsWriter(fs::path out_dir, uint64_t max_shard_bytes,
                                      std::map<std::string, std::string> metadata)
     : out_dir_(std::move(out_dir)),
+      staging_tag_(fmt::format("{:08x}{:08x}", std::random_device{}(), std::random_device{}())),
       max_shard_bytes_(max_shard_bytes),
       metadata_(std::move(metadata)) {
   if (max_shard_bytes_ == 0) fail("{}: max_shard_bytes must be positive", out_dir_.string());
@@ -206,7 +208,7 @@ void SafeTensorsWriter::close_shard(OpenShard& shard) {
   if (std::fflush(shard.scratch) != 0)
     fail("{}: flushing the scratch file failed: {}", out_dir_.string(), std::strerror(errno));
   const fs::path staged =
-      out_dir_ / fmt::format(".whittle-staged-{}-{:05}.shard", ::getpid(), staged_.size() + 1);
+      out_dir_ / fmt::format(".whittle-staged-{}-{:05}.shard", staging_tag_, staged_.size() + 1);
   const std::string header = header_json(shard.tensors);
 
   AtomicFile file(staged);

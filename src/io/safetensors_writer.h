@@ -91,6 +91,7 @@ class SafeTensorsWriter {
   void remove_staged();
 
   std::filesystem::path out_dir_;
+  std::string staging_tag_;  // random: staged names nobody can plant anything at ahead of time
   uint64_t max_shard_bytes_;
   std::map<std::string, std::string> metadata_;
   OpenShard current_;

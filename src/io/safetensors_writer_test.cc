@@ -287,6 +287,27 @@ TEST_F(WriterTest, NoFinalFileWhenTheCallerThrows) {
   EXPECT_TRUE(files_in(dir_).empty());
 }
 
+TEST_F(WriterTest, NothingPlantedAtTheOldStagingNamesGetsInTheWay) {
+  // Staged shards used to be `.whittle-staged-<pid>-<n>.shard`: a folder planted there made the
+  // write fail, a file there was taken over.
+  fs::create_directories(dir_);
+  for (int n = 1; n <= 3; ++n) {
+    const fs::path old_name = dir_ / fmt::format(".whittle-staged-{}-{:05}.shard", ::getpid(), n);
+    fs::create_directories(old_name);
+    write_file_atomic(old_name / "theirs", "theirs");
+  }
+  std::vector<std::byte> bytes(400);
+  SafeTensorsWriter w(dir_, 1000);
+  for (int i = 0; i < 5; ++i) w.add(fmt::format("t{}", i), DType::F32, {100}, bytes);
+  EXPECT_EQ(w.finish().size(), 4u);  // 3 shards + index
+  TensorStore store(dir_);
+  EXPECT_EQ(store.names().size(), 5u);
+  for (int n = 1; n <= 3; ++n)
+    EXPECT_EQ(
+        read_file(dir_ / fmt::format(".whittle-staged-{}-{:05}.shard", ::getpid(), n) / "theirs"),
+        "theirs");
+}
+
 TEST_F(WriterTest, RefusesAFolderHoldingACheckpoint) {
   fs::create_directories(dir_);
   write_file_atomic(dir_ / "model-00001-of-00002.safetensors", "x");

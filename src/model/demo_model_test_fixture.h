@@ -6,10 +6,20 @@
 
 #include <filesystem>
 
+#include "io/safetensors.h"
 #include "model/glm_moe_dsa.h"
 #include "util/thread_pool.h"
 
 namespace whittle {
+
+// The model of `dir` with its context cut to `max_pos` positions (for tests of the context limit).
+inline GlmMoeDsa load_model_with_context(const std::filesystem::path& dir, int64_t max_pos, ThreadPool& pool) {
+  ModelConfig config = ModelConfig::load(dir);
+  config.max_position_embeddings = max_pos;
+  TensorStore store(dir);
+  ModelWeights weights = load_weights(store, config);
+  return GlmMoeDsa(std::move(config), std::move(weights), pool);
+}
 
 class DemoModelTest : public ::testing::Test {
  protected:

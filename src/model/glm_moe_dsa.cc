@@ -77,6 +77,11 @@ std::vector<float> GlmMoeDsa::run(std::span<const int32_t> tokens, KvCache& cach
                                   bool absorbed) {
   const int64_t T = static_cast<int64_t>(tokens.size()), H = config_.hidden_size;
   if (T == 0) fail("no tokens to run");
+  // Positions past the trained context are refused, not extrapolated: RoPE (and YaRN's correction
+  // range) is only defined up to max_position_embeddings, and the cache would grow without bound.
+  if (cache.length() + T > config_.max_position_embeddings)
+    fail("{} token(s) after {} cached exceed the model's context of {} (max_position_embeddings)", T,
+         cache.length(), config_.max_position_embeddings);
   if (static_cast<int64_t>(cache.layers.size()) != config_.num_hidden_layers)
     fail("internal: KV cache has {} layers, model has {}", cache.layers.size(), config_.num_hidden_layers);
   const float eps = static_cast<float>(config_.rms_norm_eps);

@@ -11,8 +11,10 @@
 #include <filesystem>
 
 #include "io/npy.h"
+#include "model/demo_model_test_fixture.h"
 #include "serve/sampler.h"
 #include "util/atomic_file.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -130,6 +132,39 @@ TEST_P(GoldenModel, ChunkedPrefillMatches) {
 INSTANTIATE_TEST_SUITE_P(Golden, GoldenModel, ::testing::ValuesIn(golden_models()),
                          [](const auto& info) { return info.param; });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenModel);
+
+TEST(GlmMoeDsa, RefusesPositionsPastTheContext) {
+  ThreadPool pool(1);
+  Golden g = read_golden(kGoldenModels / "dsa_long");
+  GlmMoeDsa model = load_model_with_context(g.model, 10, pool);
+  KvCache cache(model.config());
+  std::span<const int32_t> ids(g.ids);
+  expect_error([&] { model.prefill(ids.first(11), cache); }, {"11 token(s)", "context of 10"});
+  EXPECT_EQ(cache.length(), 0);
+  model.prefill(ids.first(9), cache);
+  model.decode(ids[9], cache);  // position 9: the last one
+  expect_error([&] { model.decode(ids[10], cache); }, {"after 10 cached", "max_position_embeddings"});
+}
+
+// DSA keeps one selection per query row and layer: each must hold index_topk keys, whatever the
+// number of visible keys it was chosen from (memory O(T * k), not O(T^2)).
+TEST(GlmMoeDsa, SelectionsHoldOnlyTopKKeys) {
+  ThreadPool pool(1);
+  Golden g = read_golden(kGoldenModels / "dsa_long");
+  GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
+  KvCache cache(model.config());
+  model.prefill(g.ids, cache);
+  const size_t k = static_cast<size_t>(model.config().index_topk);
+  size_t sparse = 0;
+  for (const auto& layer : model.last_selections())
+    for (const KeySelection& sel : layer) {
+      if (sel.all_visible) continue;
+      ++sparse;
+      EXPECT_EQ(sel.keys.size(), k);
+      EXPECT_LE(sel.keys.capacity(), k);
+    }
+  EXPECT_GT(sparse, 0u);
+}
 
 TEST(GoldenModels, ArePresent) { EXPECT_GE(golden_models().size(), 3u) << kGoldenModels; }
 

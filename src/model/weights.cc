@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
+#include <optional>
+#include <string_view>
 
 #include "util/error.h"
 
@@ -12,7 +15,8 @@ namespace {
 
 class Binder {
  public:
-  Binder(const TensorStore& store) : store_(store) {}
+  explicit Binder(const TensorStore& store) : store_(store) {}
+  explicit Binder(TensorStore&&) = delete;  // store_ would dangle
 
   std::vector<float> vec(const std::string& name, int64_t n) const { return store_.load_f32(name, {n}); }
 
@@ -53,9 +57,40 @@ class Binder {
   const TensorStore& store_;
 };
 
+// N of a `model.layers.N.` name (saturating at 10^18 for absurdly long numbers), else nullopt.
+std::optional<int64_t> layer_index(std::string_view name) {
+  constexpr std::string_view prefix = "model.layers.";
+  if (!name.starts_with(prefix)) return std::nullopt;
+  name.remove_prefix(prefix.size());
+  const size_t dot = name.find('.');
+  if (dot == 0 || dot == std::string_view::npos) return std::nullopt;
+  constexpr int64_t kCap = 1'000'000'000'000'000'000;
+  int64_t index = 0;
+  for (char ch : name.substr(0, dot)) {
+    if (ch < '0' || ch > '9') return std::nullopt;
+    index = index >= kCap / 10 ? kCap : index * 10 + (ch - '0');
+  }
+  return index;
+}
+
+// A config.json with fewer num_hidden_layers than the checkpoint holds would run a truncated model
+// without a word. Layers [num_hidden_layers, + num_nextn_predict_layers) are the MTP layers GLM-5
+// ships: the forward pass ignores them (`whittle info` lists them).
+void check_no_extra_layers(const TensorStore& store, const ModelConfig& c) {
+  const int64_t known = c.num_hidden_layers + c.num_nextn_predict_layers;
+  for (const std::string& name : store.names()) {
+    const std::optional<int64_t> index = layer_index(name);
+    if (!index || *index < known) continue;
+    fail("{}: tensor '{}' is beyond num_hidden_layers {} + num_nextn_predict_layers {} of config.json "
+         "(expected layers 0..{}); the config describes fewer layers than the checkpoint holds",
+         store.get(name).file->string(), name, c.num_hidden_layers, c.num_nextn_predict_layers, known - 1);
+  }
+}
+
 }  // namespace
 
 ModelWeights load_weights(const TensorStore& store, const ModelConfig& c) {
+  check_no_extra_layers(store, c);
   Binder b(store);
   ModelWeights w;
   const int64_t H = c.hidden_size, V = c.vocab_size;

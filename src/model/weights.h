@@ -64,8 +64,10 @@ struct ModelWeights {
   Linear lm_head;                   // [vocab, hidden]; the embedding when tied
 };
 
-// Reads every tensor the forward pass needs. Tensors the forward pass does not use (the MTP layer
-// `model.layers.<num_hidden_layers>.*`) are ignored here and listed by `whittle info`.
+// Reads every tensor the forward pass needs. Tensors the forward pass does not use (the MTP layers
+// `model.layers.<num_hidden_layers + i>.*`, i < num_nextn_predict_layers) are ignored here and listed
+// by `whittle info`. A `model.layers.N.*` tensor past those is an error naming it: the config would
+// describe a truncated model.
 ModelWeights load_weights(const TensorStore& store, const ModelConfig& config);
 
 }  // namespace whittle

@@ -5,6 +5,8 @@
 #include <limits>
 #include <numeric>
 
+#include "util/error.h"
+
 namespace whittle {
 
 void rms_norm(const float* x, const float* weight, float* out, int64_t n, float eps) {
@@ -47,12 +49,14 @@ void softmax(float* x, int64_t n) {
 }
 
 std::vector<int32_t> top_k(const float* x, int64_t n, int64_t k) {
+  if (k < 0 || k > n) fail("internal: top-{} of {} values", k, n);
   std::vector<int32_t> idx(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
   auto greater = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), greater);
-  idx.resize(static_cast<size_t>(k));
-  return idx;
+  // A fresh k-long vector, not idx.resize(k): resize keeps capacity n, and the DSA indexer keeps one
+  // selection per token, which made its memory O(T^2) (80 GB per layer at a 200k context).
+  return std::vector<int32_t>(idx.begin(), idx.begin() + k);
 }
 
 }  // namespace whittle

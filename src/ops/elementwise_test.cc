@@ -7,6 +7,8 @@
 #include <limits>
 #include <random>
 
+#include "util/testing.h"
+
 namespace whittle {
 namespace {
 
@@ -44,6 +46,17 @@ TEST(Elementwise, TopKOrdersDescendingAndBreaksTiesByIndex) {
   std::vector<float> x = {0.5f, 2.0f, -1.0f, 2.0f, 0.7f};
   EXPECT_EQ(top_k(x.data(), 5, 3), (std::vector<int32_t>{1, 3, 4}));
   EXPECT_EQ(top_k(x.data(), 5, 5), (std::vector<int32_t>{1, 3, 4, 0, 2}));
+}
+
+// The DSA indexer keeps one top-k per token: each must hold k entries, not the n it was chosen
+// from (a resize(k) kept capacity n: O(T^2) memory over a long prompt).
+TEST(Elementwise, TopKKeepsOnlyKEntries) {
+  std::vector<float> x(10000);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 7919) % 10007);
+  std::vector<int32_t> best = top_k(x.data(), static_cast<int64_t>(x.size()), 16);
+  EXPECT_EQ(best.size(), 16u);
+  EXPECT_LE(best.capacity(), 16u);
+  expect_error([&] { top_k(x.data(), 4, 5); }, {"top-5 of 4"});
 }
 
 TEST(Elementwise, SiluMul) {

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include <fmt/core.h>
+
 #include "util/error.h"
 
 namespace whittle {
@@ -16,8 +18,14 @@ const char* stop_reason_name(StopReason reason) {
       return "eos";
     case StopReason::kCallback:
       return "stop";
+    case StopReason::kContext:
+      return "context full";
   }
   return "?";
+}
+
+int64_t context_room(const ModelConfig& config, int64_t cached, int64_t prompt) {
+  return std::max<int64_t>(0, config.max_position_embeddings - cached - prompt);
 }
 
 GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int32_t> prompt,
@@ -25,6 +33,15 @@ GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int3
   using Clock = std::chrono::steady_clock;
   auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
   if (prompt.empty()) fail("generation: the prompt has no tokens");
+  const ModelConfig& config = model.config();
+  const int64_t prompt_len = static_cast<int64_t>(prompt.size());
+  if (cache.length() + prompt_len > config.max_position_embeddings)
+    fail("the prompt has {} tokens{}; the model's context is {} (max_position_embeddings)", prompt_len,
+         cache.length() > 0 ? fmt::format(" after {} cached", cache.length()) : "",
+         config.max_position_embeddings);
+  // Output tokens fit while the whole sequence stays within the context.
+  const int64_t room = context_room(config, cache.length(), prompt_len);
+  const int64_t max_tokens = std::min(options.max_tokens, room);
   const int64_t vocab = model.config().vocab_size;
   const int64_t n_sample = options.sample_vocab > 0 ? std::min(options.sample_vocab, vocab) : vocab;
   Sampler sampler(options.sampling);
@@ -34,7 +51,7 @@ GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int3
   std::vector<float> logits = model.prefill(prompt, cache, /*all_logits=*/false);
   const auto t1 = Clock::now();
   r.prefill_seconds = secs(t0, t1);
-  while (r.sampled < options.max_tokens) {
+  while (r.sampled < max_tokens) {
     int32_t next =
         sampler.sample(std::span<const float>(logits).first(static_cast<size_t>(n_sample)));
     ++r.sampled;
@@ -50,9 +67,10 @@ GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int3
       break;
     }
     // The last token is not decoded: nobody would read its logits.
-    if (r.sampled == options.max_tokens) break;
+    if (r.sampled == max_tokens) break;
     logits = model.decode(next, cache);
   }
+  if (r.stop == StopReason::kMaxTokens && max_tokens < options.max_tokens) r.stop = StopReason::kContext;
   r.decode_seconds = secs(t1, Clock::now());
   return r;
 }

@@ -24,8 +24,13 @@ struct GenerationOptions {
   std::vector<int64_t> stop_ids = {};  // a sampled stop id ends generation and is not kept
 };
 
-enum class StopReason { kMaxTokens, kStopId, kCallback };
-const char* stop_reason_name(StopReason reason);  // "max tokens", "eos", "stop"
+// How many new tokens fit after `cached` + `prompt` tokens in the model's context (>= 0).
+int64_t context_room(const ModelConfig& config, int64_t cached, int64_t prompt);
+
+// kContext: the sequence reached the model's max_position_embeddings (prompt + output, as vLLM's
+// max_model_len counts it) before max_tokens.
+enum class StopReason { kMaxTokens, kStopId, kCallback, kContext };
+const char* stop_reason_name(StopReason reason);  // "max tokens", "eos", "stop", "context full"
 
 struct GenerationResult {
   std::vector<int32_t> tokens;  // the generated ids, without a final stop id
@@ -40,7 +45,8 @@ using TokenCallback = std::function<bool(int32_t token)>;
 
 // Runs `prompt` (non-empty) after whatever `cache` already holds and generates from there; the
 // cache is left holding the prompt and every generated token but the last. Throws Error for an
-// empty prompt.
+// empty prompt or one that does not fit the model's context; generation stops (kContext) when the
+// cached tokens plus the output reach max_position_embeddings.
 GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int32_t> prompt,
                           const GenerationOptions& options, const TokenCallback& on_token = {});
 

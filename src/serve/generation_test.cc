@@ -9,6 +9,7 @@
 
 #include "model/demo_model_test_fixture.h"
 #include "util/error.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -85,6 +86,27 @@ TEST_F(Generation, ZeroMaxTokensAndEmptyPrompt) {
   EXPECT_TRUE(generate(*model_, cache, prompt_, {.max_tokens = 0}).tokens.empty());
   cache.clear();
   EXPECT_THROW(generate(*model_, cache, std::span<const int32_t>(), {}), Error);
+}
+
+// Prompt + output may fill the context (max_position_embeddings) and no more: a longer prompt is
+// refused before any work, and generation that would run past the end stops with kContext.
+TEST_F(Generation, StaysWithinTheContext) {
+  ThreadPool pool(1);
+  GlmMoeDsa small = load_model_with_context(model_dir(), 10, pool);
+  KvCache cache(small.config());
+  GenerationOptions o{.max_tokens = 50, .sampling = {.temperature = 0.0f}};
+  GenerationResult r = generate(small, cache, prompt_, o);
+  EXPECT_EQ(r.tokens.size(), 6u);  // 4 prompt tokens + 6 = 10
+  EXPECT_EQ(r.stop, StopReason::kContext);
+  EXPECT_STREQ(stop_reason_name(r.stop), "context full");
+  EXPECT_EQ(context_room(small.config(), 0, 4), 6);
+  cache.clear();
+  o.max_tokens = 6;  // fits exactly: the user's limit, not the context, ended it
+  EXPECT_EQ(generate(small, cache, prompt_, o).stop, StopReason::kMaxTokens);
+  cache.clear();
+  std::vector<int32_t> long_prompt(11, 12);
+  expect_error([&] { generate(small, cache, long_prompt, o); }, {"11 tokens", "context is 10"});
+  EXPECT_EQ(cache.length(), 0);
 }
 
 }  // namespace

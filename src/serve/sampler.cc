@@ -14,7 +14,10 @@ int32_t argmax(std::span<const float> v) {
 }
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
-  if (params.top_p <= 0.0f || params.top_p > 1.0f) fail("top-p must be in (0, 1], got {}", params.top_p);
+  // Written so that NaN, which every ordered comparison calls false, is refused too.
+  if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) fail("top-p must be in (0, 1], got {}", params.top_p);
+  if (!std::isfinite(params.temperature))
+    fail("temperature must be a finite number (0 or less: greedy), got {}", params.temperature);
   if (params.top_k < 0) fail("top-k must not be negative, got {}", params.top_k);
 }
 

@@ -50,6 +50,12 @@ TEST(Sampler, FrequenciesFollowSoftmaxAndSeedReproduces) {
 TEST(Sampler, RejectsBadParameters) {
   EXPECT_THROW(Sampler({.top_p = 0.0f}), Error);
   EXPECT_THROW(Sampler({.top_k = -1}), Error);
+  EXPECT_THROW(Sampler({.top_p = 1.5f}), Error);
+  // NaN passes every "<= 0 || > 1" test; it must be refused, not sampled with.
+  EXPECT_THROW(Sampler({.top_p = std::nanf("")}), Error);
+  EXPECT_THROW(Sampler({.temperature = std::nanf("")}), Error);
+  EXPECT_THROW(Sampler({.temperature = INFINITY}), Error);
+  EXPECT_NO_THROW(Sampler({.temperature = 0.0f}));
 }
 
 }  // namespace

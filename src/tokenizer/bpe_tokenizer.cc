@@ -245,6 +245,60 @@ const json& require(const json& object, const char* key, const std::string& wher
   return object.at(key);
 }
 
+// The Split regex as `tokenizers` reads it. Its Oniguruma takes \s and [[:space:]] to be Unicode
+// White_Space; PCRE2 (with UCP) adds U+180E MONGOLIAN VOWEL SEPARATOR, a format character since
+// Unicode 6.3, through its hard-coded \h list. That is the only code point where they differ, and
+// PCRE2's \p{White_Space} (10.40+) is exactly the property, valid inside and outside classes, so
+// \s, \S and the POSIX space classes are rewritten to it. Escaped characters (\\s is a backslash
+// and an s) and \Q...\E quoting are copied as they are.
+std::string with_unicode_white_space(std::string_view pattern) {
+  std::string out;
+  out.reserve(pattern.size() + 64);
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char next = pattern[i + 1];
+      if (next == 's' || next == 'S') {
+        out += next == 's' ? "\\p{White_Space}" : "\\P{White_Space}";
+        ++i;
+      } else if (next == 'Q') {
+        const size_t end = pattern.find("\\E", i + 2);
+        const size_t stop = end == std::string_view::npos ? pattern.size() : end + 2;
+        out.append(pattern.substr(i, stop - i));
+        i = stop - 1;
+      } else {
+        out.append(pattern.substr(i, 2));
+        ++i;
+      }
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out += c;
+      // A ']' right after '[' or '[^' is a literal member, not the end of the class.
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {
+      const size_t end = pattern.find(":]", i + 2);
+      if (end != std::string_view::npos) {
+        const std::string_view name = pattern.substr(i + 2, end - i - 2);
+        if (name == "space" || name == "^space")
+          out += name == "space" ? "\\p{White_Space}" : "\\P{White_Space}";
+        else
+          out.append(pattern.substr(i, end + 2 - i));
+        i = end + 1;
+        continue;
+      }
+    }
+    if (in_class && c == ']') in_class = false;
+    out += c;
+  }
+  return out;
+}
+
 bool json_flag(const json& object, const char* key, bool fallback) {
   if (!object.contains(key) || object.at(key).is_null()) return fallback;
   return object.at(key).get<bool>();
@@ -276,7 +330,7 @@ struct BpeTokenizer::Impl {
   static constexpr size_t kCacheMaxWordBytes = 128;
 
   void parse(const json& doc);
-  void parse_model(const json& model);
+  void parse_model(const json& model, size_t added_count);
   void parse_pre_tokenizer(const json& pre);
   void parse_added(const json& added_tokens);
 
@@ -287,7 +341,7 @@ struct BpeTokenizer::Impl {
   void merge_word(std::string_view word, std::vector<int32_t>& out) const;
 };
 
-void BpeTokenizer::Impl::parse_model(const json& model) {
+void BpeTokenizer::Impl::parse_model(const json& model, size_t added_count) {
   const std::string where = "model";
   if (model.contains("type") && model.at("type") != "BPE")
     fail("{}: unsupported model.type {} (only \"BPE\" is supported)", source,
@@ -309,18 +363,33 @@ void BpeTokenizer::Impl::parse_model(const json& model) {
   const json& vocab = require(model, "vocab", where, source);
   if (!vocab.is_object()) fail("{}: model.vocab must be an object of token → id", source);
   const ByteLevelAlphabet& alphabet = byte_level();
+  // whittle keeps id → token tables, so ids must be dense: below the number of entries of model.vocab
+  // and added_tokens together (tokens that appear in both are counted twice, which leaves room for
+  // them). `tokenizers` itself takes any u32 id; a trained tokenizer.json never has gaps, and an id
+  // such as 2^31 - 1 would otherwise cost a table of 2^31 entries.
+  const size_t id_bound = vocab.size() + added_count;
   int32_t max_id = -1;
   for (const auto& [token, value] : vocab.items()) {
-    if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > INT32_MAX)
+    if (!value.is_number_integer() || (!value.is_number_unsigned() && value.get<int64_t>() < 0))
       fail("{}: model.vocab[{}] must be a non-negative integer id, got {}", source,
            json(token).dump(), json_excerpt(value));
+    if (value.get<uint64_t>() >= id_bound)
+      fail("{}: model.vocab[{}] has id {}, but {} model.vocab entries and {} added tokens allow ids "
+           "0..{} only (whittle needs dense ids)",
+           source, json(token).dump(), json_excerpt(value), vocab.size(), added_count, id_bound - 1);
     max_id = std::max(max_id, value.get<int32_t>());
   }
   id_token.assign(max_id + 1, std::string());
   id_bytes.assign(max_id + 1, std::string());
+  std::vector<const std::string*> owner(max_id + 1, nullptr);
   byte_id.fill(-1);
   for (const auto& [token, value] : vocab.items()) {
     const int32_t id = value.get<int32_t>();
+    // `tokenizers` would keep one of the two for decoding, whichever its hash map iterates last.
+    if (owner[id])
+      fail("{}: model.vocab maps both {} and {} to id {}", source, json(*owner[id]).dump(),
+           json(token).dump(), id);
+    owner[id] = &token;
     token_to_id[token] = id;
     id_token[id] = token;
     if (auto bytes = alphabet.to_bytes(token)) {
@@ -434,6 +503,7 @@ void BpeTokenizer::Impl::parse_pre_tokenizer(const json& pre) {
         source, type);
   }
 
+  if (!(compile_options & PCRE2_LITERAL)) pattern = with_unicode_white_space(pattern);
   int error_code = 0;
   PCRE2_SIZE error_offset = 0;
   split_regex.code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
@@ -451,17 +521,45 @@ void BpeTokenizer::Impl::parse_pre_tokenizer(const json& pre) {
 void BpeTokenizer::Impl::parse_added(const json& added_tokens) {
   if (added_tokens.is_null()) return;
   if (!added_tokens.is_array()) fail("{}: added_tokens must be an array", source);
+  // `tokenizers` does not take added_tokens' ids as given: a token already in model.vocab (or added
+  // before) keeps that id, any other gets the next one after the model.vocab entries and the added
+  // tokens so far (AddedVocabulary::add_tokens). A file saved by `tokenizers` always agrees; an id
+  // that does not would encode differently here, so it is refused.
+  const int64_t model_entries = static_cast<int64_t>(token_to_id.size());
+  std::unordered_map<std::string, int32_t> added_ids;
+  int64_t max_added = -1;
   for (size_t i = 0; i < added_tokens.size(); ++i) {
     const json& entry = added_tokens[i];
     const std::string where = fmt::format("added_tokens[{}]", i);
     AddedToken token;
-    const json& id = require(entry, "id", where, source);
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-      fail("{}: {}.id must be a non-negative integer, got {}", source, where, json_excerpt(id));
-    token.id = id.get<int32_t>();
     token.content = require(entry, "content", where, source).get<std::string>();
     if (token.content.empty()) fail("{}: {}.content is empty", source, where);
     if (find_invalid_utf8(token.content)) fail("{}: {}.content is not valid UTF-8", source, where);
+    const json& id = require(entry, "id", where, source);
+    if (!id.is_number_integer() || (!id.is_number_unsigned() && id.get<int64_t>() < 0))
+      fail("{}: {}.id of {} must be a non-negative integer, got {}", source, where,
+           json(token.content).dump(), json_excerpt(id));
+    int64_t expected;
+    const char* why;
+    if (auto it = added_ids.find(token.content); it != added_ids.end()) {
+      expected = it->second;
+      why = "an earlier added token with the same content has it";
+    } else if (auto vt = token_to_id.find(token.content); vt != token_to_id.end()) {
+      expected = vt->second;
+      why = "its id in model.vocab";
+    } else {
+      expected = max_added >= model_entries ? max_added + 1 : model_entries;
+      why = "the next id after model.vocab and the added tokens before it";
+      if (expected < static_cast<int64_t>(id_token.size()) && !id_token[expected].empty())
+        fail("{}: {} {} would get id {}, which model.vocab already gives to {} (model.vocab ids have a gap)",
+             source, where, json(token.content).dump(), expected, json(id_token[expected]).dump());
+    }
+    if (id.get<uint64_t>() != static_cast<uint64_t>(expected))
+      fail("{}: {} {} has id {}, but tokenizers numbers it {} ({})", source, where,
+           json(token.content).dump(), json_excerpt(id), expected, why);
+    token.id = static_cast<int32_t>(expected);
+    added_ids.emplace(token.content, token.id);
+    max_added = std::max(max_added, expected);
     token.special = json_flag(entry, "special", false);
     token.lstrip = json_flag(entry, "lstrip", false);
     token.rstrip = json_flag(entry, "rstrip", false);
@@ -502,9 +600,10 @@ void BpeTokenizer::Impl::parse(const json& doc) {
       doc.at("decoder").value("type", "") != "ByteLevel")
     fail("{}: unsupported decoder.type {} (expected \"ByteLevel\")", source,
          doc.at("decoder").contains("type") ? json_excerpt(doc.at("decoder").at("type")) : "null");
-  parse_model(require(doc, "model", "", source));
+  const json& added_tokens = doc.contains("added_tokens") ? doc.at("added_tokens") : json();
+  parse_model(require(doc, "model", "", source), added_tokens.is_array() ? added_tokens.size() : 0);
   parse_pre_tokenizer(require(doc, "pre_tokenizer", "", source));
-  parse_added(doc.contains("added_tokens") ? doc.at("added_tokens") : json());
+  parse_added(added_tokens);
   if (id_special.size() < id_token.size()) id_special.resize(id_token.size(), 0);
 }
 

@@ -5,9 +5,10 @@
 // skip_special_tokens)`, including its lossy UTF-8 repair. StreamDecoder turns generated ids into
 // text without ever splitting a UTF-8 character.
 //
-// Known difference: the Split regex runs on PCRE2, whose Unicode tables (10.42: Unicode 14) are
-// older than the Oniguruma ones `tokenizers` uses; code points assigned since (e.g. U+1C89..U+1C8A,
-// CJK Extension I, the Unicode 16 scripts) can pre-tokenize differently.
+// The Split regex runs on PCRE2, with \s and [[:space:]] rewritten to \p{White_Space} (Oniguruma's
+// set; PCRE2's own \s also matches U+180E). Known difference: PCRE2's Unicode tables (10.42:
+// Unicode 14) are older than the Oniguruma ones `tokenizers` uses; code points assigned since (e.g.
+// U+1C89..U+1C8A, CJK Extension I, the Unicode 16 scripts) can pre-tokenize differently.
 //
 // Thread safety: a loaded BpeTokenizer is immutable except for an internal word cache guarded by
 // a shared mutex; encode/decode may be called concurrently from any number of threads.
@@ -86,6 +87,7 @@ class BpeTokenizer {
 class StreamDecoder {
  public:
   explicit StreamDecoder(const BpeTokenizer& tokenizer, bool skip_special = false);
+  explicit StreamDecoder(BpeTokenizer&&, bool = false) = delete;  // it keeps a pointer to the tokenizer
   std::string push(int32_t id);
   std::string flush();
 

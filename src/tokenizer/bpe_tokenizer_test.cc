@@ -2,6 +2,7 @@
 // (Hugging Face `tokenizers`): ids, decode, streaming, added tokens, and the error paths.
 #include "tokenizer/bpe_tokenizer.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -281,6 +282,106 @@ TEST(TokenizerErrors, MalformedJsonAndUnsupportedContent) {
   EXPECT_THROW(golden_tokenizer().decode(std::vector<int32_t>{-1}), Error);
   EXPECT_THROW(golden_tokenizer().decode(std::vector<int32_t>{golden_tokenizer().vocab_size()}),
                Error);
+}
+
+std::string load_error(const json& doc) {
+  try {
+    BpeTokenizer::from_json_text(doc.dump(), "m/tokenizer.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+json& added_token(json& doc, const std::string& content) {
+  for (json& token : doc["added_tokens"])
+    if (token["content"] == content) return token;
+  throw std::runtime_error("no added token " + content);
+}
+
+TEST(TokenizerErrors, HugeNegativeOrDuplicateIdsNameTheFileAndTheToken) {
+  // 1964 model.vocab entries ("a" is 64, "b" 65) and 36 added tokens (<|user|> is 1971): ids
+  // 0..1999. 2000000000 once asked for a 64 GB table (std::bad_alloc, no file named), 2147483647
+  // overflowed int32.
+  const json doc = json::parse(read_file(golden_dir() / "tokenizer.json"));
+  const auto vocab_id = [&](const json& id) {
+    json d = doc;
+    d["model"]["vocab"]["a"] = id;
+    return load_error(d);
+  };
+  for (const json& id : {json(2000000000), json(2147483647), json(4294967295u), json(2000)})
+    EXPECT_THAT(vocab_id(id), ::testing::StartsWith("m/tokenizer.json: model.vocab[\"a\"] has id " + id.dump() +
+                                                    ", but 1964 model.vocab entries and 36 added tokens allow "
+                                                    "ids 0..1999 only"));
+  EXPECT_THAT(vocab_id(uint64_t{18446744073709551615u}), ::testing::HasSubstr("model.vocab[\"a\"] has id 18446744073709551615"));
+  EXPECT_THAT(vocab_id(-1), ::testing::HasSubstr("m/tokenizer.json: model.vocab[\"a\"] must be a non-negative integer id, got -1"));
+  EXPECT_THAT(vocab_id(65), ::testing::HasSubstr("m/tokenizer.json: model.vocab maps both \"a\" and \"b\" to id 65"));
+
+  const auto added_id = [&](const std::string& content, const json& id) {
+    json d = doc;
+    added_token(d, content)["id"] = id;
+    return load_error(d);
+  };
+  for (const json& id : {json(2000000000), json(2147483647), json(1972), json(5)})
+    EXPECT_THAT(added_id("<|user|>", id),
+                ::testing::StartsWith("m/tokenizer.json: added_tokens[7] \"<|user|>\" has id " + id.dump() +
+                                      ", but tokenizers numbers it 1971"));
+  EXPECT_THAT(added_id("<|user|>", -1),
+              ::testing::HasSubstr("added_tokens[7].id of \"<|user|>\" must be a non-negative integer, got -1"));
+  EXPECT_THAT(added_id("<|user|>", "1971"), ::testing::HasSubstr("must be a non-negative integer, got \"1971\""));
+  // Two added tokens on one id: tokenizers gives the second the next id.
+  json d = doc;
+  d["added_tokens"][1]["id"] = d["added_tokens"][0]["id"];
+  EXPECT_THAT(load_error(d), ::testing::HasSubstr("added_tokens[1] \"[MASK]\" has id 1964, but tokenizers numbers it 1965"));
+  // An added token already in model.vocab keeps its vocab id.
+  d = doc;
+  d["added_tokens"].push_back({{"id", 2000}, {"content", "a"}, {"special", false}});
+  EXPECT_THAT(load_error(d), ::testing::HasSubstr("added_tokens[36] \"a\" has id 2000, but tokenizers numbers it 64 "
+                                                  "(its id in model.vocab)"));
+  d["added_tokens"][36]["id"] = 64;
+  const BpeTokenizer with_a = BpeTokenizer::from_json_text(d.dump(), "m/tokenizer.json");
+  EXPECT_EQ(with_a.vocab_size(), 2000);
+  EXPECT_EQ(with_a.added_token_id("a"), 64);
+  EXPECT_EQ(golden_tokenizer().encode("ab cab"), (std::vector<int32_t>{467, 285, 467}));
+  EXPECT_EQ(with_a.encode("ab cab"), (std::vector<int32_t>{64, 65, 285, 64, 65}));  // tokenizers 0.23.3
+  // A gap in model.vocab where tokenizers would put the first added token.
+  d = doc;
+  d["model"]["vocab"]["a"] = 1964;
+  EXPECT_THAT(load_error(d), ::testing::HasSubstr("added_tokens[0] \"<|endoftext|>\" would get id 1964, which "
+                                                  "model.vocab already gives to \"a\""));
+  // Merges that name a token model.vocab lacks.
+  d = doc;
+  d["model"]["merges"][0] = "a \u0120zz";
+  EXPECT_THAT(load_error(d), ::testing::HasSubstr("m/tokenizer.json: model.merges[0] uses \"\u0120zz\" which is not in model.vocab"));
+}
+
+TEST(TokenizerPreTokenizer, WhitespaceClassesAreUnicodeWhiteSpace) {
+  // PCRE2's \s matches U+180E; Oniguruma's (and so tokenizers') does not. Ids from tokenizers
+  // 0.23.3: the golden tokenizer.json with pre_tokenizer.pretokenizers[0].pattern.Regex replaced,
+  // Tokenizer.from_str(...).encode(text, add_special_tokens=False).ids. The rewrite must leave an
+  // escaped backslash (\\s) and \Q...\E quoting alone.
+  const json doc = json::parse(read_file(golden_dir() / "tokenizer.json"));
+  struct Case {
+    const char* pattern;
+    const char* text;
+    std::vector<int32_t> ids;
+  };
+  const Case cases[] = {
+      {R"([[:space:]]+)", "a  \u180e b\u180e", {64, 256, 157, 254, 236, 220, 65, 157, 254, 236}},
+      {R"([^[:^space:]]+)", "a  \u180e b", {64, 256, 157, 254, 236, 220, 65}},
+      {R"(\\s)", "a\\sb \u180e", {64, 59, 82, 65, 220, 157, 254, 236}},
+      {R"(\Q\s\E)", "a\\s \u180eb", {64, 59, 82, 220, 157, 254, 236, 65}},
+      {R"([^\S]+)", "x  \u180e y", {87, 256, 157, 254, 236, 220, 88}},
+      {R"([]\s]+)", "a] \u180e]b", {64, 60, 220, 157, 254, 236, 60, 65}},
+      {R"(\S+)", "ab\u180ecd ef", {467, 157, 254, 236, 66, 67, 220, 68, 69}},
+  };
+  for (const Case& c : cases) {
+    json d = doc;
+    d["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = c.pattern;
+    const BpeTokenizer tok = BpeTokenizer::from_json_text(d.dump(), "t");
+    EXPECT_EQ(tok.encode(c.text), c.ids) << c.pattern << " on " << escaped(c.text);
+  }
+  EXPECT_EQ(golden_tokenizer().encode("  \u180e"), (std::vector<int32_t>{220, 220, 157, 254, 236}));
 }
 
 TEST(TokenizerConcurrency, ParallelEncodeMatchesSerial) {

@@ -152,6 +152,26 @@ TEST(BundledTokenizer, WholeHeldOutFilesMatchOracle) {
   }
 }
 
+TEST(BundledTokenizer, MongolianVowelSeparatorIsNotWhitespace) {
+  // U+180E has been a format character since Unicode 6.3; PCRE2's \s still matched it, so "  \u180e"
+  // pre-tokenized as one whitespace run (256 = "  "). Ids from tokenizers 0.23.3:
+  //   Tokenizer.from_file("models/tiny-glm5/tokenizer.json").encode(s, add_special_tokens=False).ids
+  // U+1680 and U+2028 are White_Space in both and are controls.
+  const BpeTokenizer& tok = bundled();
+  const std::vector<std::pair<std::string, std::vector<int32_t>>> cases = {
+      {"  \u180e", {220, 220, 157, 254, 236}},
+      {"  \u180e\u180e", {220, 220, 157, 254, 236, 157, 254, 236}},
+      {"a  \u180eb", {64, 220, 220, 157, 254, 236, 65}},
+      {"\n  \u180e", {198, 220, 220, 157, 254, 236}},
+      {"  \u1680", {256, 157, 248, 222}},
+      {"  \u2028", {256, 578, 101}},
+  };
+  for (const auto& [text, ids] : cases) {
+    EXPECT_EQ(tok.encode(text), ids) << escaped(text);
+    EXPECT_EQ(tok.decode(ids), text) << escaped(text);
+  }
+}
+
 TEST(BundledTokenizer, ChatTemplateIsTheGlm5One) {
   const json config = json::parse(read_file(model_dir() / "tokenizer_config.json"));
   const std::string tmpl = config.at("chat_template");

@@ -1,3 +1,4 @@
+// MappedFile and open_regular_file; see mapped_file.h.
 #include "util/mapped_file.h"
 
 #include <fcntl.h>
@@ -13,8 +14,21 @@
 
 namespace whittle {
 
-MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+namespace {
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  return "not a plain file";
+}
+}  // namespace
+
+int open_regular_file(const std::filesystem::path& path, uint64_t* size) {
+  // Without O_NONBLOCK, opening a FIFO waits for a writer forever; with it the open returns at once
+  // and fstat below tells what the file is. O_NOCTTY: a terminal never becomes our controlling one.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) fail("{}: cannot open: {}", path.string(), std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -24,9 +38,24 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail("{}: not a regular file", path.string());
+    fail("{}: not a regular file (it is {}); expected a file", path.string(),
+         file_kind(st.st_mode));
   }
-  size_ = static_cast<size_t>(st.st_size);
+  // Ordinary blocking reads from here on.
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    int err = errno;
+    ::close(fd);
+    fail("{}: cannot set up reading: {}", path.string(), std::strerror(err));
+  }
+  *size = static_cast<uint64_t>(st.st_size);
+  return fd;
+}
+
+MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
+  uint64_t size = 0;
+  int fd = open_regular_file(path, &size);
+  size_ = static_cast<size_t>(size);
   if (size_ > 0) {
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {

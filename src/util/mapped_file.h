@@ -1,15 +1,26 @@
 // MappedFile: a read-only memory map of a whole file. Weights are read through it without copying.
+// open_regular_file: the one way whittle opens an input file by a user-given name, so a FIFO,
+// device or socket put where a file is expected is refused at once instead of blocking or never
+// ending.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <span>
 
 namespace whittle {
 
+// Opens `path` read-only (close-on-exec) and returns the descriptor; `*size` gets the file's size.
+// The open itself never blocks (O_NONBLOCK, cleared again once the file is known to be regular).
+// Throws Error naming the path when it cannot be opened or is not a regular file (saying what it
+// is instead: a folder, a FIFO, ...). Symlinks are followed: model folders often link to a cache.
+int open_regular_file(const std::filesystem::path& path, uint64_t* size);
+
 class MappedFile {
  public:
-  // Throws Error naming the path when the file cannot be opened or mapped.
+  // Throws Error naming the path when the file cannot be opened or mapped, or is not a regular
+  // file.
   explicit MappedFile(const std::filesystem::path& path);
   ~MappedFile();
   MappedFile(MappedFile&& other) noexcept;

@@ -4,10 +4,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
+#include <future>
 #include <string>
 #include <vector>
 
@@ -27,6 +32,33 @@ inline void expect_error(const std::function<void()>& fn, const std::vector<std:
     return;
   }
   ADD_FAILURE() << "did not throw";
+}
+
+// Runs `fn`, which reads the FIFO `fifo` by name and must refuse it at once, on another thread and
+// returns the message of the Error it threw ("" when it returned). A reader that blocks in open()
+// instead is released after `patience` by opening the FIFO for writing, and the test fails rather
+// than hanging forever.
+inline std::string error_reading_fifo(const std::filesystem::path& fifo, std::function<void()> fn,
+                                      std::chrono::seconds patience = std::chrono::seconds(10)) {
+  auto result = std::async(std::launch::async, [fn]() -> std::string {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return e.what();
+    } catch (const std::exception& e) {
+      return std::string("(not a whittle::Error) ") + e.what();
+    }
+    return "";
+  });
+  if (result.wait_for(patience) != std::future_status::ready) {
+    ADD_FAILURE() << fifo.string() << ": still blocked after " << patience.count()
+                  << " s; a FIFO must be refused without waiting for a writer";
+    while (result.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+      int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+      if (fd >= 0) ::close(fd);
+    }
+  }
+  return result.get();
 }
 
 // `s` quoted for /bin/sh.

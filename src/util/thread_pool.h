@@ -1,9 +1,12 @@
 // ThreadPool: a fixed set of workers and a blocking parallel_for. Kernels split work by rows or
 // heads; the caller's thread takes a share too, so a pool of N threads uses N cores.
+// checked_thread_count: the validation of a user's `--threads` value before it reaches the pool.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -11,9 +14,17 @@
 
 namespace whittle {
 
+// The pool size for a user's `--threads N`: 0 means one per core (`cores`, taken as 1 when the
+// system does not say); 1 .. 4 x cores are taken as given. Anything else throws Error
+// "--threads must be between 0 and <4 x cores> (0: one per core), got N": more threads than 4 per
+// core only oversubscribes the CPU, and a count like 1000000 would fail to start anyway.
+size_t checked_thread_count(int64_t requested,
+                            unsigned cores = std::thread::hardware_concurrency());
+
 class ThreadPool {
  public:
-  // threads == 0 means one per hardware core.
+  // threads == 0 means one per hardware core. When the system refuses a thread part-way, the ones
+  // already started are stopped and joined and Error says how many could not be started.
   explicit ThreadPool(size_t threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
@@ -23,12 +34,20 @@ class ThreadPool {
 
   // Calls fn(begin, end) on disjoint chunks covering [0, n); returns when all are done.
   // Chunks are at least `grain` long. Exceptions from fn are rethrown here (the first one).
+  // The pool runs one call at a time: a call made while another is running (from another thread,
+  // or nested inside fn) runs fn(0, n) on its own calling thread instead of waiting for the pool.
   void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn, size_t grain = 1);
+
+  // Test hook: when set, called before worker `index` (0-based) is started; a throw there stands
+  // for the system refusing a thread (which cannot be provoked reliably as root). Tests only.
+  static inline void (*before_worker_start_for_testing)(size_t index) = nullptr;
 
  private:
   void worker_loop();
+  void stop_workers();
 
   std::vector<std::thread> workers_;
+  std::atomic<bool> busy_{false};  // a parallel_for owns the job fields below
   std::mutex mu_;
   std::condition_variable cv_work_, cv_done_;
   const std::function<void(size_t, size_t)>* job_ = nullptr;

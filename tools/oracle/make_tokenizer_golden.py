@@ -2,7 +2,8 @@
 """Golden token ids for whittle's tokenizer tests, from Hugging Face `tokenizers`.
 
 For >= 1000 deterministic strings (prose, CJK, emoji with ZWJ and skin tones, combining marks, RTL
-scripts, whitespace runs, code, digits, contractions, special-token text, random code points) it
+scripts, whitespace runs, code, digits, contractions, special-token text, random code points, every
+Unicode White_Space code point and U+180E) it
 records what `Tokenizer.encode(text, add_special_tokens=False)` gives (the call GLM-5's stack makes:
 no post-processor, `[gMASK]<sop>` come from the chat template as text), the ids with special-token
 parsing off (`encode_special_tokens = True`), the ids under `ignore_merges: false` where they
@@ -108,6 +109,18 @@ SPECIAL = [
 EDGE = ["", "a", "A", ".", "..", "...", "'", "\"", "\\", "\x00", "\x01\x02\x03", "\x7f", "\u00ff",
         "\U0010ffff", "\U0001f600" * 10, "a" * 300, "ab" * 200, " " * 100, "\n" * 50, "😀" * 40]
 
+# Every Unicode White_Space code point and a few look-alikes that are not White_Space, beside spaces
+# and letters. PCRE2's \s also matches U+180E MONGOLIAN VOWEL SEPARATOR (a format character since
+# Unicode 6.3); `tokenizers`' Oniguruma does not, and whittle rewrites \s to \p{White_Space}.
+# Kept out of the pools `generated` draws from, so adding them left every other record as it was.
+WHITE_SPACE = ["\t", "\n", "\x0b", "\x0c", "\r", " ", "\x85", "\xa0", "\u1680"] + \
+    [chr(c) for c in range(0x2000, 0x200B)] + ["\u2028", "\u2029", "\u202f", "\u205f", "\u3000"]
+NOT_WHITE_SPACE = ["\u180e", "\u200b", "\u2060", "\ufeff", "\x1c", "\x1d", "\x1e", "\x1f", "\u00ad"]
+UNICODE_SPACE = [
+    "  \u180e", "\u180e", "a\u180eb", " \u180e ", "\u180e\u180e  ", "x \u180e\n", "\t\u180e\t", "a \u180e b",
+    "\u180e!", "  \u180e\u180e", "word\u180e\nnext", "\u1820\u180e\u1821 Mongolian", "12\u180e34",
+] + [s for c in WHITE_SPACE + NOT_WHITE_SPACE for s in ("  " + c, " " + c + "x")]
+
 WORDS = ("the of and to in is you that it he was for on are as with his they at be this have from or "
          "one had by word but not what all were we when your can said there use an each which she do "
          "how their if will up other about out many then them these so some her would make like him "
@@ -163,7 +176,7 @@ def generated(rng):
 def strings():
     rng = random.Random(SEED)
     fixed = PROSE + CJK + EMOJI + COMBINING + WHITESPACE + CODE + DIGITS + CONTRACTIONS + SPECIAL + EDGE
-    return fixed + generated(rng)
+    return fixed + generated(rng) + UNICODE_SPACE
 
 
 def record_oracle(key, info):

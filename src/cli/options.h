@@ -1,0 +1,35 @@
+// What several subcommands share: validators that turn a bad option value into a usage error naming
+// the option and its range (CLI11's own print DBL_MAX and let NaN through), the --threads option, the
+// model folder check that comes before anything else, and the strict --ids parser.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace whittle::cli {
+
+// A finite number >= 0 (temperature). NaN and infinities are refused.
+extern const CLI::Validator kFiniteNonNegative;
+// A probability mass in (0, 1] (top-p). NaN is refused.
+extern const CLI::Validator kProbability;
+// An integer >= 1 / >= 0 (window lengths, counts), with a message that states the bound plainly.
+extern const CLI::Validator kPositiveInteger;
+extern const CLI::Validator kNonNegativeInteger;
+
+// `--threads N`: 0 (the default) means one per core; the value is checked by
+// checked_thread_count() at parse time.
+CLI::Option* add_threads_option(CLI::App* cmd, int64_t& threads);
+
+// Fails unless `dir` is an existing folder holding config.json, so every subcommand blames a wrong
+// MODEL argument first, before it reads anything else (tokenizer, eval data).
+void require_model_folder(const std::filesystem::path& dir);
+
+// "1,2,3" -> ids. Every entry must be a decimal integer; an empty list or entry ("", "1,,2", "1,")
+// is an error, not a silent 0 or a dropped item. Range checks against the vocabulary are the
+// caller's.
+std::vector<int64_t> parse_id_list(const std::string& text, const std::string& option);
+
+}  // namespace whittle::cli

@@ -1,0 +1,104 @@
+// load_weights against config.json: every `model.layers.N.*` tensor must belong to a decoder layer or
+// an MTP layer, so a config that declares fewer layers than the checkpoint holds is an error rather
+// than a silently truncated model.
+#include "model/weights.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "io/model_config.h"
+#include "io/safetensors.h"
+#include "io/safetensors_writer.h"
+#include "util/atomic_file.h"
+#include "util/testing.h"
+
+namespace whittle {
+namespace {
+namespace fs = std::filesystem;
+
+const fs::path kModel = fs::path(WHITTLE_SOURCE_DIR) / "tests/golden/models/dsa_long";  // 2 layers
+
+// A copy of the golden model with an edited config.json and extra tensors.
+class ScratchModel {
+ public:
+  ScratchModel(const std::function<void(nlohmann::json&)>& edit_config,
+               const std::vector<std::string>& extra_tensors)
+      : dir_(fs::temp_directory_path() /
+             ("whittle_weights_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++))) {
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    nlohmann::json config = nlohmann::json::parse(read_file(kModel / "config.json"));
+    edit_config(config);
+    write_file_atomic(dir_ / "config.json", config.dump(2));
+    SafeTensorsFile in(kModel / "model.safetensors");
+    SafeTensorsWriter out(dir_, uint64_t{1} << 30);
+    for (const TensorInfo& t : in.tensors()) out.add(t.name, t.dtype, t.shape, in.view(t).bytes);
+    const std::vector<std::byte> zeros(64 * 2);
+    for (const std::string& name : extra_tensors) out.add(name, DType::BF16, {64}, zeros);
+    out.finish();
+  }
+  ~ScratchModel() { fs::remove_all(dir_); }
+  const fs::path& dir() const { return dir_; }
+
+  ModelWeights load() const { return load_weights(TensorStore(dir_), ModelConfig::load(dir_)); }
+
+ private:
+  static inline int counter_ = 0;
+  fs::path dir_;
+};
+
+// The golden config cut to its first layer.
+void one_layer(nlohmann::json& j) {
+  j["num_hidden_layers"] = 1;
+  j["mlp_layer_types"] = {"dense"};
+  j["indexer_types"] = {"full"};
+  j["layer_types"] = {"indexed_attention"};
+}
+
+TEST(Weights, LayersBeyondTheConfigAreAnError) {
+  // num_hidden_layers 1 while the weights hold layers 0 and 1: once this ran a 1-layer model.
+  ScratchModel m(one_layer, {});
+  expect_error([&] { m.load(); }, {(m.dir() / "model.safetensors").string(), "tensor 'model.layers.1.",
+                                   "is beyond num_hidden_layers 1 + num_nextn_predict_layers 0",
+                                   "expected layers 0..0"});
+}
+
+TEST(Weights, MtpLayersAfterTheDecoderLayersLoad) {
+  // GLM-5 ships its MTP layer at index num_hidden_layers; the forward pass ignores it.
+  ScratchModel cut([](nlohmann::json& j) {
+    one_layer(j);
+    j["num_nextn_predict_layers"] = 1;
+  }, {});
+  EXPECT_EQ(cut.load().layers.size(), 1u);
+
+  const std::vector<std::string> mtp = {"model.layers.2.enorm.weight", "model.layers.2.hnorm.weight"};
+  ScratchModel with_mtp([](nlohmann::json& j) { j["num_nextn_predict_layers"] = 1; }, mtp);
+  EXPECT_EQ(with_mtp.load().layers.size(), 2u);
+  // The same tensors without num_nextn_predict_layers (absent means 0) are extra layers.
+  ScratchModel undeclared([](nlohmann::json&) {}, mtp);
+  expect_error([&] { undeclared.load(); },
+               {"tensor 'model.layers.2.enorm.weight' is beyond num_hidden_layers 2 + num_nextn_predict_layers 0"});
+  // One MTP layer declared, two present.
+  ScratchModel two([](nlohmann::json& j) { j["num_nextn_predict_layers"] = 1; },
+                   {"model.layers.2.enorm.weight", "model.layers.3.enorm.weight"});
+  expect_error([&] { two.load(); }, {"tensor 'model.layers.3.enorm.weight' is beyond num_hidden_layers 2 + "
+                                     "num_nextn_predict_layers 1 of config.json (expected layers 0..2)"});
+}
+
+TEST(Weights, AbsurdLayerIndexIsAnErrorNotAnOverflow) {
+  ScratchModel m([](nlohmann::json&) {}, {"model.layers.99999999999999999999999.enorm.weight"});
+  expect_error([&] { m.load(); }, {"tensor 'model.layers.99999999999999999999999.enorm.weight' is beyond"});
+  // Names that are not `model.layers.<N>.` are not layers and stay ignored.
+  ScratchModel other([](nlohmann::json&) {},
+                     {"model.layers.x.enorm.weight", "model.layers.7", "model.layers..w", "extra.layers.9.w"});
+  EXPECT_EQ(other.load().layers.size(), 2u);
+}
+
+}  // namespace
+}  // namespace whittle
