@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -43,10 +44,11 @@ Outcome whittle(const std::vector<std::string>& args) {
 // A scratch copy of the golden model that a test may damage.
 class ScratchModel {
  public:
-  ScratchModel() : dir_(fs::temp_directory_path() / ("whittle_cli_" + std::to_string(::getpid()) + "_" +
-                                                     std::to_string(counter_++))) {
+  explicit ScratchModel(const fs::path& from = kModel)
+      : dir_(fs::temp_directory_path() /
+             ("whittle_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter_++))) {
     fs::remove_all(dir_);
-    fs::copy(kModel, dir_, fs::copy_options::recursive);
+    fs::copy(from, dir_, fs::copy_options::recursive);
   }
   ~ScratchModel() { fs::remove_all(dir_); }
   const fs::path& dir() const { return dir_; }
@@ -225,6 +227,168 @@ TEST(Cli, TokenIdOutsideVocabulary) {
   Outcome r = whittle({"logits", kModel.string(), "--ids", "1,512", "--out", "/tmp/never.npy"});
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.output, HasSubstr("token id 512 is outside the vocabulary [0, 512)"));
+}
+
+// What a hostile run of the CLI found (issue 7): each of these was accepted silently, crashed, or
+// printed an unhelpful message before.
+
+TEST(Cli, UnknownSubcommandIsNamed) {
+  Outcome r = whittle({"foo"});
+  EXPECT_EQ(r.status, 2);
+  EXPECT_THAT(r.output, HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, logits, eval)"));
+}
+
+TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOptionAndRange) {
+  const std::string model = kModel.string();
+  const auto usage_error = [&](std::vector<std::string> args, const std::string& message) {
+    Outcome r = whittle(args);
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_THAT(r.output, HasSubstr(message));
+    EXPECT_THAT(r.output, ::testing::Not(HasSubstr("e+308")));  // no DBL_MAX in a range
+  };
+  // NaN passed the old range checks, and the sampler then always took the last candidate.
+  usage_error({"generate", model, "-p", "a", "-t", "nan"}, "--temperature: must be a finite number >= 0, got 'nan'");
+  usage_error({"generate", model, "-p", "a", "-t", "inf"}, "--temperature: must be a finite number >= 0");
+  usage_error({"generate", model, "-p", "a", "--top-p", "nan"}, "--top-p: must be a number in (0, 1], got 'nan'");
+  usage_error({"generate", model, "-p", "a", "--top-p", "1.5"}, "--top-p: must be a number in (0, 1]");
+  usage_error({"generate", model, "-p", "a", "-n", "-1"}, "--max-tokens: must be an integer >= 0, got '-1'");
+  usage_error({"generate", model, "-p", "a", "--top-k", "-2"}, "--top-k: must be an integer >= 0");
+  // -1 once became SIZE_MAX threads and 1000000 tried to start them all.
+  usage_error({"generate", model, "-p", "a", "--threads", "-1"}, "--threads: must be between 0 and");
+  usage_error({"logits", model, "--ids", "1", "--out", "x.npy", "--threads", "1000000"}, "got 1000000");
+  usage_error({"eval", model, "--task", "ppl", "--threads", "-1"}, "--threads: must be between 0 and");
+  usage_error({"generate", model, "-p", "a", "--think"}, "--think requires --chat");
+  // --ctx -5 and --stride -3 once fell back to the defaults.
+  usage_error({"eval", model, "--task", "ppl", "--ctx", "-5"}, "--ctx: must be an integer >= 1, got '-5'");
+  usage_error({"eval", model, "--task", "ppl", "--stride", "-3"}, "--stride: must be an integer >= 1, got '-3'");
+  usage_error({"eval", model, "--task", "loops", "--top-p", "nan"}, "--top-p: must be a number in (0, 1]");
+  usage_error({"eval", model, "--task", "loops", "-t", "nan"}, "--temperature: must be a finite number >= 0");
+  usage_error({"eval", model, "--task", "arith", "--limit", "-1"}, "--limit: must be an integer >= 0");
+}
+
+TEST(Cli, IdListsMustBeWholeIntegers) {
+  // "" once ran as id 0 and "1,,2" as 1,2.
+  const auto error_of = [](const std::string& ids) {
+    Outcome r = whittle({"logits", kModel.string(), "--ids", ids, "--out", "/tmp/never.npy"});
+    EXPECT_EQ(r.status, 1) << ids;
+    return r.output;
+  };
+  EXPECT_THAT(error_of(""), HasSubstr("--ids: no token ids"));
+  EXPECT_THAT(error_of("1,,2"), HasSubstr("--ids: empty entry at position 2 of '1,,2'"));
+  EXPECT_THAT(error_of("1,2,"), HasSubstr("--ids: empty entry at position 3"));
+  EXPECT_THAT(error_of("1,x"), HasSubstr("--ids: 'x' is not an integer token id"));
+  EXPECT_THAT(error_of("1, 2"), HasSubstr("--ids: ' 2' is not an integer token id"));
+  EXPECT_FALSE(fs::exists("/tmp/never.npy"));
+}
+
+TEST(Cli, TheModelFolderIsBlamedFirst) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"eval", "models/nope", "--task", "arith"},
+        {"generate", "models/nope", "-p", "hi"},
+        {"logits", "models/nope", "--ids", "1", "--out", "/tmp/never.npy"},
+        {"info", "models/nope"}}) {
+    Outcome r = whittle(args);
+    EXPECT_EQ(r.status, 1) << args[0];
+    EXPECT_THAT(r.output, HasSubstr("models/nope: no such model folder")) << args[0];
+  }
+  Outcome r = whittle({"info", (kModel / "config.json").string()});
+  EXPECT_THAT(r.output, HasSubstr("config.json: not a folder"));
+}
+
+TEST(Cli, InputsLongerThanTheContextAreRefused) {
+  ScratchModel m;
+  m.edit_config([](nlohmann::json& j) { j["max_position_embeddings"] = 4; });
+  Outcome r = whittle({"logits", m.str(), "--ids", "1,2,3,4,5", "--out", (m.dir() / "x.npy").string()});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("--ids: 5 tokens exceed the model's context of 4 (max_position_embeddings)"));
+  for (const char* mode : {"prefill", "decode"}) {
+    r = whittle({"logits", m.str(), "--ids", "1,2,3,4", "--out", (m.dir() / "x.npy").string(), "--mode", mode});
+    EXPECT_EQ(r.status, 0) << r.output;
+  }
+  ScratchModel chat(kRoot / "models/tiny-glm5-random");
+  chat.edit_config([](nlohmann::json& j) { j["max_position_embeddings"] = 4; });
+  r = whittle({"generate", chat.str(), "-p", "one two three four five six"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("the prompt has"));
+  EXPECT_THAT(r.output, HasSubstr("the model's context is 4 (max_position_embeddings)"));
+}
+
+TEST(Cli, GenerationStopsAtTheContextWithAWarning) {
+  ScratchModel m(kRoot / "models/tiny-glm5-random");
+  m.edit_config([](nlohmann::json& j) { j["max_position_embeddings"] = 8; });
+  Outcome r = whittle({"generate", m.str(), "-p", "Hello", "-n", "100", "-t", "0"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("warning: 100 new tokens do not fit after the 4-token prompt in the model's "
+                                  "context of 8 (max_position_embeddings); generating at most 4"));
+  EXPECT_THAT(r.output, HasSubstr("generated 4 tokens"));
+  EXPECT_THAT(r.output, HasSubstr("stop: context full"));
+}
+
+TEST(Cli, EmptyPromptNamesTheTokenizer) {
+  const fs::path model = kRoot / "models/tiny-glm5";
+  Outcome r = whittle({"generate", model.string(), "-p", ""});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("prompt: encodes to no tokens with " + (model / "tokenizer.json").string()));
+}
+
+TEST(Cli, ErrorsNameTheUsersOutputPathNotTheTemporary) {
+  Outcome r = whittle({"logits", kModel.string(), "--ids", "1,2", "--out", "/nonexistent-dir/x.npy"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("/nonexistent-dir/x.npy: cannot create a temporary file in /nonexistent-dir"));
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr(".tmp.")));
+}
+
+TEST(Cli, GenerateDefaultsToTheModelsGenerationConfig) {
+  // models/tiny-glm5: do_sample true, temperature 0.8, top_k 50, top_p 0.95, max_new_tokens 256.
+  const std::string model = (kRoot / "models/tiny-glm5").string();
+  Outcome r = whittle({"generate", model, "-p", "1 + 2 =", "-n", "4", "--seed", "3"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[sampling: temperature 0.8, top-k 50, top-p 0.95, seed 3, max 4 new tokens]"));
+  r = whittle({"generate", model, "-p", "1 + 2 =", "-n", "4", "-t", "0"});
+  EXPECT_THAT(r.output, HasSubstr("[greedy, max 4 new tokens]"));
+  r = whittle({"generate", model, "-p", "1 + 2 =", "-n", "4", "--top-k", "0", "--top-p", "0.5"});
+  EXPECT_THAT(r.output, HasSubstr("[sampling: temperature 0.8, top-k 0, top-p 0.5, seed 0"));
+  // Without do_sample in generation_config.json: greedy, as transformers does.
+  ScratchModel m(kRoot / "models/tiny-glm5-random");
+  nlohmann::json g = nlohmann::json::parse(read_file(m.dir() / "generation_config.json"));
+  g.erase("do_sample");
+  write_file_atomic(m.dir() / "generation_config.json", g.dump());
+  r = whittle({"generate", m.str(), "-p", "Hello", "-n", "4"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[greedy, max 4 new tokens]"));
+  r = whittle({"generate", m.str(), "-p", "Hello"});
+  EXPECT_THAT(r.output, HasSubstr("[greedy, max 128 new tokens]"));
+}
+
+TEST(Cli, ConfigWithFewerLayersThanTheWeightsIsRefused) {
+  ScratchModel m;
+  m.edit_config([](nlohmann::json& j) {
+    j["num_hidden_layers"] = 1;
+    if (j.contains("mlp_layer_types")) j["mlp_layer_types"] = {j["mlp_layer_types"][0]};
+    if (j.contains("indexer_types")) j["indexer_types"] = {j["indexer_types"][0]};
+  });
+  Outcome r = whittle({"logits", m.str(), "--ids", "1,2", "--out", (m.dir() / "x.npy").string()});
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("is beyond num_hidden_layers 1 + num_nextn_predict_layers 0 of config.json"));
+}
+
+TEST(Cli, MalformedGenerationConfigIsNamed) {
+  // A use-after-free once printed garbage here (and ASan reported it).
+  ScratchModel m;
+  write_file_atomic(m.dir() / "generation_config.json", R"({"eos_token_id": "x"})");
+  Outcome r = whittle({"info", m.str()});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr((m.dir() / "generation_config.json").string() +
+                                  ": field 'eos_token_id' must be an integer or a list of integers, got \"x\""));
+}
+
+TEST(Cli, FifoShardIsRefusedWithoutBlocking) {
+  ScratchModel m;
+  fs::rename(m.dir() / "model.safetensors", m.dir() / "real.bin");
+  ASSERT_EQ(::mkfifo((m.dir() / "model.safetensors").c_str(), 0600), 0);
+  Outcome r = whittle({"info", m.str()});  // blocked forever in open() before
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr("model.safetensors: not a regular file (it is a FIFO)"));
 }
 
 }  // namespace

@@ -3,11 +3,13 @@
 // per line. Which --data files a task reads, and each task's defaults, are described in
 // docs/EVAL.md and the help text below.
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "eval/report.h"
 #include "eval/tasks.h"
 #include "util/error.h"
@@ -44,12 +46,28 @@ struct Options {
   std::vector<std::string> tasks;
   std::vector<std::string> data;
   bool json = false, quiet = false;
-  int64_t ctx = 0, stride = 0, limit = 0, max_tokens = 256, prompts = 20;
+  int64_t ctx = 0, stride = 0, limit = 0, max_tokens = 256, prompts = 20, threads = 0;
   float temperature = 0.8f, top_p = 1.0f;
   uint64_t seed = 0;
   std::string doc_start;
-  size_t threads = 0;
 };
+
+// Which tasks read a --data file: .jsonl files go to arith, gsm8k and loops, others to ppl and loops.
+bool task_reads(const std::string& task, const fs::path& file) {
+  const bool jsonl = file.extension() == ".jsonl";
+  return task == "loops" || (task == "ppl") != jsonl;
+}
+
+// A --data file no chosen task reads would be dropped without a word, and the task would run on its
+// default files instead: refuse it.
+void check_every_file_is_read(const std::vector<std::string>& tasks, const std::vector<std::string>& data) {
+  for (const auto& d : data) {
+    if (std::any_of(tasks.begin(), tasks.end(), [&](const std::string& t) { return task_reads(t, d); })) continue;
+    fail("--data {}: no --task given reads it (tasks given: {}; a .jsonl file is read by arith, gsm8k and "
+         "loops, any other file by ppl and loops)",
+         d, fmt::join(tasks, ", "));
+  }
+}
 
 std::vector<fs::path> eval_files(const fs::path& model, const std::string& extension) {
   std::vector<fs::path> out;
@@ -65,10 +83,8 @@ std::vector<fs::path> eval_files(const fs::path& model, const std::string& exten
 // The --data files a task reads, else its default; throws Error when it has neither.
 std::vector<fs::path> files_for(const std::string& task, const Options& o) {
   std::vector<fs::path> given;
-  for (const auto& d : o.data) {
-    const bool jsonl = fs::path(d).extension() == ".jsonl";
-    if (task == "loops" || (task == "ppl") != jsonl) given.emplace_back(d);
-  }
+  for (const auto& d : o.data)
+    if (task_reads(task, d)) given.emplace_back(d);
   if (!given.empty()) return given;
   const fs::path model(o.model);
   std::vector<fs::path> defaults;
@@ -109,41 +125,47 @@ Command add_eval(CLI::App& app) {
   cmd->add_flag("--json", o->json,
                 "One JSON object per task per line (all numbers, settings, per-item outputs)");
   cmd->add_option("--ctx", o->ctx,
-                  "ppl: window length in tokens (default min(512, max_position_embeddings))");
-  cmd->add_option("--stride", o->stride, "ppl: window step in [1, ctx-1] (default ctx/2)");
+                  "ppl: window length in tokens, at most max_position_embeddings (default min(512, "
+                  "max_position_embeddings))")
+      ->check(kPositiveInteger);
+  cmd->add_option("--stride", o->stride, "ppl: window step in [1, ctx-1] (default ctx/2)")->check(kPositiveInteger);
   cmd->add_option("--limit", o->limit,
                   "Only the first N items (arith/gsm8k) or tokens (ppl) of each file; 0 = all")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("-n,--max-tokens", o->max_tokens, "arith/gsm8k/loops: most new tokens per output")
+      ->check(kNonNegativeInteger);
+  cmd->add_option("-n,--max-tokens", o->max_tokens,
+                  "arith/gsm8k/loops: most new tokens per output (fewer where the model's context ends)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegativeInteger);
   cmd->add_option("--prompts", o->prompts, "loops: number of prompts")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositiveInteger);
   cmd->add_option("-t,--temperature", o->temperature, "loops: sampling temperature (0 = greedy)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kFiniteNonNegative);
   cmd->add_option("--top-p", o->top_p, "loops: nucleus sampling mass in (0, 1]")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(kProbability);
   cmd->add_option("--seed", o->seed, "loops: prompt i is sampled with seed + i")
       ->capture_default_str();
   cmd->add_option(
       "--doc-start", o->doc_start,
       "A token put before every text, question and prompt, e.g. '<|endoftext|>' (default: none)");
-  cmd->add_option("--threads", o->threads, "Worker threads (0: one per core)");
+  add_threads_option(cmd, o->threads);
   cmd->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
   return [=] {
+    require_model_folder(o->model);
     // Each task once, in the order given.
     std::vector<std::string> tasks;
     for (const auto& t : o->tasks)
       if (std::find(tasks.begin(), tasks.end(), t) == tasks.end()) tasks.push_back(t);
     // Resolve every task's files before loading anything, so a missing file fails fast.
+    check_every_file_is_read(tasks, o->data);
     std::vector<std::vector<fs::path>> files;
     for (const auto& t : tasks) files.push_back(files_for(t, *o));
 
     BpeTokenizer tokenizer = BpeTokenizer::load(fs::path(o->model) / "tokenizer.json");
-    ThreadPool pool(o->threads);
+    ThreadPool pool(checked_thread_count(o->threads));
     GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
     if (tokenizer.vocab_size() > model.config().vocab_size)
       fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model,

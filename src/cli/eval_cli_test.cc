@@ -308,6 +308,41 @@ TEST(EvalCli, UsageErrorsAreClear) {
   r = run_eval({kModel, "--task", "ppl", "--data", s.write("one.txt", "a"), "-q"});
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err, HasSubstr("too short to score"));
+  // A --data file no task reads was once dropped, and the task ran on its defaults instead.
+  const std::string chat = s.write("chat.txt", "hello there");
+  r = run_eval({kModel, "--task", "arith", "--data", chat, "-q"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("--data " + chat + ": no --task given reads it (tasks given: arith;"));
+  r = run_eval({kModel, "--task", "ppl,gsm8k", "--data", s.write("a.jsonl", kArith), "--data", chat, "-q"});
+  EXPECT_EQ(r.status, 0) << r.err;  // each file is read by one of the tasks
+  // A missing model folder is blamed, not the eval data it would hold.
+  r = run_eval({"models/nope", "--task", "arith", "-q"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("models/nope: no such model folder"));
+}
+
+TEST(EvalCli, TheModelsContextBoundsQuestionsAndAnswers) {
+  Scratch s;
+  const fs::path model = s.dir() / "model";
+  fs::copy(kModel, model, fs::copy_options::recursive);
+  json config = json::parse(read_file(model / "config.json"));
+  config["max_position_embeddings"] = 48;
+  write_file_atomic(model / "config.json", config.dump());
+  std::string words;
+  for (int i = 0; i < 100; ++i) words += "apple ";
+  const std::string long_question = "{\"question\": \"" + words + "\", \"answer\": \"#### 1\"}\n";
+  Outcome r = run_eval({model.string(), "--task", "gsm8k", "--data", s.write("long.jsonl", kArith + long_question), "-q"});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.err, HasSubstr("long.jsonl:4: the prompt has"));
+  EXPECT_THAT(r.err, HasSubstr("the model's context is 48 (max_position_embeddings)"));
+  // Answers are cut where the context ends, and say so.
+  r = run_eval({model.string(), "--task", "gsm8k", "--data", s.write("short.jsonl", kArith), "-n", "100", "--json", "-q"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  const json result = json_lines(r.out).at(0);
+  for (const json& item : result["outputs"])
+    EXPECT_TRUE(item["stop"] == "context full" || item["stop"] == "eos" || item["stop"] == "stop") << item;
+  EXPECT_TRUE(std::any_of(result["outputs"].begin(), result["outputs"].end(),
+                          [](const json& item) { return item["stop"] == "context full"; }));
 }
 
 // The bundled trained model (models/tiny-glm5) measured by the commands of docs/RESULTS.md on a

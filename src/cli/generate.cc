@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "model/glm_moe_dsa.h"
 #include "serve/generation.h"
 #include "tokenizer/bpe_tokenizer.h"
@@ -19,31 +20,41 @@ Command add_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Generate text from a prompt (streams to stdout)");
   struct Options {
     std::string model, prompt;
-    int64_t max_tokens = 128;
-    SamplingParams sampling{.temperature = 0.0f};
-    size_t threads = 0;
+    int64_t max_tokens = 0, threads = 0;
+    SamplingParams sampling;
     bool quiet = false, chat = false, think = false;
   };
   auto o = std::make_shared<Options>();
   cmd->add_option("MODEL", o->model, "Hugging Face model folder")->required();
   cmd->add_option("-p,--prompt", o->prompt, "Prompt text (special tokens such as [gMASK] are recognised)")
       ->required();
-  cmd->add_option("-n,--max-tokens", o->max_tokens, "Maximum number of new tokens")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("-t,--temperature", o->sampling.temperature, "Sampling temperature; 0 = greedy")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-p", o->sampling.top_p, "Nucleus sampling mass in (0, 1]")->capture_default_str();
-  cmd->add_option("--top-k", o->sampling.top_k, "Keep only the k most likely tokens (0 = off)")
-      ->capture_default_str();
+  // Sampling and length default to the model's generation_config.json (generation_defaults()).
+  auto* max_tokens = cmd->add_option("-n,--max-tokens", o->max_tokens,
+                                     "Maximum number of new tokens (default: generation_config.json's "
+                                     "max_new_tokens, else 128)")
+                         ->check(kNonNegativeInteger);
+  auto* temperature = cmd->add_option("-t,--temperature", o->sampling.temperature,
+                                      "Sampling temperature, 0 = greedy (default: generation_config.json's "
+                                      "when its do_sample is true, else 0)")
+                          ->check(kFiniteNonNegative);
+  auto* top_p = cmd->add_option("--top-p", o->sampling.top_p,
+                                "Nucleus sampling mass in (0, 1] (default: generation_config.json's, else 1)")
+                    ->check(kProbability);
+  auto* top_k = cmd->add_option("--top-k", o->sampling.top_k,
+                                "Keep only the k most likely tokens, 0 = off (default: generation_config.json's, "
+                                "else 0)")
+                    ->check(kNonNegativeInteger);
   cmd->add_option("--seed", o->sampling.seed, "Random seed")->capture_default_str();
-  cmd->add_option("--threads", o->threads, "Worker threads (0: one per core)");
-  cmd->add_flag("--chat", o->chat, "Wrap the prompt as one user turn in the model's chat template");
-  cmd->add_flag("--think", o->think, "With --chat: let the model think first (<think>); default off");
-  cmd->add_flag("-q,--quiet", o->quiet, "Do not print the timing summary to stderr");
+  add_threads_option(cmd, o->threads);
+  auto* chat = cmd->add_flag("--chat", o->chat, "Wrap the prompt as one user turn in the model's chat template");
+  cmd->add_flag("--think", o->think, "With --chat: let the model think first (<think>); default off")->needs(chat);
+  cmd->add_flag("-q,--quiet", o->quiet, "Do not print the settings and timing summary to stderr");
   return [=] {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
-    BpeTokenizer tokenizer = BpeTokenizer::load(std::filesystem::path(o->model) / "tokenizer.json");
+    require_model_folder(o->model);
+    const std::filesystem::path tokenizer_path = std::filesystem::path(o->model) / "tokenizer.json";
+    BpeTokenizer tokenizer = BpeTokenizer::load(tokenizer_path);
     std::string text = o->prompt;
     if (o->chat) {
       nlohmann::ordered_json messages = nlohmann::ordered_json::array();
@@ -58,20 +69,43 @@ Command add_generate(CLI::App& app) {
     } catch (const Error& e) {
       fail("prompt: {}", e.what());
     }
-    if (ids.empty()) fail("prompt: encodes to no tokens");
-    ThreadPool pool(o->threads);
+    if (ids.empty()) fail("prompt: encodes to no tokens with {}; give some text", tokenizer_path.string());
+    ThreadPool pool(checked_thread_count(o->threads));
     GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
-    if (tokenizer.vocab_size() > model.config().vocab_size)
+    const ModelConfig& config = model.config();
+    if (tokenizer.vocab_size() > config.vocab_size)
       fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model, tokenizer.vocab_size(),
-           model.config().vocab_size);
+           config.vocab_size);
+
+    // Flags the user gave win; the rest come from generation_config.json.
+    const GenerationDefaults defaults = generation_defaults(config);
+    SamplingParams sampling = defaults.sampling;
+    sampling.seed = o->sampling.seed;
+    if (temperature->count()) sampling.temperature = o->sampling.temperature;
+    if (top_p->count()) sampling.top_p = o->sampling.top_p;
+    if (top_k->count()) sampling.top_k = o->sampling.top_k;
+    const int64_t wanted = max_tokens->count() ? o->max_tokens : defaults.max_tokens;
+    const int64_t room = context_room(config, 0, static_cast<int64_t>(ids.size()));
+    if (static_cast<int64_t>(ids.size()) <= config.max_position_embeddings && wanted > room)
+      fmt::print(stderr,
+                 "whittle: warning: {} new tokens do not fit after the {}-token prompt in the model's context "
+                 "of {} (max_position_embeddings); generating at most {}\n",
+                 wanted, ids.size(), config.max_position_embeddings, room);
+    if (!o->quiet)
+      fmt::print(stderr, "[{}, max {} new tokens]\n",
+                 sampling.temperature > 0
+                     ? fmt::format("sampling: temperature {:g}, top-k {}, top-p {:g}, seed {}", sampling.temperature,
+                                   sampling.top_k, sampling.top_p, sampling.seed)
+                     : std::string("greedy"),
+                 wanted);
     StreamDecoder stream(tokenizer, /*skip_special=*/true);
-    GenerationOptions options{.max_tokens = o->max_tokens,
-                              .sampling = o->sampling,
+    GenerationOptions options{.max_tokens = wanted,
+                              .sampling = sampling,
                               .sample_vocab = tokenizer.vocab_size(),
-                              .stop_ids = model.config().eos_token_ids};
+                              .stop_ids = config.eos_token_ids};
 
     const auto t1 = Clock::now();
-    KvCache cache(model.config());
+    KvCache cache(config);
     GenerationResult result = generate(model, cache, ids, options, [&](int32_t token) {
       std::string piece = stream.push(token);
       std::fwrite(piece.data(), 1, piece.size(), stdout);

@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
 
@@ -41,6 +42,7 @@ Command add_info(CLI::App& app) {
   cmd->add_option("MODEL", *model, "Hugging Face model folder")->required();
   cmd->add_flag("--tensors", *list, "List every tensor with dtype and shape");
   return [=] {
+    require_model_folder(*model);
     ModelConfig c = ModelConfig::load(*model);
     TensorStore store(*model);
     int64_t moe_layers = 0, shared_index = 0;

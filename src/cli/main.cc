@@ -1,8 +1,12 @@
 // whittle: one binary, subcommands (see cli/commands.h). Errors in outside input end with one
 // message naming what was wrong and exit status 1; usage errors with CLI11's message and status 2.
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "cli/commands.h"
 #include "util/error.h"
@@ -21,6 +25,16 @@ int main(int argc, char** argv) {
   add(whittle::cli::add_generate);
   add(whittle::cli::add_logits);
   add(whittle::cli::add_eval);
+  // CLI11 says only "A subcommand is required" for `whittle foo`.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::vector<std::string> names;
+    for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), argv[1]) == names.end()) {
+      fmt::print(stderr, "whittle: unknown subcommand '{}' (expected one of: {})\nRun with --help for more information.\n",
+                 argv[1], fmt::join(names, ", "));
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

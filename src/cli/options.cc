@@ -56,7 +56,10 @@ CLI::Option* add_threads_option(CLI::App* cmd, int64_t& threads) {
         try {
           checked_thread_count(v);
         } catch (const Error& e) {
-          return e.what();
+          // CLI11 puts the option's name in front already.
+          std::string_view message = e.what();
+          if (message.starts_with("--threads ")) message.remove_prefix(10);
+          return std::string(message);
         }
         return {};
       },

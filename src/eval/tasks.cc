@@ -46,13 +46,19 @@ void put_scores(ordered_json& j, double nll, int64_t tokens, int64_t bytes) {
   j["bits_per_byte"] = bytes > 0 ? nll / std::numbers::ln2 / bytes : 0.0;
 }
 
-std::vector<int32_t> encode_or_fail(const BpeTokenizer& tok, std::string_view text,
-                                    const std::string& where) {
+// fn(), with an Error it throws prefixed by `where` (the file and line or prompt it came from).
+template <typename Fn>
+auto blaming(const std::string& where, Fn&& fn) {
   try {
-    return tok.encode(text);
+    return fn();
   } catch (const Error& e) {
     fail("{}: {}", where, e.what());
   }
+}
+
+std::vector<int32_t> encode_or_fail(const BpeTokenizer& tok, std::string_view text,
+                                    const std::string& where) {
+  return blaming(where, [&] { return tok.encode(text); });
 }
 
 }  // namespace
@@ -169,10 +175,14 @@ ordered_json run_answers(const EvalSetup& setup, const std::string& task,
       StreamDecoder stream(tok, /*skip_special=*/true);
       std::string text;
       cache.clear();
-      GenerationResult r = generate(*setup.model, cache, ids, gen, [&](int32_t token) {
-        text += stream.push(token);
-        size_t mark = text.find("####");
-        return mark == std::string::npos || text.find('\n', mark) == std::string::npos;
+      // A question longer than the model's context is an error naming its line; an answer cut
+      // short by the context ends with stop "context full".
+      GenerationResult r = blaming(where, [&] {
+        return generate(*setup.model, cache, ids, gen, [&](int32_t token) {
+          text += stream.push(token);
+          size_t mark = text.find("####");
+          return mark == std::string::npos || text.find('\n', mark) == std::string::npos;
+        });
       });
       text += stream.flush();
       std::optional<std::string> prediction = extract_answer(text);
@@ -288,7 +298,8 @@ ordered_json run_loops(const EvalSetup& setup, const std::vector<fs::path>& file
     ids.insert(ids.end(), prompts[i].ids.begin(), prompts[i].ids.end());
     gen.sampling.seed = o.seed + i;
     cache.clear();
-    GenerationResult r = generate(*setup.model, cache, ids, gen);
+    GenerationResult r =
+        blaming(prompts[i].source, [&] { return generate(*setup.model, cache, ids, gen); });
     std::optional<LoopMatch> loop = detect_loop(r.tokens, o.rule);
     looping += loop.has_value();
     items.push_back({{"index", i},

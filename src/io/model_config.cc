@@ -377,12 +377,14 @@ void ModelConfig::read_generation_config(const json& g, const std::string& sourc
   }
   if (f.has("top_p")) {
     top_p = f.number("top_p", 1.0);
-    if (*top_p < 0 || *top_p > 1) fail("{}: field 'top_p' must be in [0, 1], got {}", source, *top_p);
+    if (!(*top_p > 0 && *top_p <= 1)) fail("{}: field 'top_p' must be in (0, 1], got {}", source, *top_p);
   }
   if (f.has("top_k")) {
     top_k = f.integer("top_k");
     if (*top_k < 0) fail("{}: field 'top_k' must not be negative, got {}", source, *top_k);
   }
+  if (f.has("do_sample")) do_sample = f.boolean("do_sample", false);
+  if (f.has("max_new_tokens")) max_new_tokens = f.positive("max_new_tokens");
 }
 
 ModelConfig ModelConfig::load(const fs::path& dir) {

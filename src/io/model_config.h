@@ -87,10 +87,11 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> bos_token_id, pad_token_id;
   std::string torch_dtype = "bfloat16";
-  // generation_config.json's sampling defaults, validated on load. Nothing applies them yet:
-  // `whittle generate`'s flags decide.
+  // generation_config.json's defaults, validated on load; sampling_defaults() (serve/generation.h)
+  // turns them into what `whittle generate` does without flags, as transformers does.
+  std::optional<bool> do_sample;
   std::optional<double> temperature, top_p;
-  std::optional<int64_t> top_k;
+  std::optional<int64_t> top_k, max_new_tokens;
 
   // Softmax scale of MLA: qk_head_dim^-0.5, times mscale^2 for YaRN with mscale_all_dim.
   double softmax_scale() const;
@@ -98,7 +99,7 @@ struct ModelConfig {
   // Parses a config.json object. `source` names the file in errors.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
   // Applies a generation_config.json object: its eos_token_id replaces config.json's; temperature,
-  // top_p and top_k are checked and kept. `source` names the file in errors.
+  // top_p, top_k, do_sample and max_new_tokens are checked and kept. `source` names the file in errors.
   void read_generation_config(const nlohmann::json& j, const std::string& source);
   // Reads `<dir>/config.json` (and `generation_config.json` when present).
   static ModelConfig load(const std::filesystem::path& dir);

@@ -371,7 +371,9 @@ TEST(ModelConfig, GenerationConfigErrorsNameTheFileAndTheField) {
               HasSubstr(file + "field 'temperature' must not be negative, got -0.5"));
   EXPECT_THAT(load_error(R"({"temperature": 1e999})"), HasSubstr(file + "malformed JSON"));  // nlohmann refuses it
   EXPECT_THAT(load_error(R"({"top_p": [0.9]})"), HasSubstr(file + "field 'top_p' must be a number, got an array"));
-  EXPECT_THAT(load_error(R"({"top_p": 1.5})"), HasSubstr(file + "field 'top_p' must be in [0, 1], got 1.5"));
+  EXPECT_THAT(load_error(R"({"top_p": 1.5})"), HasSubstr(file + "field 'top_p' must be in (0, 1], got 1.5"));
+  EXPECT_THAT(load_error(R"({"do_sample": 1})"), HasSubstr(file + "field 'do_sample' must be true or false, got 1"));
+  EXPECT_THAT(load_error(R"({"max_new_tokens": 0})"), HasSubstr(file + "field 'max_new_tokens' must be positive, got 0"));
   EXPECT_THAT(load_error(R"({"top_k": 0.5})"), HasSubstr(file + "field 'top_k' must be an integer, got 0.5"));
   EXPECT_THAT(load_error(R"({"top_k": -3})"), HasSubstr(file + "field 'top_k' must not be negative, got -3"));
   EXPECT_THAT(load_error(R"({"eos_token_id": )"), HasSubstr(file + "malformed JSON"));
@@ -381,12 +383,14 @@ TEST(ModelConfig, GenerationConfigErrorsNameTheFileAndTheField) {
 
   // A well-formed file replaces config.json's eos ids and keeps the sampling defaults.
   ConfigFolder folder(R"({"eos_token_id": [7, 9], "temperature": 0.8, "top_p": 0.95, "top_k": 50,
-                          "do_sample": true, "pad_token_id": null})");
+                          "do_sample": true, "max_new_tokens": 64, "pad_token_id": null})");
   const ModelConfig c = ModelConfig::load(folder.dir());
   EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{7, 9}));
   EXPECT_DOUBLE_EQ(c.temperature.value_or(-1), 0.8);
   EXPECT_DOUBLE_EQ(c.top_p.value_or(-1), 0.95);
   EXPECT_EQ(c.top_k.value_or(-1), 50);
+  EXPECT_TRUE(c.do_sample.value_or(false));
+  EXPECT_EQ(c.max_new_tokens.value_or(-1), 64);
 }
 
 TEST(ModelConfig, ValuesThatWouldGiveNanOrNonsenseAreRejected) {

@@ -192,8 +192,10 @@ TensorStore::TensorStore(const fs::path& dir) : dir_(dir) {
       shard_paths.push_back(dir / s);
     }
   } else {
+    // Anything but a folder named *.safetensors is taken, so that a FIFO, a device or a dangling
+    // link there is refused by name when opened rather than silently skipped.
     for (const auto& e : fs::directory_iterator(dir))
-      if (e.is_regular_file() && e.path().extension() == ".safetensors") shard_paths.push_back(e.path());
+      if (e.path().extension() == ".safetensors" && !e.is_directory()) shard_paths.push_back(e.path());
     std::sort(shard_paths.begin(), shard_paths.end());
     if (shard_paths.empty()) fail("{}: no *.safetensors files in the model folder", dir.string());
   }

@@ -261,11 +261,10 @@ TEST_F(TensorStoreBadInput, FifoShardOrIndexIsRefusedWithoutBlocking) {
   error = error_reading_fifo(index(), [&] { TensorStore s(dir_.path()); });
   EXPECT_THAT(error, HasSubstr(index().string() + ": not a regular file"));
 
-  // Without an index a FIFO named *.safetensors is not a shard: it is skipped, never opened.
+  // Without an index a FIFO named *.safetensors is refused by name too (never silently skipped).
   fs::remove(index());
-  TensorStore store(dir_.path());
-  EXPECT_EQ(store.file_count(), 1u);
-  EXPECT_TRUE(store.contains("a"));
+  error = error_reading_fifo(shard2, [&] { TensorStore s(dir_.path()); });
+  EXPECT_THAT(error, HasSubstr(shard2.string() + ": not a regular file (it is a FIFO)"));
 }
 
 TEST_F(TensorStoreBadInput, IndexNamesAFolder) {

@@ -24,6 +24,17 @@ const char* stop_reason_name(StopReason reason) {
   return "?";
 }
 
+GenerationDefaults generation_defaults(const ModelConfig& config) {
+  GenerationDefaults d;
+  if (config.max_new_tokens) d.max_tokens = *config.max_new_tokens;
+  if (config.do_sample.value_or(false)) {
+    d.sampling.temperature = static_cast<float>(config.temperature.value_or(1.0));
+    d.sampling.top_k = config.top_k.value_or(0);
+    d.sampling.top_p = static_cast<float>(config.top_p.value_or(1.0));
+  }
+  return d;
+}
+
 int64_t context_room(const ModelConfig& config, int64_t cached, int64_t prompt) {
   return std::max<int64_t>(0, config.max_position_embeddings - cached - prompt);
 }

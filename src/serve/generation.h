@@ -24,6 +24,15 @@ struct GenerationOptions {
   std::vector<int64_t> stop_ids = {};  // a sampled stop id ends generation and is not kept
 };
 
+// What generation does when the user sets nothing: the model's generation_config.json as
+// transformers reads it. do_sample true: its temperature (1 when absent), top_k and top_p (off when
+// absent); do_sample false or absent: greedy. max_tokens: its max_new_tokens, else 128.
+struct GenerationDefaults {
+  SamplingParams sampling{.temperature = 0.0f};
+  int64_t max_tokens = 128;
+};
+GenerationDefaults generation_defaults(const ModelConfig& config);
+
 // How many new tokens fit after `cached` + `prompt` tokens in the model's context (>= 0).
 int64_t context_room(const ModelConfig& config, int64_t cached, int64_t prompt);
 

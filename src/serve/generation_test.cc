@@ -109,5 +109,31 @@ TEST_F(Generation, StaysWithinTheContext) {
   EXPECT_EQ(cache.length(), 0);
 }
 
+TEST(GenerationDefaults, FollowGenerationConfigAsTransformersDoes) {
+  ModelConfig c;
+  GenerationDefaults none = generation_defaults(c);  // no generation_config.json: greedy, 128
+  EXPECT_EQ(none.sampling.temperature, 0.0f);
+  EXPECT_EQ(none.max_tokens, 128);
+  c.temperature = 0.8;
+  c.top_k = 50;
+  c.top_p = 0.95;
+  c.max_new_tokens = 256;
+  GenerationDefaults off = generation_defaults(c);  // do_sample absent: the values are not used
+  EXPECT_EQ(off.sampling.temperature, 0.0f);
+  EXPECT_EQ(off.max_tokens, 256);
+  c.do_sample = true;
+  GenerationDefaults on = generation_defaults(c);
+  EXPECT_FLOAT_EQ(on.sampling.temperature, 0.8f);
+  EXPECT_EQ(on.sampling.top_k, 50);
+  EXPECT_FLOAT_EQ(on.sampling.top_p, 0.95f);
+  c.temperature.reset();
+  c.top_k.reset();
+  c.top_p.reset();
+  GenerationDefaults bare = generation_defaults(c);  // do_sample alone: temperature 1, no filters
+  EXPECT_FLOAT_EQ(bare.sampling.temperature, 1.0f);
+  EXPECT_EQ(bare.sampling.top_k, 0);
+  EXPECT_FLOAT_EQ(bare.sampling.top_p, 1.0f);
+}
+
 }  // namespace
 }  // namespace whittle
