@@ -348,6 +348,10 @@ TEST(Cli, GenerateDefaultsToTheModelsGenerationConfig) {
   EXPECT_THAT(r.output, HasSubstr("[greedy, max 4 new tokens]"));
   r = whittle({"generate", model, "-p", "1 + 2 =", "-n", "4", "--top-k", "0", "--top-p", "0.5"});
   EXPECT_THAT(r.output, HasSubstr("[sampling: temperature 0.8, top-k 0, top-p 0.5, seed 0"));
+  // Its max_new_tokens 256 is cut to the context (256 - 5 prompt tokens) without a warning.
+  r = whittle({"generate", model, "-p", "1 + 2 =", "-t", "0"});
+  EXPECT_THAT(r.output, HasSubstr("[greedy, max 251 new tokens]"));
+  EXPECT_THAT(r.output, ::testing::Not(HasSubstr("warning")));
   // Without do_sample in generation_config.json: greedy, as transformers does.
   ScratchModel m(kRoot / "models/tiny-glm5-random");
   nlohmann::json g = nlohmann::json::parse(read_file(m.dir() / "generation_config.json"));

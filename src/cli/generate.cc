@@ -86,7 +86,8 @@ Command add_generate(CLI::App& app) {
     if (top_k->count()) sampling.top_k = o->sampling.top_k;
     const int64_t wanted = max_tokens->count() ? o->max_tokens : defaults.max_tokens;
     const int64_t room = context_room(config, 0, static_cast<int64_t>(ids.size()));
-    if (static_cast<int64_t>(ids.size()) <= config.max_position_embeddings && wanted > room)
+    // A default (generation_config.json's max_new_tokens) is cut to the context without a word.
+    if (max_tokens->count() && static_cast<int64_t>(ids.size()) <= config.max_position_embeddings && wanted > room)
       fmt::print(stderr,
                  "whittle: warning: {} new tokens do not fit after the {}-token prompt in the model's context "
                  "of {} (max_position_embeddings); generating at most {}\n",
@@ -97,7 +98,7 @@ Command add_generate(CLI::App& app) {
                      ? fmt::format("sampling: temperature {:g}, top-k {}, top-p {:g}, seed {}", sampling.temperature,
                                    sampling.top_k, sampling.top_p, sampling.seed)
                      : std::string("greedy"),
-                 wanted);
+                 std::min(wanted, room));
     StreamDecoder stream(tokenizer, /*skip_special=*/true);
     GenerationOptions options{.max_tokens = wanted,
                               .sampling = sampling,

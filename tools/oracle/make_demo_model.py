@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Make models/tiny-glm5-random: a tiny GlmMoeDsaForCausalLM with random weights and the small
-GLM-5-form tokenizer of tests/golden/tokenizer, so that `make demo` has a complete Hugging Face model
+GLM-5-form tokenizer of tests/golden/tokenizer, so that tests have a complete Hugging Face model
 folder (config, bf16 safetensors, tokenizer, chat template, generation config) to run end to end.
-It has learned nothing: its text is noise. The trained bundled model replaces it (see issue 3).
+It has learned nothing: its text is noise. The demo runs the trained models/tiny-glm5 instead.
 
 Usage (repository root): .venv/bin/python tools/oracle/make_demo_model.py [--out models/tiny-glm5-random]
 Deterministic: rerunning writes byte-identical files.
@@ -70,7 +70,8 @@ def main() -> None:
         f.write("# tiny-glm5-random\n\nA tiny `GlmMoeDsaForCausalLM` with **random weights** (it has learned nothing)\n"
                 "and the small GLM-5-form tokenizer of `tests/golden/tokenizer`, made by\n"
                 f"`{' '.join(['.venv/bin/python'] + sys.argv)}` with torch {torch.__version__} and transformers "
-                f"{transformers.__version__}.\nIt exists so that `make demo` runs a complete model folder end to end.\n")
+                f"{transformers.__version__}.\nIt exists so that tests run a complete model folder end to end; `make demo` runs the trained\n"
+                "`models/tiny-glm5`.\n")
     shutil.rmtree(args.out, ignore_errors=True)
     os.rename(tmp, args.out)
     print(f"wrote {args.out}: vocab {vocab}, {sum(p.numel() for p in model.parameters())} parameters")

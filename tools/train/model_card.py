@@ -218,7 +218,7 @@ def main() -> None:
                  f"{', '.join(moved) if moved else 'none'}. There transformers' `torch.topk` and whittle (lower "
                  "position first) pick different keys. With whittle's tie rule in transformers (a stable sort of the "
                  "same scores) the two agree to float32 precision everywhere (last columns). Golden tests on this "
-                 "model must fix the tie rule or skip tied rows (D4 in shared/specs/glm_moe_dsa_vs_transformers.md).\n")
+                 "model must fix the tie rule or skip tied rows (docs/ARCHITECTURE.md, "The forward pass": DSA ties go to the lower position).\n")
 
     L.append("## Files\n")
     L.append("`config.json`, `generation_config.json` (eos ids above, pad `<|endoftext|>`, sampling: temperature 0.8, "
