@@ -34,6 +34,11 @@ struct Outcome {
   std::string output;  // stdout and stderr together
 };
 
+// An output path no test creates: commands given it must fail before writing.
+std::string never_written() {
+  return (fs::temp_directory_path() / ("whittle_cli_never_" + std::to_string(::getpid()) + ".npy")).string();
+}
+
 Outcome whittle(const std::vector<std::string>& args) {
   std::vector<std::string> cmd = {WHITTLE_BINARY};
   cmd.insert(cmd.end(), args.begin(), args.end());
@@ -224,7 +229,7 @@ TEST(Cli, InvalidUtf8Prompt) {
 }
 
 TEST(Cli, TokenIdOutsideVocabulary) {
-  Outcome r = whittle({"logits", kModel.string(), "--ids", "1,512", "--out", "/tmp/never.npy"});
+  Outcome r = whittle({"logits", kModel.string(), "--ids", "1,512", "--out", never_written()});
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.output, HasSubstr("token id 512 is outside the vocabulary [0, 512)"));
 }
@@ -269,7 +274,7 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOptionAndRange) {
 TEST(Cli, IdListsMustBeWholeIntegers) {
   // "" once ran as id 0 and "1,,2" as 1,2.
   const auto error_of = [](const std::string& ids) {
-    Outcome r = whittle({"logits", kModel.string(), "--ids", ids, "--out", "/tmp/never.npy"});
+    Outcome r = whittle({"logits", kModel.string(), "--ids", ids, "--out", never_written()});
     EXPECT_EQ(r.status, 1) << ids;
     return r.output;
   };
@@ -278,14 +283,14 @@ TEST(Cli, IdListsMustBeWholeIntegers) {
   EXPECT_THAT(error_of("1,2,"), HasSubstr("--ids: empty entry at position 3"));
   EXPECT_THAT(error_of("1,x"), HasSubstr("--ids: 'x' is not an integer token id"));
   EXPECT_THAT(error_of("1, 2"), HasSubstr("--ids: ' 2' is not an integer token id"));
-  EXPECT_FALSE(fs::exists("/tmp/never.npy"));
+  EXPECT_FALSE(fs::exists(never_written()));
 }
 
 TEST(Cli, TheModelFolderIsBlamedFirst) {
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{"eval", "models/nope", "--task", "arith"},
         {"generate", "models/nope", "-p", "hi"},
-        {"logits", "models/nope", "--ids", "1", "--out", "/tmp/never.npy"},
+        {"logits", "models/nope", "--ids", "1", "--out", never_written()},
         {"info", "models/nope"}}) {
     Outcome r = whittle(args);
     EXPECT_EQ(r.status, 1) << args[0];
