@@ -377,5 +377,20 @@ TEST(BundledModel, PredictsHeldOutTextAndSolvesArithmetic) {
   EXPECT_GE(arith["correct"].get<int>(), kBundledArithFloor) << arith["correct"] << "/50 one-step problems";
 }
 
+// The chat turn of `make demo`, run exactly as the Makefile runs it: it once asked about `ls` and
+// showed an answer that read as broken; the prompt now asks for what the model answers well.
+TEST(BundledModel, DemoChatTurnGivesASensibleAnswer) {
+  const std::string makefile = read_file(kRoot / "Makefile");
+  const std::string marker = "$(BUILD)/whittle generate $(DEMO_MODEL)";
+  const size_t at = makefile.find(marker);
+  ASSERT_NE(at, std::string::npos) << "no generate command in the Makefile's demo";
+  const std::string args = makefile.substr(at + marker.size(), makefile.find('\n', at) - at - marker.size());
+  const std::string command = shell_quote(WHITTLE_BINARY) + " generate " +
+                              shell_quote((kRoot / "models/tiny-glm5").string()) + args + " 2>/dev/null";
+  CommandOutcome r = run_command({"sh", "-c", command}, "");
+  ASSERT_EQ(r.status, 0) << command;
+  EXPECT_THAT(r.output, HasSubstr("arithmetic word problems")) << command;
+}
+
 }  // namespace
 }  // namespace whittle
