@@ -1,11 +1,11 @@
 // libFuzzer target for ModelConfig::from_json, the parser of a model's config.json (outside input:
 // any folder a user points whittle at), and ModelConfig::read_generation_config, the reader of
-// generation_config.json, which gets the same JSON. Any JSON either parses or throws whittle::Error;
-// any other exception, a crash or a sanitizer report is a finding. A parsed config must satisfy what
-// the forward pass relies on: positive sizes, top-k within the expert count, whole expert groups, a
-// dense/MoE and an indexer kind for every layer, and norms, scales and RoPE factors that are positive
-// and finite (in float32 where the forward pass uses float32). A generation config's eos ids must be
-// in the vocabulary and its sampling defaults in range.
+// generation_config.json, which gets the same JSON. Any JSON either parses or throws
+// whittle::Error; any other exception, a crash or a sanitizer report is a finding. A parsed config
+// must satisfy what the forward pass relies on: positive sizes, top-k within the expert count,
+// whole expert groups, a dense/MoE and an indexer kind for every layer, and norms, scales and RoPE
+// factors that are positive and finite (in float32 where the forward pass uses float32). A
+// generation config's eos ids must be in the vocabulary and its sampling defaults in range.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -20,8 +20,9 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<char> buffer(data, data + size);  // exactly sized: reads past the end are reported
-  const nlohmann::json j = nlohmann::json::parse(std::string_view(buffer.data(), buffer.size()), nullptr,
-                                                 /*allow_exceptions=*/false);
+  const nlohmann::json j =
+      nlohmann::json::parse(std::string_view(buffer.data(), buffer.size()), nullptr,
+                            /*allow_exceptions=*/false);
   if (j.is_discarded()) return 0;
 
   // As generation_config.json, applied to a config with a 2^20-token vocabulary. The source name is
@@ -36,7 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (g.top_p && !(*g.top_p >= 0 && *g.top_p <= 1)) __builtin_trap();
     if (g.top_k && *g.top_k < 0) __builtin_trap();
   } catch (const whittle::Error& e) {
-    if (std::string_view(e.what()).substr(0, 28) != "fuzz/generation_config.json:") __builtin_trap();
+    if (std::string_view(e.what()).substr(0, 28) != "fuzz/generation_config.json:")
+      __builtin_trap();
   }
 
   whittle::ModelConfig c;
@@ -45,11 +47,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const whittle::Error&) {
     return 0;
   }
-  if (c.hidden_size <= 0 || c.vocab_size <= 0 || c.num_hidden_layers <= 0 || c.num_attention_heads <= 0)
+  if (c.hidden_size <= 0 || c.vocab_size <= 0 || c.num_hidden_layers <= 0 ||
+      c.num_attention_heads <= 0)
     __builtin_trap();
-  // Per-layer kinds cover every layer (first_k_dense_replace may exceed the layer count: all dense).
+  // Per-layer kinds cover every layer (first_k_dense_replace may exceed the layer count: all
+  // dense).
   const auto layers = static_cast<size_t>(c.num_hidden_layers);
-  if (c.layer_is_moe.size() != layers || c.indexer_full.size() != layers || !c.indexer_full[0]) __builtin_trap();
+  if (c.layer_is_moe.size() != layers || c.indexer_full.size() != layers || !c.indexer_full[0])
+    __builtin_trap();
   if (c.n_routed_experts > 0) {
     if (c.num_experts_per_tok <= 0 || c.num_experts_per_tok > c.n_routed_experts) __builtin_trap();
     if (c.n_group <= 0 || c.n_routed_experts % c.n_group != 0) __builtin_trap();
@@ -65,11 +70,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   };
   const auto positive = [](double x) { return std::isfinite(x) && x > 0; };
   if (!positive_float(c.rms_norm_eps) || !positive_float(c.routed_scaling_factor)) __builtin_trap();
-  if (!positive(c.softmax_scale()) || !positive(c.rope.attention_factor()) || !positive(c.rope.theta))
+  if (!positive(c.softmax_scale()) || !positive(c.rope.attention_factor()) ||
+      !positive(c.rope.theta))
     __builtin_trap();
   if (c.rope.type == "yarn") {
-    if (!positive_float(c.rope.factor) || !positive(c.rope.beta_fast) || !positive(c.rope.beta_slow) ||
-        c.rope.theta == 1.0)
+    if (!positive_float(c.rope.factor) || !positive(c.rope.beta_fast) ||
+        !positive(c.rope.beta_slow) || c.rope.theta == 1.0)
       __builtin_trap();
   }
   return 0;

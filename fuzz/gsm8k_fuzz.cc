@@ -30,7 +30,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   if (const auto answer = whittle::extract_answer(text)) {
     if (answer->empty() || answer->find(',') != std::string::npos) __builtin_trap();
-    if (std::none_of(answer->begin(), answer->end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }))
+    if (std::none_of(answer->begin(), answer->end(),
+                     [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }))
       __builtin_trap();
   }
   (void)whittle::normalize_answer(text);

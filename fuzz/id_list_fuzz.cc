@@ -27,7 +27,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (i == start) __builtin_trap();  // an empty entry was accepted
     int64_t v = 0;
     auto [ptr, ec] = std::from_chars(text.data() + start, text.data() + i, v);
-    if (ec != std::errc() || ptr != text.data() + i || entries > ids.size() || ids[entries - 1] != v)
+    if (ec != std::errc() || ptr != text.data() + i || entries > ids.size() ||
+        ids[entries - 1] != v)
       __builtin_trap();
     if (i < text.size()) ++entries;
     start = i + 1;

@@ -31,10 +31,14 @@ void check_tokenizer_json(std::string_view text, const nlohmann::json& doc) {
     if (std::string_view(e.what()).substr(0, 20) != "fuzz/tokenizer.json:") __builtin_trap();
     return;
   }
-  size_t entries = doc.contains("added_tokens") && doc["added_tokens"].is_array() ? doc["added_tokens"].size() : 0;
-  if (doc["model"].is_object() && doc["model"].contains("vocab")) entries += doc["model"]["vocab"].size();
+  size_t entries = doc.contains("added_tokens") && doc["added_tokens"].is_array()
+                       ? doc["added_tokens"].size()
+                       : 0;
+  if (doc["model"].is_object() && doc["model"].contains("vocab"))
+    entries += doc["model"]["vocab"].size();
   if (static_cast<size_t>(tok->vocab_size()) > entries) __builtin_trap();
-  for (const char* sample : {"Hello world", "  \u180e x\t\n", "<|user|>hi", "\xe4\xbd\xa0\xe5\xa5\xbd 123"}) {
+  for (const char* sample :
+       {"Hello world", "  \u180e x\t\n", "<|user|>hi", "\xe4\xbd\xa0\xe5\xa5\xbd 123"}) {
     try {
       const std::vector<int32_t> ids = tok->encode(sample);
       for (int32_t id : ids)

@@ -9,9 +9,9 @@
 
 #include <cmath>
 #include <cstdio>
-#include <functional>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 
 #include "io/npy.h"
@@ -36,7 +36,8 @@ struct Outcome {
 
 // An output path no test creates: commands given it must fail before writing.
 std::string never_written() {
-  return (fs::temp_directory_path() / ("whittle_cli_never_" + std::to_string(::getpid()) + ".npy")).string();
+  return (fs::temp_directory_path() / ("whittle_cli_never_" + std::to_string(::getpid()) + ".npy"))
+      .string();
 }
 
 Outcome whittle(const std::vector<std::string>& args) {
@@ -115,7 +116,8 @@ TEST(Cli, InfoListsTheMtpLayer) {
                     [](SafeTensorsWriter& w) {
                       std::vector<std::byte> zeros(64 * 128 * 2);
                       w.add("model.layers.2.eh_proj.weight", DType::BF16, {64, 128}, zeros);
-                      w.add("model.layers.2.enorm.weight", DType::BF16, {64}, std::span(zeros).first(128));
+                      w.add("model.layers.2.enorm.weight", DType::BF16, {64},
+                            std::span(zeros).first(128));
                     });
   Outcome r = whittle({"info", m.str()});
   ASSERT_EQ(r.status, 0) << r.output;
@@ -123,11 +125,14 @@ TEST(Cli, InfoListsTheMtpLayer) {
   EXPECT_THAT(r.output, HasSubstr("mtp: model.layers.2.eh_proj.weight"));
   EXPECT_THAT(r.output, HasSubstr("mtp: model.layers.2.enorm.weight"));
   // The forward pass ignores the MTP layer.
-  EXPECT_EQ(whittle({"logits", m.str(), "--ids", "1,2", "--out", (m.dir() / "x.npy").string()}).status, 0);
+  EXPECT_EQ(
+      whittle({"logits", m.str(), "--ids", "1,2", "--out", (m.dir() / "x.npy").string()}).status,
+      0);
 }
 
 TEST(Cli, LogitsWritesTheGoldenLogits) {
-  fs::path out = fs::temp_directory_path() / ("whittle_cli_logits_" + std::to_string(::getpid()) + ".npy");
+  fs::path out =
+      fs::temp_directory_path() / ("whittle_cli_logits_" + std::to_string(::getpid()) + ".npy");
   std::string ids;
   for (int64_t id : read_npy_i64(kModel / "input_ids.npy")) {
     if (!ids.empty()) ids += ',';
@@ -138,12 +143,14 @@ TEST(Cli, LogitsWritesTheGoldenLogits) {
   float scale = 0;
   for (float x : golden) scale = std::max(scale, std::fabs(x));
   for (const char* mode : {"prefill", "decode"}) {
-    Outcome r = whittle({"logits", kModel.string(), "--ids", ids, "--out", out.string(), "--mode", mode});
+    Outcome r =
+        whittle({"logits", kModel.string(), "--ids", ids, "--out", out.string(), "--mode", mode});
     ASSERT_EQ(r.status, 0) << r.output;
     std::vector<int64_t> shape;
     std::vector<float> logits = read_npy_f32(out, &shape);
     ASSERT_EQ(shape, golden_shape) << mode;
-    for (size_t i = 0; i < logits.size(); ++i) ASSERT_NEAR(logits[i], golden[i], 1e-3f * scale) << mode << " " << i;
+    for (size_t i = 0; i < logits.size(); ++i)
+      ASSERT_NEAR(logits[i], golden[i], 1e-3f * scale) << mode << " " << i;
   }
   fs::remove(out);
 }
@@ -151,7 +158,8 @@ TEST(Cli, LogitsWritesTheGoldenLogits) {
 TEST(Cli, GenerateIsReproducibleAndStaysInTheTokenizerVocabulary) {
   const std::string demo = (kRoot / "models/tiny-glm5-random").string();
   for (const char* chat : {"", "--chat"}) {
-    std::vector<std::string> args = {"generate", demo, "-p", "Hello world", "-n", "48", "-t", "1.0", "--seed", "7", "-q"};
+    std::vector<std::string> args = {"generate", demo,  "-p",     "Hello world", "-n", "48",
+                                     "-t",       "1.0", "--seed", "7",           "-q"};
     if (*chat) args.push_back(chat);
     Outcome a = whittle(args), b = whittle(args);
     ASSERT_EQ(a.status, 0) << a.output;
@@ -184,7 +192,9 @@ TEST(Cli, UnknownModelType) {
 
 TEST(Cli, MissingTensor) {
   ScratchModel m;
-  m.rewrite_weights([](const std::string& name, auto&) { return name != "model.layers.1.self_attn.o_proj.weight"; });
+  m.rewrite_weights([](const std::string& name, auto&) {
+    return name != "model.layers.1.self_attn.o_proj.weight";
+  });
   Outcome r = whittle({"logits", m.str(), "--ids", "1,2", "--out", (m.dir() / "x.npy").string()});
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.output, HasSubstr("missing tensor 'model.layers.1.self_attn.o_proj.weight'"));
@@ -200,13 +210,15 @@ TEST(Cli, WrongShape) {
   });
   Outcome r = whittle({"logits", m.str(), "--ids", "1,2", "--out", (m.dir() / "x.npy").string()});
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.output, HasSubstr("tensor 'model.layers.0.self_attn.q_a_proj.weight' has shape [64, 32], expected [32, 64]"));
+  EXPECT_THAT(r.output, HasSubstr("tensor 'model.layers.0.self_attn.q_a_proj.weight' has shape "
+                                  "[64, 32], expected [32, 64]"));
   EXPECT_THAT(r.output, HasSubstr("model.safetensors"));
 }
 
 TEST(Cli, TruncatedWeights) {
   ScratchModel m;
-  fs::resize_file(m.dir() / "model.safetensors", fs::file_size(m.dir() / "model.safetensors") - 1000);
+  fs::resize_file(m.dir() / "model.safetensors",
+                  fs::file_size(m.dir() / "model.safetensors") - 1000);
   Outcome r = whittle({"info", m.str()});
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.output, HasSubstr("model.safetensors"));
@@ -240,7 +252,9 @@ TEST(Cli, TokenIdOutsideVocabulary) {
 TEST(Cli, UnknownSubcommandIsNamed) {
   Outcome r = whittle({"foo"});
   EXPECT_EQ(r.status, 2);
-  EXPECT_THAT(r.output, HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, logits, eval)"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, logits, eval)"));
 }
 
 TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOptionAndRange) {
@@ -252,23 +266,45 @@ TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOptionAndRange) {
     EXPECT_THAT(r.output, ::testing::Not(HasSubstr("e+308")));  // no DBL_MAX in a range
   };
   // NaN passed the old range checks, and the sampler then always took the last candidate.
-  usage_error({"generate", model, "-p", "a", "-t", "nan"}, "--temperature: must be a finite number >= 0, got 'nan'");
-  usage_error({"generate", model, "-p", "a", "-t", "inf"}, "--temperature: must be a finite number >= 0");
-  usage_error({"generate", model, "-p", "a", "--top-p", "nan"}, "--top-p: must be a number in (0, 1], got 'nan'");
-  usage_error({"generate", model, "-p", "a", "--top-p", "1.5"}, "--top-p: must be a number in (0, 1]");
-  usage_error({"generate", model, "-p", "a", "-n", "-1"}, "--max-tokens: must be an integer >= 0, got '-1'");
+  usage_error({"generate", model, "-p", "a", "-t", "nan"},
+              "--temperature: must be a finite number >= 0, got 'nan'");
+  usage_error({"generate", model, "-p", "a", "-t", "inf"},
+              "--temperature: must be a finite number >= 0");
+  usage_error({"generate", model, "-p", "a", "--top-p", "nan"},
+              "--top-p: must be a number in (0, 1], got 'nan'");
+  usage_error({"generate", model, "-p", "a", "--top-p", "1.5"},
+              "--top-p: must be a number in (0, 1]");
+  usage_error({"generate", model, "-p", "a", "-n", "-1"},
+              "--max-tokens: must be an integer >= 0, got '-1'");
   usage_error({"generate", model, "-p", "a", "--top-k", "-2"}, "--top-k: must be an integer >= 0");
   // -1 once became SIZE_MAX threads and 1000000 tried to start them all.
-  usage_error({"generate", model, "-p", "a", "--threads", "-1"}, "--threads: must be between 0 and");
-  usage_error({"logits", model, "--ids", "1", "--out", "x.npy", "--threads", "1000000"}, "got 1000000");
-  usage_error({"eval", model, "--task", "ppl", "--threads", "-1"}, "--threads: must be between 0 and");
+  usage_error({"generate", model, "-p", "a", "--threads", "-1"},
+              "--threads: must be between 0 and");
+  usage_error({"logits", model, "--ids", "1", "--out", "x.npy", "--threads", "1000000"},
+              "got 1000000");
+  usage_error({"eval", model, "--task", "ppl", "--threads", "-1"},
+              "--threads: must be between 0 and");
   usage_error({"generate", model, "-p", "a", "--think"}, "--think requires --chat");
   // --ctx -5 and --stride -3 once fell back to the defaults.
-  usage_error({"eval", model, "--task", "ppl", "--ctx", "-5"}, "--ctx: must be an integer >= 1, got '-5'");
-  usage_error({"eval", model, "--task", "ppl", "--stride", "-3"}, "--stride: must be an integer >= 1, got '-3'");
-  usage_error({"eval", model, "--task", "loops", "--top-p", "nan"}, "--top-p: must be a number in (0, 1]");
-  usage_error({"eval", model, "--task", "loops", "-t", "nan"}, "--temperature: must be a finite number >= 0");
-  usage_error({"eval", model, "--task", "arith", "--limit", "-1"}, "--limit: must be an integer >= 0");
+  usage_error({"eval", model, "--task", "ppl", "--ctx", "-5"},
+              "--ctx: must be an integer >= 1, got '-5'");
+  usage_error({"eval", model, "--task", "ppl", "--stride", "-3"},
+              "--stride: must be an integer >= 1, got '-3'");
+  usage_error({"eval", model, "--task", "loops", "--top-p", "nan"},
+              "--top-p: must be a number in (0, 1]");
+  usage_error({"eval", model, "--task", "loops", "-t", "nan"},
+              "--temperature: must be a finite number >= 0");
+  usage_error({"eval", model, "--task", "arith", "--limit", "-1"},
+              "--limit: must be an integer >= 0");
+  // CLI11 alone saturates an integer past int64 and wraps -1 into a uint64 seed.
+  usage_error({"generate", model, "-p", "a", "-n", "99999999999999999999"},
+              "--max-tokens: must be an integer >= 0, got '99999999999999999999'");
+  usage_error({"generate", model, "-p", "a", "--seed", "-1"},
+              "--seed: must be an integer in [0, 2^64 - 1], got '-1'");
+  usage_error({"eval", model, "--task", "loops", "--seed", "x"},
+              "--seed: must be an integer in [0, 2^64 - 1]");
+  usage_error({"generate", model, "-p", "a", "--threads", "99999999999999999999"},
+              "--threads: must be an integer");
 }
 
 TEST(Cli, IdListsMustBeWholeIntegers) {
@@ -303,11 +339,15 @@ TEST(Cli, TheModelFolderIsBlamedFirst) {
 TEST(Cli, InputsLongerThanTheContextAreRefused) {
   ScratchModel m;
   m.edit_config([](nlohmann::json& j) { j["max_position_embeddings"] = 4; });
-  Outcome r = whittle({"logits", m.str(), "--ids", "1,2,3,4,5", "--out", (m.dir() / "x.npy").string()});
+  Outcome r =
+      whittle({"logits", m.str(), "--ids", "1,2,3,4,5", "--out", (m.dir() / "x.npy").string()});
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.output, HasSubstr("--ids: 5 tokens exceed the model's context of 4 (max_position_embeddings)"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("--ids: 5 tokens exceed the model's context of 4 (max_position_embeddings)"));
   for (const char* mode : {"prefill", "decode"}) {
-    r = whittle({"logits", m.str(), "--ids", "1,2,3,4", "--out", (m.dir() / "x.npy").string(), "--mode", mode});
+    r = whittle({"logits", m.str(), "--ids", "1,2,3,4", "--out", (m.dir() / "x.npy").string(),
+                 "--mode", mode});
     EXPECT_EQ(r.status, 0) << r.output;
   }
   ScratchModel chat(kRoot / "models/tiny-glm5-random");
@@ -323,8 +363,10 @@ TEST(Cli, GenerationStopsAtTheContextWithAWarning) {
   m.edit_config([](nlohmann::json& j) { j["max_position_embeddings"] = 8; });
   Outcome r = whittle({"generate", m.str(), "-p", "Hello", "-n", "100", "-t", "0"});
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("warning: 100 new tokens do not fit after the 4-token prompt in the model's "
-                                  "context of 8 (max_position_embeddings); generating at most 4"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("warning: 100 new tokens do not fit after the 4-token prompt in the model's "
+                "context of 8 (max_position_embeddings); generating at most 4"));
   EXPECT_THAT(r.output, HasSubstr("generated 4 tokens"));
   EXPECT_THAT(r.output, HasSubstr("stop: context full"));
 }
@@ -333,13 +375,17 @@ TEST(Cli, EmptyPromptNamesTheTokenizer) {
   const fs::path model = kRoot / "models/tiny-glm5";
   Outcome r = whittle({"generate", model.string(), "-p", ""});
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.output, HasSubstr("prompt: encodes to no tokens with " + (model / "tokenizer.json").string()));
+  EXPECT_THAT(r.output, HasSubstr("prompt: encodes to no tokens with " +
+                                  (model / "tokenizer.json").string()));
 }
 
 TEST(Cli, ErrorsNameTheUsersOutputPathNotTheTemporary) {
-  Outcome r = whittle({"logits", kModel.string(), "--ids", "1,2", "--out", "/nonexistent-dir/x.npy"});
+  Outcome r =
+      whittle({"logits", kModel.string(), "--ids", "1,2", "--out", "/nonexistent-dir/x.npy"});
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.output, HasSubstr("/nonexistent-dir/x.npy: cannot create a temporary file in /nonexistent-dir"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("/nonexistent-dir/x.npy: cannot create a temporary file in /nonexistent-dir"));
   EXPECT_THAT(r.output, ::testing::Not(HasSubstr(".tmp.")));
 }
 
@@ -348,7 +394,9 @@ TEST(Cli, GenerateDefaultsToTheModelsGenerationConfig) {
   const std::string model = (kRoot / "models/tiny-glm5").string();
   Outcome r = whittle({"generate", model, "-p", "1 + 2 =", "-n", "4", "--seed", "3"});
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("[sampling: temperature 0.8, top-k 50, top-p 0.95, seed 3, max 4 new tokens]"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("[sampling: temperature 0.8, top-k 50, top-p 0.95, seed 3, max 4 new tokens]"));
   r = whittle({"generate", model, "-p", "1 + 2 =", "-n", "4", "-t", "0"});
   EXPECT_THAT(r.output, HasSubstr("[greedy, max 4 new tokens]"));
   r = whittle({"generate", model, "-p", "1 + 2 =", "-n", "4", "--top-k", "0", "--top-p", "0.5"});
@@ -378,7 +426,9 @@ TEST(Cli, ConfigWithFewerLayersThanTheWeightsIsRefused) {
   });
   Outcome r = whittle({"logits", m.str(), "--ids", "1,2", "--out", (m.dir() / "x.npy").string()});
   EXPECT_EQ(r.status, 1) << r.output;
-  EXPECT_THAT(r.output, HasSubstr("is beyond num_hidden_layers 1 + num_nextn_predict_layers 0 of config.json"));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr("is beyond num_hidden_layers 1 + num_nextn_predict_layers 0 of config.json"));
 }
 
 TEST(Cli, MalformedGenerationConfigIsNamed) {
@@ -387,8 +437,10 @@ TEST(Cli, MalformedGenerationConfigIsNamed) {
   write_file_atomic(m.dir() / "generation_config.json", R"({"eos_token_id": "x"})");
   Outcome r = whittle({"info", m.str()});
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.output, HasSubstr((m.dir() / "generation_config.json").string() +
-                                  ": field 'eos_token_id' must be an integer or a list of integers, got \"x\""));
+  EXPECT_THAT(
+      r.output,
+      HasSubstr((m.dir() / "generation_config.json").string() +
+                ": field 'eos_token_id' must be an integer or a list of integers, got \"x\""));
 }
 
 TEST(Cli, FifoShardIsRefusedWithoutBlocking) {

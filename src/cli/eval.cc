@@ -52,7 +52,8 @@ struct Options {
   std::string doc_start;
 };
 
-// Which tasks read a --data file: .jsonl files go to arith, gsm8k and loops, others to ppl and loops.
+// Which tasks read a --data file: .jsonl files go to arith, gsm8k and loops, others to ppl and
+// loops.
 bool task_reads(const std::string& task, const fs::path& file) {
   const bool jsonl = file.extension() == ".jsonl";
   return task == "loops" || (task == "ppl") != jsonl;
@@ -60,12 +61,17 @@ bool task_reads(const std::string& task, const fs::path& file) {
 
 // A --data file no chosen task reads would be dropped without a word, and the task would run on its
 // default files instead: refuse it.
-void check_every_file_is_read(const std::vector<std::string>& tasks, const std::vector<std::string>& data) {
+void check_every_file_is_read(const std::vector<std::string>& tasks,
+                              const std::vector<std::string>& data) {
   for (const auto& d : data) {
-    if (std::any_of(tasks.begin(), tasks.end(), [&](const std::string& t) { return task_reads(t, d); })) continue;
-    fail("--data {}: no --task given reads it (tasks given: {}; a .jsonl file is read by arith, gsm8k and "
-         "loops, any other file by ppl and loops)",
-         d, fmt::join(tasks, ", "));
+    if (std::any_of(tasks.begin(), tasks.end(),
+                    [&](const std::string& t) { return task_reads(t, d); }))
+      continue;
+    fail(
+        "--data {}: no --task given reads it (tasks given: {}; a .jsonl file is read by arith, "
+        "gsm8k and "
+        "loops, any other file by ppl and loops)",
+        d, fmt::join(tasks, ", "));
   }
 }
 
@@ -128,13 +134,15 @@ Command add_eval(CLI::App& app) {
                   "ppl: window length in tokens, at most max_position_embeddings (default min(512, "
                   "max_position_embeddings))")
       ->check(kPositiveInteger);
-  cmd->add_option("--stride", o->stride, "ppl: window step in [1, ctx-1] (default ctx/2)")->check(kPositiveInteger);
+  cmd->add_option("--stride", o->stride, "ppl: window step in [1, ctx-1] (default ctx/2)")
+      ->check(kPositiveInteger);
   cmd->add_option("--limit", o->limit,
                   "Only the first N items (arith/gsm8k) or tokens (ppl) of each file; 0 = all")
       ->capture_default_str()
       ->check(kNonNegativeInteger);
-  cmd->add_option("-n,--max-tokens", o->max_tokens,
-                  "arith/gsm8k/loops: most new tokens per output (fewer where the model's context ends)")
+  cmd->add_option(
+         "-n,--max-tokens", o->max_tokens,
+         "arith/gsm8k/loops: most new tokens per output (fewer where the model's context ends)")
       ->capture_default_str()
       ->check(kNonNegativeInteger);
   cmd->add_option("--prompts", o->prompts, "loops: number of prompts")
@@ -147,7 +155,8 @@ Command add_eval(CLI::App& app) {
       ->capture_default_str()
       ->check(kProbability);
   cmd->add_option("--seed", o->seed, "loops: prompt i is sampled with seed + i")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(kSeed);
   cmd->add_option(
       "--doc-start", o->doc_start,
       "A token put before every text, question and prompt, e.g. '<|endoftext|>' (default: none)");

@@ -312,8 +312,10 @@ TEST(EvalCli, UsageErrorsAreClear) {
   const std::string chat = s.write("chat.txt", "hello there");
   r = run_eval({kModel, "--task", "arith", "--data", chat, "-q"});
   EXPECT_EQ(r.status, 1);
-  EXPECT_THAT(r.err, HasSubstr("--data " + chat + ": no --task given reads it (tasks given: arith;"));
-  r = run_eval({kModel, "--task", "ppl,gsm8k", "--data", s.write("a.jsonl", kArith), "--data", chat, "-q"});
+  EXPECT_THAT(r.err,
+              HasSubstr("--data " + chat + ": no --task given reads it (tasks given: arith;"));
+  r = run_eval(
+      {kModel, "--task", "ppl,gsm8k", "--data", s.write("a.jsonl", kArith), "--data", chat, "-q"});
   EXPECT_EQ(r.status, 0) << r.err;  // each file is read by one of the tasks
   // A missing model folder is blamed, not the eval data it would hold.
   r = run_eval({"models/nope", "--task", "arith", "-q"});
@@ -331,16 +333,19 @@ TEST(EvalCli, TheModelsContextBoundsQuestionsAndAnswers) {
   std::string words;
   for (int i = 0; i < 100; ++i) words += "apple ";
   const std::string long_question = "{\"question\": \"" + words + "\", \"answer\": \"#### 1\"}\n";
-  Outcome r = run_eval({model.string(), "--task", "gsm8k", "--data", s.write("long.jsonl", kArith + long_question), "-q"});
+  Outcome r = run_eval({model.string(), "--task", "gsm8k", "--data",
+                        s.write("long.jsonl", kArith + long_question), "-q"});
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.err, HasSubstr("long.jsonl:4: the prompt has"));
   EXPECT_THAT(r.err, HasSubstr("the model's context is 48 (max_position_embeddings)"));
   // Answers are cut where the context ends, and say so.
-  r = run_eval({model.string(), "--task", "gsm8k", "--data", s.write("short.jsonl", kArith), "-n", "100", "--json", "-q"});
+  r = run_eval({model.string(), "--task", "gsm8k", "--data", s.write("short.jsonl", kArith), "-n",
+                "100", "--json", "-q"});
   ASSERT_EQ(r.status, 0) << r.err;
   const json result = json_lines(r.out).at(0);
   for (const json& item : result["outputs"])
-    EXPECT_TRUE(item["stop"] == "context full" || item["stop"] == "eos" || item["stop"] == "stop") << item;
+    EXPECT_TRUE(item["stop"] == "context full" || item["stop"] == "eos" || item["stop"] == "stop")
+        << item;
   EXPECT_TRUE(std::any_of(result["outputs"].begin(), result["outputs"].end(),
                           [](const json& item) { return item["stop"] == "context full"; }));
 }
@@ -349,8 +354,8 @@ TEST(EvalCli, TheModelsContextBoundsQuestionsAndAnswers) {
 // prefix of the held-out data: a regression test of the whole engine on a model whose outputs mean
 // something (random weights score near-uniform perplexity, ~4,000, and no arithmetic). The bounds
 // are loose multiples of the measured numbers, so that only a real regression fails them.
-// Measured (docs/RESULTS.md): whole-file perplexity 27x (prose) to 381x (arith) below the unigram's;
-// 24 of the first 50 one-step problems solved.
+// Measured (docs/RESULTS.md): whole-file perplexity 27x (prose) to 381x (arith) below the
+// unigram's; 24 of the first 50 one-step problems solved.
 constexpr double kBundledPplGain = 10.0;
 constexpr int kBundledArithFloor = 15;
 
@@ -374,7 +379,8 @@ TEST(BundledModel, PredictsHeldOutTextAndSolvesArithmetic) {
   ASSERT_EQ(r.status, 0) << r.err;
   const json arith = json_lines(r.out).at(0);
   EXPECT_EQ(arith["items"], 50);
-  EXPECT_GE(arith["correct"].get<int>(), kBundledArithFloor) << arith["correct"] << "/50 one-step problems";
+  EXPECT_GE(arith["correct"].get<int>(), kBundledArithFloor)
+      << arith["correct"] << "/50 one-step problems";
 }
 
 // The chat turn of `make demo`, run exactly as the Makefile runs it: it once asked about `ls` and
@@ -384,9 +390,11 @@ TEST(BundledModel, DemoChatTurnGivesASensibleAnswer) {
   const std::string marker = "$(BUILD)/whittle generate $(DEMO_MODEL)";
   const size_t at = makefile.find(marker);
   ASSERT_NE(at, std::string::npos) << "no generate command in the Makefile's demo";
-  const std::string args = makefile.substr(at + marker.size(), makefile.find('\n', at) - at - marker.size());
+  const std::string args =
+      makefile.substr(at + marker.size(), makefile.find('\n', at) - at - marker.size());
   const std::string command = shell_quote(WHITTLE_BINARY) + " generate " +
-                              shell_quote((kRoot / "models/tiny-glm5").string()) + args + " 2>/dev/null";
+                              shell_quote((kRoot / "models/tiny-glm5").string()) + args +
+                              " 2>/dev/null";
   CommandOutcome r = run_command({"sh", "-c", command}, "");
   ASSERT_EQ(r.status, 0) << command;
   EXPECT_THAT(r.output, HasSubstr("arithmetic word problems")) << command;

@@ -22,7 +22,8 @@ enum class Role { Mtp, Quantized, Protected, Quantizable, Other };
 Role classify(const std::string& name, const TensorView& v, const ModelConfig& c) {
   static const std::regex layer_re(R"(^model\.layers\.(\d+)\.)");
   std::smatch m;
-  if (std::regex_search(name, m, layer_re) && std::stoll(m[1]) >= c.num_hidden_layers) return Role::Mtp;
+  if (std::regex_search(name, m, layer_re) && std::stoll(m[1]) >= c.num_hidden_layers)
+    return Role::Mtp;
   static const std::regex quantized_re(R"(\.(qweight|qzeros|scales|g_idx|weight_scale_inv)$)");
   if (v.dtype() == DType::F8_E4M3 || std::regex_search(name, quantized_re)) return Role::Quantized;
   static const std::regex protected_re(
@@ -52,23 +53,28 @@ Command add_info(CLI::App& app) {
     fmt::print("model          {}\n", *model);
     fmt::print("architecture   {} (model_type {})\n",
                c.architectures.empty() ? std::string("?") : c.architectures[0], c.model_type);
-    fmt::print("layers         {} ({} dense, {} MoE){}\n", c.num_hidden_layers, c.num_hidden_layers - moe_layers,
-               moe_layers, c.num_nextn_predict_layers ? fmt::format(" + {} MTP", c.num_nextn_predict_layers) : "");
+    fmt::print(
+        "layers         {} ({} dense, {} MoE){}\n", c.num_hidden_layers,
+        c.num_hidden_layers - moe_layers, moe_layers,
+        c.num_nextn_predict_layers ? fmt::format(" + {} MTP", c.num_nextn_predict_layers) : "");
     fmt::print("hidden         {}, vocab {}, tied embeddings {}\n", c.hidden_size, c.vocab_size,
                c.tie_word_embeddings ? "yes" : "no");
     fmt::print("attention      MLA: {} heads, q_lora {}, kv_lora {}, qk {}+{} (nope+rope), v {}\n",
-               c.num_attention_heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim,
-               c.v_head_dim);
+               c.num_attention_heads, c.q_lora_rank, c.kv_lora_rank, c.qk_nope_head_dim,
+               c.qk_rope_head_dim, c.v_head_dim);
     fmt::print("rope           {} theta {} ({} MLA, {} indexer)\n", c.rope.type, c.rope.theta,
                c.rope_interleave ? "interleaved" : "half-split",
                c.indexer_rope_interleave ? "interleaved" : "half-split");
-    fmt::print("DSA indexer    {} heads x {}, top-k {}{}\n", c.index_n_heads, c.index_head_dim, c.index_topk,
-               shared_index ? fmt::format(", {} layers share the previous selection", shared_index) : "");
+    fmt::print(
+        "DSA indexer    {} heads x {}, top-k {}{}\n", c.index_n_heads, c.index_head_dim,
+        c.index_topk,
+        shared_index ? fmt::format(", {} layers share the previous selection", shared_index) : "");
     if (moe_layers)
-      fmt::print("experts        {} routed (top-{}, {} groups, top-{} groups) + {} shared, width {}; "
-                 "scaling {}\n",
-                 c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.n_shared_experts,
-                 c.moe_intermediate_size, c.routed_scaling_factor);
+      fmt::print(
+          "experts        {} routed (top-{}, {} groups, top-{} groups) + {} shared, width {}; "
+          "scaling {}\n",
+          c.n_routed_experts, c.num_experts_per_tok, c.n_group, c.topk_group, c.n_shared_experts,
+          c.moe_intermediate_size, c.routed_scaling_factor);
     fmt::print("dense MLP      width {}\n", c.intermediate_size);
 
     std::map<std::string, std::pair<int64_t, size_t>> by_dtype;  // dtype -> (tensors, bytes)
@@ -86,20 +92,21 @@ Command add_info(CLI::App& app) {
       total += v.bytes.size();
       if (r == Role::Mtp) mtp.push_back(name);
     }
-    fmt::print("tensors        {} in {} file(s), {:.2f} MiB\n", store.names().size(), store.file_count(),
-               total / 1048576.0);
+    fmt::print("tensors        {} in {} file(s), {:.2f} MiB\n", store.names().size(),
+               store.file_count(), total / 1048576.0);
     for (const auto& [dt, nb] : by_dtype)
       fmt::print("  {:<8} {:>6} tensors {:>12.2f} MiB\n", dt, nb.first, nb.second / 1048576.0);
     const std::pair<Role, const char*> roles[] = {
         {Role::Quantized, "quantized"},
         {Role::Quantizable, "to quantize (attention, indexer wq_b/wk, experts)"},
-        {Role::Protected, "protected, kept 16-bit (embeddings, lm_head, norms, router, dense MLPs, weights_proj)"},
+        {Role::Protected,
+         "protected, kept 16-bit (embeddings, lm_head, norms, router, dense MLPs, weights_proj)"},
         {Role::Mtp, "MTP layer (recognised; used for speculative decoding later)"},
         {Role::Other, "other"}};
     for (const auto& [role, label] : roles)
       if (by_role.count(role))
-        fmt::print("  {:>6} tensors {:>12.2f} MiB  {}\n", by_role[role].first, by_role[role].second / 1048576.0,
-                   label);
+        fmt::print("  {:>6} tensors {:>12.2f} MiB  {}\n", by_role[role].first,
+                   by_role[role].second / 1048576.0, label);
     for (const auto& name : mtp) fmt::print("  mtp: {}\n", name);
     if (*list)
       for (const std::string& name : store.names()) {

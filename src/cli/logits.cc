@@ -11,7 +11,8 @@
 namespace whittle::cli {
 
 Command add_logits(CLI::App& app) {
-  auto* cmd = app.add_subcommand("logits", "Write the logits of every position of a token sequence as .npy");
+  auto* cmd = app.add_subcommand("logits",
+                                 "Write the logits of every position of a token sequence as .npy");
   struct Options {
     std::string model, out, mode = "prefill";
     std::string ids;
@@ -21,7 +22,8 @@ Command add_logits(CLI::App& app) {
   cmd->add_option("MODEL", o->model, "Hugging Face model folder")->required();
   cmd->add_option("--ids", o->ids, "Token ids, comma-separated (e.g. 1,2,3)")->required();
   cmd->add_option("--out", o->out, "Output .npy file (float32, [T, vocab])")->required();
-  cmd->add_option("--mode", o->mode, "prefill: one pass over all ids; decode: one token at a time from the cache")
+  cmd->add_option("--mode", o->mode,
+                  "prefill: one pass over all ids; decode: one token at a time from the cache")
       ->check(CLI::IsMember({"prefill", "decode"}));
   add_threads_option(cmd, o->threads);
   return [=] {
@@ -31,8 +33,8 @@ Command add_logits(CLI::App& app) {
     GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
     const ModelConfig& config = model.config();
     if (static_cast<int64_t>(given.size()) > config.max_position_embeddings)
-      fail("--ids: {} tokens exceed the model's context of {} (max_position_embeddings)", given.size(),
-           config.max_position_embeddings);
+      fail("--ids: {} tokens exceed the model's context of {} (max_position_embeddings)",
+           given.size(), config.max_position_embeddings);
     std::vector<int32_t> ids;
     for (int64_t id : given) {
       if (id < 0 || id >= config.vocab_size)

@@ -30,7 +30,9 @@ int main(int argc, char** argv) {
     std::vector<std::string> names;
     for (const CLI::App* sub : app.get_subcommands({})) names.push_back(sub->get_name());
     if (std::find(names.begin(), names.end(), argv[1]) == names.end()) {
-      fmt::print(stderr, "whittle: unknown subcommand '{}' (expected one of: {})\nRun with --help for more information.\n",
+      fmt::print(stderr,
+                 "whittle: unknown subcommand '{}' (expected one of: {})\nRun with --help for more "
+                 "information.\n",
                  argv[1], fmt::join(names, ", "));
       return 2;
     }

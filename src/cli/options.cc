@@ -4,6 +4,8 @@
 
 #include <charconv>
 #include <cmath>
+#include <optional>
+#include <string_view>
 
 #include "util/error.h"
 #include "util/thread_pool.h"
@@ -25,13 +27,22 @@ CLI::Validator number_validator(bool (*ok)(double), const char* expected) {
       expected);
 }
 
-// The same over a parsed 64-bit integer.
+// The whole of `text` as a decimal integer of type T, else nullopt: unlike CLI11's own conversion
+// (strtoll, which saturates), a value out of T's range is refused.
+template <typename T>
+std::optional<T> parse_integer(std::string_view text) {
+  T v{};
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc() || ptr != text.data() + text.size()) return std::nullopt;
+  return v;
+}
+
+// The same as number_validator over a parsed 64-bit integer.
 CLI::Validator integer_validator(bool (*ok)(int64_t), const char* expected) {
   return CLI::Validator(
       [ok, expected](std::string& text) -> std::string {
-        int64_t v = 0;
-        if (!CLI::detail::lexical_cast(text, v) || !ok(v))
-          return fmt::format("must be {}, got '{}'", expected, text);
+        const std::optional<int64_t> v = parse_integer<int64_t>(text);
+        if (!v || !ok(*v)) return fmt::format("must be {}, got '{}'", expected, text);
         return {};
       },
       expected);
@@ -44,17 +55,25 @@ const CLI::Validator kFiniteNonNegative =
     number_validator([](double v) { return std::isfinite(v) && v >= 0.0; }, "a finite number >= 0");
 const CLI::Validator kProbability =
     number_validator([](double v) { return v > 0.0 && v <= 1.0; }, "a number in (0, 1]");
-const CLI::Validator kPositiveInteger = integer_validator([](int64_t v) { return v >= 1; }, "an integer >= 1");
+const CLI::Validator kPositiveInteger =
+    integer_validator([](int64_t v) { return v >= 1; }, "an integer >= 1");
 const CLI::Validator kNonNegativeInteger =
     integer_validator([](int64_t v) { return v >= 0; }, "an integer >= 0");
+const CLI::Validator kSeed(
+    [](std::string& text) -> std::string {
+      if (!parse_integer<uint64_t>(text))
+        return fmt::format("must be an integer in [0, 2^64 - 1], got '{}'", text);
+      return {};
+    },
+    "SEED");
 
 CLI::Option* add_threads_option(CLI::App* cmd, int64_t& threads) {
   CLI::Validator check(
       [](std::string& text) -> std::string {
-        int64_t v = 0;
-        if (!CLI::detail::lexical_cast(text, v)) return fmt::format("must be an integer, got '{}'", text);
+        const std::optional<int64_t> v = parse_integer<int64_t>(text);
+        if (!v) return fmt::format("must be an integer, got '{}'", text);
         try {
-          checked_thread_count(v);
+          checked_thread_count(*v);
         } catch (const Error& e) {
           // CLI11 puts the option's name in front already.
           std::string_view message = e.what();
@@ -70,23 +89,24 @@ CLI::Option* add_threads_option(CLI::App* cmd, int64_t& threads) {
 void require_model_folder(const fs::path& dir) {
   std::error_code ec;
   if (!fs::exists(dir, ec)) fail("{}: no such model folder", dir.string());
-  if (!fs::is_directory(dir, ec)) fail("{}: not a folder (MODEL is a Hugging Face model folder)", dir.string());
-  if (!fs::exists(dir / "config.json", ec)) fail("{}: missing config.json (is this a model folder?)", dir.string());
+  if (!fs::is_directory(dir, ec))
+    fail("{}: not a folder (MODEL is a Hugging Face model folder)", dir.string());
+  if (!fs::exists(dir / "config.json", ec))
+    fail("{}: missing config.json (is this a model folder?)", dir.string());
 }
 
 std::vector<int64_t> parse_id_list(const std::string& text, const std::string& option) {
   std::vector<int64_t> ids;
-  if (text.empty()) fail("{}: no token ids (expected comma-separated integers such as 1,2,3)", option);
+  if (text.empty())
+    fail("{}: no token ids (expected comma-separated integers such as 1,2,3)", option);
   size_t start = 0;
   for (;;) {
     const size_t end = std::min(text.find(',', start), text.size());
     const std::string_view item(text.data() + start, end - start);
-    int64_t id = 0;
-    auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), id);
     if (item.empty()) fail("{}: empty entry at position {} of '{}'", option, ids.size() + 1, text);
-    if (ec != std::errc() || ptr != item.data() + item.size())
-      fail("{}: '{}' is not an integer token id", option, item);
-    ids.push_back(id);
+    const std::optional<int64_t> id = parse_integer<int64_t>(item);
+    if (!id) fail("{}: '{}' is not an integer token id", option, item);
+    ids.push_back(*id);
     if (end == text.size()) break;
     start = end + 1;
   }

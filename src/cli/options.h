@@ -1,6 +1,6 @@
 // What several subcommands share: validators that turn a bad option value into a usage error naming
-// the option and its range (CLI11's own print DBL_MAX and let NaN through), the --threads option, the
-// model folder check that comes before anything else, and the strict --ids parser.
+// the option and its range (CLI11's own print DBL_MAX and let NaN through), the --threads option,
+// the model folder check that comes before anything else, and the strict --ids parser.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -15,9 +15,12 @@ namespace whittle::cli {
 extern const CLI::Validator kFiniteNonNegative;
 // A probability mass in (0, 1] (top-p). NaN is refused.
 extern const CLI::Validator kProbability;
-// An integer >= 1 / >= 0 (window lengths, counts), with a message that states the bound plainly.
+// An integer >= 1 / >= 0 (window lengths, counts), with a message that states the bound plainly;
+// values beyond int64 are refused (CLI11 alone saturates them).
 extern const CLI::Validator kPositiveInteger;
 extern const CLI::Validator kNonNegativeInteger;
+// A random seed: an integer in [0, 2^64 - 1] (CLI11 alone takes -1 as 2^64 - 1).
+extern const CLI::Validator kSeed;
 
 // `--threads N`: 0 (the default) means one per core; the value is checked by
 // checked_thread_count() at parse time.

@@ -86,8 +86,7 @@ std::vector<QaItem> parse_qa_jsonl(std::string_view text, const std::string& sou
     items.push_back(std::move(item));
   }
   if (items.empty())
-    fail("{}: no items (expected GSM8K jsonl: one {{\"question\", \"answer\"}} per line)",
-         source);
+    fail("{}: no items (expected GSM8K jsonl: one {{\"question\", \"answer\"}} per line)", source);
   return items;
 }
 

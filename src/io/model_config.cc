@@ -29,8 +29,11 @@ class Fields {
   int64_t integer(const char* key) const {
     if (!has(key)) fail("{}: missing required field '{}'", source_, name(key));
     const json& v = j_.at(key);
-    if (!v.is_number_integer()) fail("{}: field '{}' must be an integer, got {}", source_, name(key), json_excerpt(v));
-    if (!in_range(v)) fail("{}: field '{}' is {}, outside [-{}, {}]", source_, name(key), json_excerpt(v), kMaxField, kMaxField);
+    if (!v.is_number_integer())
+      fail("{}: field '{}' must be an integer, got {}", source_, name(key), json_excerpt(v));
+    if (!in_range(v))
+      fail("{}: field '{}' is {}, outside [-{}, {}]", source_, name(key), json_excerpt(v),
+           kMaxField, kMaxField);
     return v.get<int64_t>();
   }
   static constexpr int64_t kMaxField = (int64_t{1} << 31) - 1;
@@ -39,21 +42,27 @@ class Fields {
     return v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(kMaxField)
                                   : v.get<int64_t>() >= -kMaxField && v.get<int64_t>() <= kMaxField;
   }
-  int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
+  int64_t integer(const char* key, int64_t fallback) const {
+    return has(key) ? integer(key) : fallback;
+  }
   int64_t positive(const char* key) const {
     int64_t v = integer(key);
     if (v <= 0) fail("{}: field '{}' must be positive, got {}", source_, name(key), v);
     return v;
   }
-  int64_t positive(const char* key, int64_t fallback) const { return has(key) ? positive(key) : fallback; }
+  int64_t positive(const char* key, int64_t fallback) const {
+    return has(key) ? positive(key) : fallback;
+  }
 
   // JSON has no NaN or infinity, but a literal such as 1e999 parses to infinity.
   double number(const char* key, double fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_number()) fail("{}: field '{}' must be a number, got {}", source_, name(key), json_excerpt(v));
+    if (!v.is_number())
+      fail("{}: field '{}' must be a number, got {}", source_, name(key), json_excerpt(v));
     const double x = v.get<double>();
-    if (!std::isfinite(x)) fail("{}: field '{}' must be a finite number, got {}", source_, name(key), x);
+    if (!std::isfinite(x))
+      fail("{}: field '{}' must be a finite number, got {}", source_, name(key), x);
     return x;
   }
   double positive_number(const char* key, double fallback) const {
@@ -74,22 +83,27 @@ class Fields {
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_boolean()) fail("{}: field '{}' must be true or false, got {}", source_, name(key), json_excerpt(v));
+    if (!v.is_boolean())
+      fail("{}: field '{}' must be true or false, got {}", source_, name(key), json_excerpt(v));
     return v.get<bool>();
   }
   std::string string(const char* key, const std::string& fallback) const {
     if (!has(key)) return fallback;
     const json& v = j_.at(key);
-    if (!v.is_string()) fail("{}: field '{}' must be a string, got {}", source_, name(key), json_excerpt(v));
+    if (!v.is_string())
+      fail("{}: field '{}' must be a string, got {}", source_, name(key), json_excerpt(v));
     return v.get<std::string>();
   }
   std::vector<std::string> strings(const char* key) const {
     std::vector<std::string> out;
     if (!has(key)) return out;
     const json& v = j_.at(key);
-    if (!v.is_array()) fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), json_excerpt(v));
+    if (!v.is_array())
+      fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), json_excerpt(v));
     for (const json& e : v) {
-      if (!e.is_string()) fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), json_excerpt(v));
+      if (!e.is_string())
+        fail("{}: field '{}' must be a list of strings, got {}", source_, name(key),
+             json_excerpt(v));
       out.push_back(e.get<std::string>());
     }
     return out;
@@ -101,11 +115,14 @@ class Fields {
     const json& v = j_.at(key);
     if (v.is_number_integer()) return {integer(key)};
     if (!v.is_array())
-      fail("{}: field '{}' must be an integer or a list of integers, got {}", source_, name(key), json_excerpt(v));
+      fail("{}: field '{}' must be an integer or a list of integers, got {}", source_, name(key),
+           json_excerpt(v));
     for (const json& e : v) {
-      if (!e.is_number_integer()) fail("{}: field '{}' must hold integers, got {}", source_, name(key), json_excerpt(e));
+      if (!e.is_number_integer())
+        fail("{}: field '{}' must hold integers, got {}", source_, name(key), json_excerpt(e));
       if (!in_range(e))
-        fail("{}: field '{}' holds {}, outside [-{}, {}]", source_, name(key), json_excerpt(e), kMaxField, kMaxField);
+        fail("{}: field '{}' holds {}, outside [-{}, {}]", source_, name(key), json_excerpt(e),
+             kMaxField, kMaxField);
       out.push_back(e.get<int64_t>());
     }
     return out;
@@ -129,19 +146,23 @@ double yarn_mscale(double scale, double mscale) {
 // top-level `original_max_position_embeddings` is NOT used by 5.23: it is set too late).
 RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
   RopeConfig rope;
-  const char* params_key = f.has("rope_scaling") ? "rope_scaling" : f.has("rope_parameters") ? "rope_parameters" : nullptr;
+  const char* params_key = f.has("rope_scaling")      ? "rope_scaling"
+                           : f.has("rope_parameters") ? "rope_parameters"
+                                                      : nullptr;
   rope.theta = f.number("rope_theta", 10000.0);
   if (params_key) {
     const json& params = f.raw(params_key);
     if (!params.is_object())
-      fail("{}: field '{}' must be an object, got {}", f.source(), params_key, json_excerpt(params));
+      fail("{}: field '{}' must be an object, got {}", f.source(), params_key,
+           json_excerpt(params));
     Fields p(params, f.source(), std::string(params_key) + ".");
     rope.type = p.string("rope_type", p.string("type", "default"));
     rope.theta = p.number("rope_theta", rope.theta);
     const bool yarn = rope.type == "yarn";
     if (yarn && !p.has("factor"))
-      fail("{}: yarn rope parameters need 'factor' (transformers reads rope_parameters[\"factor\"])",
-           f.source());
+      fail(
+          "{}: yarn rope parameters need 'factor' (transformers reads rope_parameters[\"factor\"])",
+          f.source());
     // The YaRN values must keep the frequencies finite: factor divides them in float32, and the
     // betas go through a logarithm.
     rope.factor = yarn ? p.positive_float("factor", 1.0) : p.number("factor", 1.0);
@@ -152,9 +173,11 @@ RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
     if (rope.beta_fast == 0.0) rope.beta_fast = 32.0;
     rope.beta_slow = p.number("beta_slow", 0.0);
     if (rope.beta_slow == 0.0) rope.beta_slow = 1.0;
-    for (const auto& [key, value] : {std::pair{"beta_fast", rope.beta_fast}, {"beta_slow", rope.beta_slow}})
+    for (const auto& [key, value] :
+         {std::pair{"beta_fast", rope.beta_fast}, {"beta_slow", rope.beta_slow}})
       if (yarn && value < 0)
-        fail("{}: field '{}' must be positive (YaRN takes its logarithm), got {}", f.source(), p.name(key), value);
+        fail("{}: field '{}' must be positive (YaRN takes its logarithm), got {}", f.source(),
+             p.name(key), value);
     rope.mscale = p.number("mscale", 0.0);
     rope.mscale_all_dim = p.number("mscale_all_dim", 0.0);
     rope.truncate = p.boolean("truncate", true);
@@ -166,17 +189,21 @@ RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
            f.source(), p.number("partial_rotary_factor", 1.0));
   }
   if (rope.type != "default" && rope.type != "yarn")
-    fail("{}: rope type '{}' is not supported (expected \"default\" or \"yarn\")", f.source(), rope.type);
+    fail("{}: rope type '{}' is not supported (expected \"default\" or \"yarn\")", f.source(),
+         rope.type);
   if (!(rope.theta > 0)) fail("{}: rope_theta must be positive, got {}", f.source(), rope.theta);
   // YaRN's correction range divides by log(rope_theta).
   if (rope.type == "yarn" && rope.theta == 1.0)
-    fail("{}: rope_theta must not be 1 with yarn rope parameters (YaRN divides by log(rope_theta))", f.source());
+    fail("{}: rope_theta must not be 1 with yarn rope parameters (YaRN divides by log(rope_theta))",
+         f.source());
   if (rope.type == "yarn") {
     const double factor = rope.attention_factor();
     if (!std::isfinite(factor) || !(factor > 0))
-      fail("{}: yarn mscale {} and mscale_all_dim {} with factor {} give an attention factor of {} (expected a "
-           "positive finite number)",
-           f.source(), rope.mscale, rope.mscale_all_dim, rope.factor, factor);
+      fail(
+          "{}: yarn mscale {} and mscale_all_dim {} with factor {} give an attention factor of {} "
+          "(expected a "
+          "positive finite number)",
+          f.source(), rope.mscale, rope.mscale_all_dim, rope.factor, factor);
   }
   return rope;
 }
@@ -203,8 +230,8 @@ constexpr int64_t kMaxLayers = 65536;
 void check_eos_ids(const std::vector<int64_t>& ids, int64_t vocab_size, const std::string& source) {
   for (int64_t id : ids)
     if (id < 0 || id >= vocab_size)
-      fail("{}: field 'eos_token_id' holds {}, outside the vocabulary [0, {}) (vocab_size)", source, id,
-           vocab_size);
+      fail("{}: field 'eos_token_id' holds {}, outside the vocabulary [0, {}) (vocab_size)", source,
+           id, vocab_size);
 }
 
 }  // namespace
@@ -236,8 +263,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   const bool glm = c.model_type == "glm_moe_dsa";
   const bool dsv32 = c.model_type == "deepseek_v32";
   if (!glm && !dsv32)
-    fail("{}: unknown model_type '{}' (whittle supports \"glm_moe_dsa\" and \"deepseek_v32\")", source,
-         c.model_type);
+    fail("{}: unknown model_type '{}' (whittle supports \"glm_moe_dsa\" and \"deepseek_v32\")",
+         source, c.model_type);
   c.architectures = f.strings("architectures");
 
   c.vocab_size = f.positive("vocab_size");
@@ -246,8 +273,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   // Per-layer tables are built here, before any weight is read: 2^31 - 1 layers took 5 s and 0.5 GB
   // for a 1 KB file. Released models have at most a few hundred layers.
   if (c.num_hidden_layers > kMaxLayers)
-    fail("{}: field 'num_hidden_layers' is {}, beyond whittle's limit of {} layers", source, c.num_hidden_layers,
-         kMaxLayers);
+    fail("{}: field 'num_hidden_layers' is {}, beyond whittle's limit of {} layers", source,
+         c.num_hidden_layers, kMaxLayers);
   c.num_attention_heads = f.positive("num_attention_heads");
   c.num_key_value_heads = f.positive("num_key_value_heads", c.num_attention_heads);
   if (c.num_key_value_heads != c.num_attention_heads)
@@ -261,7 +288,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.kv_lora_rank = f.positive("kv_lora_rank");
   c.qk_nope_head_dim = f.positive("qk_nope_head_dim");
   c.qk_rope_head_dim = f.positive("qk_rope_head_dim");
-  if (c.qk_rope_head_dim % 2) fail("{}: qk_rope_head_dim ({}) must be even", source, c.qk_rope_head_dim);
+  if (c.qk_rope_head_dim % 2)
+    fail("{}: qk_rope_head_dim ({}) must be even", source, c.qk_rope_head_dim);
   c.v_head_dim = f.positive("v_head_dim");
   if (f.has("qk_head_dim") && f.integer("qk_head_dim") != c.qk_head_dim())
     fail("{}: qk_head_dim ({}) contradicts qk_nope_head_dim + qk_rope_head_dim ({})", source,
@@ -284,7 +312,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     c.layer_is_moe.assign(c.num_hidden_layers, true);
     for (int64_t i = 0; i < dense; ++i) c.layer_is_moe[i] = false;
   }
-  const bool any_moe = std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
+  const bool any_moe =
+      std::find(c.layer_is_moe.begin(), c.layer_is_moe.end(), true) != c.layer_is_moe.end();
   if (any_moe) {
     c.moe_intermediate_size = f.positive("moe_intermediate_size");
     c.n_routed_experts = f.positive("n_routed_experts");
@@ -294,8 +323,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     c.n_group = f.positive("n_group", glm ? 1 : 8);
     c.topk_group = f.positive("topk_group", glm ? 1 : 4);
     if (c.num_experts_per_tok > c.n_routed_experts)
-      fail("{}: num_experts_per_tok ({}) exceeds n_routed_experts ({})", source, c.num_experts_per_tok,
-           c.n_routed_experts);
+      fail("{}: num_experts_per_tok ({}) exceeds n_routed_experts ({})", source,
+           c.num_experts_per_tok, c.n_routed_experts);
     if (c.n_routed_experts % c.n_group)
       fail("{}: n_routed_experts ({}) is not divisible by n_group ({})", source, c.n_routed_experts,
            c.n_group);
@@ -323,25 +352,30 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   c.max_position_embeddings = f.positive("max_position_embeddings", glm ? 202752 : 163840);
   c.rope = parse_rope(f, c.max_position_embeddings);
   if (const double scale = c.softmax_scale(); !std::isfinite(scale) || !(scale > 0))
-    fail("{}: yarn mscale_all_dim {} with factor {} gives an attention softmax scale of {} (expected a positive "
-         "finite number)",
-         source, c.rope.mscale_all_dim, c.rope.factor, scale);
+    fail(
+        "{}: yarn mscale_all_dim {} with factor {} gives an attention softmax scale of {} "
+        "(expected a positive "
+        "finite number)",
+        source, c.rope.mscale_all_dim, c.rope.factor, scale);
   // transformers hard-codes the pairing and ignores these keys: MLA is interleaved in both models,
   // the indexer is interleaved in glm_moe_dsa and half-split in deepseek_v32. A checkpoint asking
   // for anything else contradicts the architecture.
   c.rope_interleave = f.boolean("rope_interleave", true);
   c.indexer_rope_interleave = f.boolean("indexer_rope_interleave", glm);
   if (glm && (!c.rope_interleave || !c.indexer_rope_interleave))
-    fail("{}: glm_moe_dsa uses interleaved RoPE; rope_interleave/indexer_rope_interleave=false "
-         "contradict it",
-         source);
+    fail(
+        "{}: glm_moe_dsa uses interleaved RoPE; rope_interleave/indexer_rope_interleave=false "
+        "contradict it",
+        source);
   if (dsv32 && (!c.rope_interleave || c.indexer_rope_interleave))
-    fail("{}: deepseek_v32 uses interleaved RoPE in MLA and half-split RoPE in the indexer; "
-         "rope_interleave=false / indexer_rope_interleave=true contradict it",
-         source);
+    fail(
+        "{}: deepseek_v32 uses interleaved RoPE in MLA and half-split RoPE in the indexer; "
+        "rope_interleave=false / indexer_rope_interleave=true contradict it",
+        source);
 
   // deepseek_v32 builds an indexer in every layer; transformers ignores indexer_types there.
-  if (glm) c.indexer_full = parse_layer_kinds(f, "indexer_types", "full", "shared", c.num_hidden_layers);
+  if (glm)
+    c.indexer_full = parse_layer_kinds(f, "indexer_types", "full", "shared", c.num_hidden_layers);
   if (dsv32) c.indexer_full.assign(c.num_hidden_layers, true);
   if (c.indexer_full.empty()) {
     int64_t freq = std::max<int64_t>(f.integer("index_topk_freq", 1), 1);
@@ -349,12 +383,13 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     for (int64_t i = 0; i < c.num_hidden_layers; ++i)
       c.indexer_full.push_back(std::max<int64_t>(i - offset + 1, 0) % freq == 0);
   }
-  if (!c.indexer_full[0]) fail("{}: indexer_types[0] is \"shared\" but there is no earlier layer", source);
+  if (!c.indexer_full[0])
+    fail("{}: indexer_types[0] is \"shared\" but there is no earlier layer", source);
 
   c.num_nextn_predict_layers = f.integer("num_nextn_predict_layers", 0);
   if (c.num_nextn_predict_layers < 0 || c.num_nextn_predict_layers > kMaxLayers)
-    fail("{}: field 'num_nextn_predict_layers' is {}, outside [0, {}]", source, c.num_nextn_predict_layers,
-         kMaxLayers);
+    fail("{}: field 'num_nextn_predict_layers' is {}, outside [0, {}]", source,
+         c.num_nextn_predict_layers, kMaxLayers);
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
   c.eos_token_ids = f.integers("eos_token_id");
   check_eos_ids(c.eos_token_ids, c.vocab_size, source);
@@ -373,11 +408,13 @@ void ModelConfig::read_generation_config(const json& g, const std::string& sourc
   // Sampling defaults, checked as transformers' logits warpers check them.
   if (f.has("temperature")) {
     temperature = f.number("temperature", 1.0);
-    if (*temperature < 0) fail("{}: field 'temperature' must not be negative, got {}", source, *temperature);
+    if (*temperature < 0)
+      fail("{}: field 'temperature' must not be negative, got {}", source, *temperature);
   }
   if (f.has("top_p")) {
     top_p = f.number("top_p", 1.0);
-    if (!(*top_p > 0 && *top_p <= 1)) fail("{}: field 'top_p' must be in (0, 1], got {}", source, *top_p);
+    if (!(*top_p > 0 && *top_p <= 1))
+      fail("{}: field 'top_p' must be in (0, 1], got {}", source, *top_p);
   }
   if (f.has("top_k")) {
     top_k = f.integer("top_k");

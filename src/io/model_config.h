@@ -22,7 +22,7 @@ struct RopeConfig {
   double beta_fast = 32.0, beta_slow = 1.0;         // 0 or absent -> 32 / 1 (`or` in Python)
   // 0 means absent: transformers tests both for truthiness, so a missing `mscale` is not 1.
   double mscale = 0.0, mscale_all_dim = 0.0;
-  bool truncate = true;  // floor/ceil the correction range
+  bool truncate = true;                             // floor/ceil the correction range
   std::optional<double> attention_factor_override;  // explicit `attention_factor`
 
   // The factor YaRN multiplies cos and sin by (transformers' attention_scaling): the explicit
@@ -99,7 +99,8 @@ struct ModelConfig {
   // Parses a config.json object. `source` names the file in errors.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
   // Applies a generation_config.json object: its eos_token_id replaces config.json's; temperature,
-  // top_p, top_k, do_sample and max_new_tokens are checked and kept. `source` names the file in errors.
+  // top_p, top_k, do_sample and max_new_tokens are checked and kept. `source` names the file in
+  // errors.
   void read_generation_config(const nlohmann::json& j, const std::string& source);
   // Reads `<dir>/config.json` (and `generation_config.json` when present).
   static ModelConfig load(const std::filesystem::path& dir);

@@ -74,7 +74,10 @@ TEST(ModelConfig, RopeThetaPrecedenceFollowsTransformers) {
   EXPECT_DOUBLE_EQ(ModelConfig::from_json(j, "c").rope.theta, 500000.0);
   j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
   EXPECT_DOUBLE_EQ(ModelConfig::from_json(j, "c").rope.theta, 1e6);
-  j["rope_scaling"] = {{"type", "yarn"}, {"factor", 40}, {"mscale_all_dim", 1.0}, {"mscale", 1.0},
+  j["rope_scaling"] = {{"type", "yarn"},
+                       {"factor", 40},
+                       {"mscale_all_dim", 1.0},
+                       {"mscale", 1.0},
                        {"original_max_position_embeddings", 4096}};
   ModelConfig c = ModelConfig::from_json(j, "c");
   EXPECT_EQ(c.rope.type, "yarn");  // legacy rope_scaling replaces rope_parameters
@@ -125,7 +128,9 @@ TEST(ModelConfig, BadFieldsGiveClearErrors) {
   EXPECT_THAT(error_of(j), HasSubstr("'hidden_size' must be an integer"));
   j = glm5();
   j["hidden_size"] = uint64_t{18446744073709551615u};  // would read as -1 through int64
-  EXPECT_THAT(error_of(j), HasSubstr("'hidden_size' is 18446744073709551615, outside [-2147483647, 2147483647]"));
+  EXPECT_THAT(
+      error_of(j),
+      HasSubstr("'hidden_size' is 18446744073709551615, outside [-2147483647, 2147483647]"));
   j = glm5();
   j["vocab_size"] = int64_t{1} << 40;
   EXPECT_THAT(error_of(j), HasSubstr("'vocab_size' is 1099511627776, outside"));
@@ -143,7 +148,8 @@ TEST(ModelConfig, BadFieldsGiveClearErrors) {
   EXPECT_THAT(error_of(j), HasSubstr("not divisible by n_group"));
   j = glm5();
   j["mlp_layer_types"] = {"dense"};
-  EXPECT_THAT(error_of(j), HasSubstr("'mlp_layer_types' has 1 entries but num_hidden_layers is 78"));
+  EXPECT_THAT(error_of(j),
+              HasSubstr("'mlp_layer_types' has 1 entries but num_hidden_layers is 78"));
   j = glm5();
   j["num_key_value_heads"] = 8;
   EXPECT_THAT(error_of(j), HasSubstr("num_key_value_heads"));
@@ -205,18 +211,19 @@ TEST(ModelConfig, DeepSeekV32ShippedConfigMatchesTransformers) {
   EXPECT_EQ(c.topk_group, 4);
   EXPECT_DOUBLE_EQ(c.rms_norm_eps, 1e-6);
   EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{1}));
-  expect_inv_freq(c.rope, {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.3f8b74p-5f, 0x1.b86436p-6f,
-                           0x1.2d1b86p-6f, 0x1.97e506p-7f, 0x1.111aeep-7f, 0x1.6872b2p-8f, 0x1.d2e0ccp-9f,
-                           0x1.26d42cp-9f, 0x1.67459ap-10f, 0x1.9e7c6ep-11f, 0x1.b32624p-12f,
-                           0x1.74eea6p-13f, 0x1.17a8e2p-15f, 0x1.bf749ep-19f});
+  expect_inv_freq(
+      c.rope, {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.3f8b74p-5f, 0x1.b86436p-6f,
+               0x1.2d1b86p-6f, 0x1.97e506p-7f, 0x1.111aeep-7f, 0x1.6872b2p-8f, 0x1.d2e0ccp-9f,
+               0x1.26d42cp-9f, 0x1.67459ap-10f, 0x1.9e7c6ep-11f, 0x1.b32624p-12f, 0x1.74eea6p-13f,
+               0x1.17a8e2p-15f, 0x1.bf749ep-19f});
   EXPECT_FLOAT_EQ(RopeTable(c.rope, 64).attention_scaling(), 1.0f);
 }
 
 TEST(ModelConfig, DeepSeekV32DefaultsFollowTransformers) {
   json j = deepseek_v32();
-  for (const char* k : {"n_group", "topk_group", "rms_norm_eps", "max_position_embeddings", "index_head_dim",
-                        "index_n_heads", "index_topk", "first_k_dense_replace", "routed_scaling_factor",
-                        "rope_theta", "rope_scaling"})
+  for (const char* k : {"n_group", "topk_group", "rms_norm_eps", "max_position_embeddings",
+                        "index_head_dim", "index_n_heads", "index_topk", "first_k_dense_replace",
+                        "routed_scaling_factor", "rope_theta", "rope_scaling"})
     j.erase(k);
   // yarn without original_max_position_embeddings: transformers uses max_position_embeddings,
   // whose deepseek_v32 default is 163840 (not GLM-5's 202752).
@@ -235,19 +242,21 @@ TEST(ModelConfig, DeepSeekV32DefaultsFollowTransformers) {
   EXPECT_DOUBLE_EQ(c.rope.theta, 10000.0);
   EXPECT_EQ(c.rope.original_max_position_embeddings, 163840);
   EXPECT_DOUBLE_EQ(c.rope.attention_factor(), 1.3688879454113936);  // no mscale keys: mscale(40)
-  EXPECT_DOUBLE_EQ(c.softmax_scale(), 1.0 / std::sqrt(192.0));        // no mscale_all_dim
-  expect_inv_freq(c.rope, {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.59742ap-5f, 0x1.030dc6p-5f,
-                           0x1.84869ep-6f, 0x1.235a72p-6f, 0x1.b4f7e4p-7f, 0x1.47ae14p-7f, 0x1.eb736p-8f,
-                           0x1.708938p-8f, 0x1.145ceep-8f, 0x1.9e7c7p-9f, 0x1.36d21ap-9f, 0x1.d22a5p-10f,
-                           0x1.5d931cp-10f, 0x1.bf749ep-15f});
+  EXPECT_DOUBLE_EQ(c.softmax_scale(), 1.0 / std::sqrt(192.0));      // no mscale_all_dim
+  expect_inv_freq(c.rope,
+                  {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.59742ap-5f, 0x1.030dc6p-5f,
+                   0x1.84869ep-6f, 0x1.235a72p-6f, 0x1.b4f7e4p-7f, 0x1.47ae14p-7f, 0x1.eb736p-8f,
+                   0x1.708938p-8f, 0x1.145ceep-8f, 0x1.9e7c7p-9f, 0x1.36d21ap-9f, 0x1.d22a5p-10f,
+                   0x1.5d931cp-10f, 0x1.bf749ep-15f});
   j["max_position_embeddings"] = 4096;
   EXPECT_EQ(ModelConfig::from_json(j, "c").rope.original_max_position_embeddings, 4096);
 }
 
 TEST(ModelConfig, YarnAttentionFactorFollowsTransformers) {
   json j = deepseek_v32();
-  // mscale absent: transformers falls back to mscale(factor) (it tests `mscale and mscale_all_dim`);
-  // it does not treat the missing mscale as 1 (which would give 1.3689 / 1.2608 = 1.0857).
+  // mscale absent: transformers falls back to mscale(factor) (it tests `mscale and
+  // mscale_all_dim`); it does not treat the missing mscale as 1 (which would give 1.3689 / 1.2608
+  // = 1.0857).
   j["rope_scaling"].erase("mscale");
   j["rope_scaling"]["mscale_all_dim"] = 0.707;
   ModelConfig c = ModelConfig::from_json(j, "c");
@@ -277,10 +286,11 @@ TEST(ModelConfig, YarnTruncateFalseKeepsFractionalCorrectionRange) {
   j["rope_scaling"]["truncate"] = false;
   ModelConfig c = ModelConfig::from_json(j, "c");
   EXPECT_FALSE(c.rope.truncate);
-  expect_inv_freq(c.rope, {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.4ab0f6p-5f, 0x1.c603c4p-6f,
-                           0x1.3500d4p-6f, 0x1.a041bp-7f, 0x1.14c428p-7f, 0x1.6a0664p-8f, 0x1.cf5f94p-9f,
-                           0x1.1fcc8p-9f, 0x1.56206cp-10f, 0x1.7adedap-11f, 0x1.6ee22ep-12f,
-                           0x1.f08dc4p-14f, 0x1.17a8e2p-15f, 0x1.bf749ep-19f});
+  expect_inv_freq(
+      c.rope, {0x1.0p+0f, 0x1.33281ap-4f, 0x1.ccab84p-5f, 0x1.4ab0f6p-5f, 0x1.c603c4p-6f,
+               0x1.3500d4p-6f, 0x1.a041bp-7f, 0x1.14c428p-7f, 0x1.6a0664p-8f, 0x1.cf5f94p-9f,
+               0x1.1fcc8p-9f, 0x1.56206cp-10f, 0x1.7adedap-11f, 0x1.6ee22ep-12f, 0x1.f08dc4p-14f,
+               0x1.17a8e2p-15f, 0x1.bf749ep-19f});
 }
 
 TEST(ModelConfig, DeepSeekV32PairingAndIndexerLayersAreFixed) {
@@ -313,7 +323,8 @@ TEST(ModelConfig, BadYarnParametersGiveClearErrors) {
   EXPECT_THAT(error_of(j), HasSubstr("partial_rotary_factor 0.5 is not supported"));
   j = deepseek_v32();
   j["rope_scaling"]["original_max_position_embeddings"] = 0;
-  EXPECT_THAT(error_of(j), HasSubstr("'rope_scaling.original_max_position_embeddings' must be positive"));
+  EXPECT_THAT(error_of(j),
+              HasSubstr("'rope_scaling.original_max_position_embeddings' must be positive"));
   j = deepseek_v32();
   j["rope_scaling"]["truncate"] = "yes";
   EXPECT_THAT(error_of(j), HasSubstr("'rope_scaling.truncate' must be true or false"));
@@ -332,7 +343,8 @@ class ConfigFolder {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
     write_file_atomic(dir_ / "config.json", glm5().dump());
-    if (!generation_config.empty()) write_file_atomic(dir_ / "generation_config.json", generation_config);
+    if (!generation_config.empty())
+      write_file_atomic(dir_ / "generation_config.json", generation_config);
   }
   ~ConfigFolder() { std::filesystem::remove_all(dir_); }
   const std::filesystem::path& dir() const { return dir_; }
@@ -356,30 +368,42 @@ TEST(ModelConfig, GenerationConfigErrorsNameTheFileAndTheField) {
   // Each message starts with the file's path (a heap use-after-free once made it garbage) and names
   // the field.
   const std::string file = "generation_config.json: ";
-  EXPECT_THAT(load_error(R"({"eos_token_id": "x"})"),
-              HasSubstr(file + "field 'eos_token_id' must be an integer or a list of integers, got \"x\""));
+  EXPECT_THAT(
+      load_error(R"({"eos_token_id": "x"})"),
+      HasSubstr(file + "field 'eos_token_id' must be an integer or a list of integers, got \"x\""));
   EXPECT_THAT(load_error(R"({"eos_token_id": [1, "x"]})"),
               HasSubstr(file + "field 'eos_token_id' must hold integers, got \"x\""));
   EXPECT_THAT(load_error(R"({"eos_token_id": [1, 18446744073709551615]})"),
               HasSubstr(file + "field 'eos_token_id' holds 18446744073709551615, outside"));
-  EXPECT_THAT(load_error(R"({"eos_token_id": 154880})"),
-              HasSubstr(file + "field 'eos_token_id' holds 154880, outside the vocabulary [0, 154880)"));
-  EXPECT_THAT(load_error(R"({"eos_token_id": -1})"), HasSubstr(file + "field 'eos_token_id' holds -1"));
+  EXPECT_THAT(
+      load_error(R"({"eos_token_id": 154880})"),
+      HasSubstr(file + "field 'eos_token_id' holds 154880, outside the vocabulary [0, 154880)"));
+  EXPECT_THAT(load_error(R"({"eos_token_id": -1})"),
+              HasSubstr(file + "field 'eos_token_id' holds -1"));
   EXPECT_THAT(load_error(R"({"temperature": "hot"})"),
               HasSubstr(file + "field 'temperature' must be a number, got \"hot\""));
   EXPECT_THAT(load_error(R"({"temperature": -0.5})"),
               HasSubstr(file + "field 'temperature' must not be negative, got -0.5"));
-  EXPECT_THAT(load_error(R"({"temperature": 1e999})"), HasSubstr(file + "malformed JSON"));  // nlohmann refuses it
-  EXPECT_THAT(load_error(R"({"top_p": [0.9]})"), HasSubstr(file + "field 'top_p' must be a number, got an array"));
-  EXPECT_THAT(load_error(R"({"top_p": 1.5})"), HasSubstr(file + "field 'top_p' must be in (0, 1], got 1.5"));
-  EXPECT_THAT(load_error(R"({"do_sample": 1})"), HasSubstr(file + "field 'do_sample' must be true or false, got 1"));
-  EXPECT_THAT(load_error(R"({"max_new_tokens": 0})"), HasSubstr(file + "field 'max_new_tokens' must be positive, got 0"));
-  EXPECT_THAT(load_error(R"({"top_k": 0.5})"), HasSubstr(file + "field 'top_k' must be an integer, got 0.5"));
-  EXPECT_THAT(load_error(R"({"top_k": -3})"), HasSubstr(file + "field 'top_k' must not be negative, got -3"));
+  EXPECT_THAT(load_error(R"({"temperature": 1e999})"),
+              HasSubstr(file + "malformed JSON"));  // nlohmann refuses it
+  EXPECT_THAT(load_error(R"({"top_p": [0.9]})"),
+              HasSubstr(file + "field 'top_p' must be a number, got an array"));
+  EXPECT_THAT(load_error(R"({"top_p": 1.5})"),
+              HasSubstr(file + "field 'top_p' must be in (0, 1], got 1.5"));
+  EXPECT_THAT(load_error(R"({"do_sample": 1})"),
+              HasSubstr(file + "field 'do_sample' must be true or false, got 1"));
+  EXPECT_THAT(load_error(R"({"max_new_tokens": 0})"),
+              HasSubstr(file + "field 'max_new_tokens' must be positive, got 0"));
+  EXPECT_THAT(load_error(R"({"top_k": 0.5})"),
+              HasSubstr(file + "field 'top_k' must be an integer, got 0.5"));
+  EXPECT_THAT(load_error(R"({"top_k": -3})"),
+              HasSubstr(file + "field 'top_k' must not be negative, got -3"));
   EXPECT_THAT(load_error(R"({"eos_token_id": )"), HasSubstr(file + "malformed JSON"));
   EXPECT_THAT(load_error("[1, 2]"), HasSubstr(file + "generation config is not a JSON object"));
   for (const char* text : {R"({"eos_token_id": "x"})", R"({"temperature": "hot"})", "{"})
-    EXPECT_THAT(load_error(text), ::testing::StartsWith(std::filesystem::temp_directory_path().string())) << text;
+    EXPECT_THAT(load_error(text),
+                ::testing::StartsWith(std::filesystem::temp_directory_path().string()))
+        << text;
 
   // A well-formed file replaces config.json's eos ids and keeps the sampling defaults.
   ConfigFolder folder(R"({"eos_token_id": [7, 9], "temperature": 0.8, "top_p": 0.95, "top_k": 50,
@@ -401,11 +425,14 @@ TEST(ModelConfig, ValuesThatWouldGiveNanOrNonsenseAreRejected) {
   };
   for (const json& eps : {json(-1), json(0), json(-1e-6), json(1e-50)})
     EXPECT_THAT(with("rms_norm_eps", eps), HasSubstr("m/config.json: field 'rms_norm_eps'")) << eps;
-  EXPECT_THAT(with("rms_norm_eps", -1), HasSubstr("field 'rms_norm_eps' must be a positive number, got -1"));
-  EXPECT_THAT(with("rms_norm_eps", 1e-50), HasSubstr("field 'rms_norm_eps' is 1e-50, outside float32's positive range"));
+  EXPECT_THAT(with("rms_norm_eps", -1),
+              HasSubstr("field 'rms_norm_eps' must be a positive number, got -1"));
+  EXPECT_THAT(with("rms_norm_eps", 1e-50),
+              HasSubstr("field 'rms_norm_eps' is 1e-50, outside float32's positive range"));
   // JSON text cannot hold infinity (nlohmann refuses 1e999), but a json built in memory can.
   const double inf = std::numeric_limits<double>::infinity();
-  EXPECT_THAT(with("rms_norm_eps", inf), HasSubstr("field 'rms_norm_eps' must be a finite number, got inf"));
+  EXPECT_THAT(with("rms_norm_eps", inf),
+              HasSubstr("field 'rms_norm_eps' must be a finite number, got inf"));
   for (const json& f : {json(0), json(-2.5), json(1e300)})
     EXPECT_THAT(with("routed_scaling_factor", f), HasSubstr("field 'routed_scaling_factor'")) << f;
   EXPECT_THAT(with("num_nextn_predict_layers", -1),
@@ -414,14 +441,19 @@ TEST(ModelConfig, ValuesThatWouldGiveNanOrNonsenseAreRejected) {
   json layers = glm5();
   layers["num_hidden_layers"] = 2147483647;
   layers.erase("mlp_layer_types");
-  EXPECT_THAT(error_of(layers),
-              HasSubstr("m/config.json: field 'num_hidden_layers' is 2147483647, beyond whittle's limit of 65536"));
-  EXPECT_THAT(with("eos_token_id", json::array({1, 200000})),
-              HasSubstr("m/config.json: field 'eos_token_id' holds 200000, outside the vocabulary [0, 154880)"));
+  EXPECT_THAT(error_of(layers), HasSubstr("m/config.json: field 'num_hidden_layers' is 2147483647, "
+                                          "beyond whittle's limit of 65536"));
+  EXPECT_THAT(
+      with("eos_token_id", json::array({1, 200000})),
+      HasSubstr(
+          "m/config.json: field 'eos_token_id' holds 200000, outside the vocabulary [0, 154880)"));
   EXPECT_THAT(with("rope_theta", inf), HasSubstr("field 'rope_theta' must be a finite number"));
   ModelConfig c = ModelConfig::from_json(glm5(), "c");
-  expect_error([&] { c.read_generation_config(json{{"temperature", -inf}}, "g.json"); },
-               {"g.json: field 'temperature' must be a finite number, got -inf"});
+  expect_error(
+      [&] {
+        c.read_generation_config(json{{"temperature", -inf}}, "g.json");
+      },
+      {"g.json: field 'temperature' must be a finite number, got -inf"});
 }
 
 TEST(ModelConfig, YarnValuesThatWouldGiveNanAreRejected) {
@@ -430,13 +462,19 @@ TEST(ModelConfig, YarnValuesThatWouldGiveNanAreRejected) {
     j["rope_scaling"][key] = value;
     return error_of(j);
   };
-  EXPECT_THAT(with("factor", 0), HasSubstr("m/config.json: field 'rope_scaling.factor' must be a positive number, got 0"));
-  EXPECT_THAT(with("factor", -40), HasSubstr("field 'rope_scaling.factor' must be a positive number, got -40"));
-  EXPECT_THAT(with("factor", 1e-60), HasSubstr("field 'rope_scaling.factor' is 1e-60, outside float32"));
-  EXPECT_THAT(with("factor", "40"), HasSubstr("field 'rope_scaling.factor' must be a number, got \"40\""));
+  EXPECT_THAT(
+      with("factor", 0),
+      HasSubstr("m/config.json: field 'rope_scaling.factor' must be a positive number, got 0"));
+  EXPECT_THAT(with("factor", -40),
+              HasSubstr("field 'rope_scaling.factor' must be a positive number, got -40"));
+  EXPECT_THAT(with("factor", 1e-60),
+              HasSubstr("field 'rope_scaling.factor' is 1e-60, outside float32"));
+  EXPECT_THAT(with("factor", "40"),
+              HasSubstr("field 'rope_scaling.factor' must be a number, got \"40\""));
   EXPECT_THAT(with("beta_fast", -32), HasSubstr("field 'rope_scaling.beta_fast' must be positive"));
   EXPECT_THAT(with("beta_slow", -1), HasSubstr("field 'rope_scaling.beta_slow' must be positive"));
-  EXPECT_THAT(with("attention_factor", 0), HasSubstr("field 'rope_scaling.attention_factor' must be a positive"));
+  EXPECT_THAT(with("attention_factor", 0),
+              HasSubstr("field 'rope_scaling.attention_factor' must be a positive"));
   EXPECT_THAT(with("original_max_position_embeddings", -1),
               HasSubstr("field 'rope_scaling.original_max_position_embeddings' must be positive"));
   // mscale(40, m) = 0.1 m ln 40 + 1 turns negative below m = -10 / ln 40; cos/sin are scaled by

@@ -30,18 +30,22 @@ int64_t TensorInfo::numel() const {
   return n;
 }
 
-std::string shape_str(std::span<const int64_t> shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+std::string shape_str(std::span<const int64_t> shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
 
 std::optional<int64_t> checked_numel(std::span<const int64_t> shape) {
   int64_t bound = 1, numel = 1;
   for (int64_t d : shape) {
-    if (d < 0 || __builtin_mul_overflow(bound, std::max<int64_t>(d, 1), &bound)) return std::nullopt;
+    if (d < 0 || __builtin_mul_overflow(bound, std::max<int64_t>(d, 1), &bound))
+      return std::nullopt;
     numel *= d;  // cannot overflow: |numel| <= bound
   }
   return numel;
 }
 
-SafeTensorsHeader parse_safetensors_header(std::span<const std::byte> file, const std::string& src) {
+SafeTensorsHeader parse_safetensors_header(std::span<const std::byte> file,
+                                           const std::string& src) {
   if (file.size() < 8)
     fail("{}: truncated safetensors file: {} bytes, the 8-byte header length is missing", src,
          file.size());
@@ -95,8 +99,8 @@ SafeTensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
 
     for (const json& d : *sh) {
       if (!d.is_number_unsigned())
-        fail("{}: tensor '{}': shape element {} is {}; dimensions must be non-negative integers", src,
-             name, t.shape.size(), json_excerpt(d));
+        fail("{}: tensor '{}': shape element {} is {}; dimensions must be non-negative integers",
+             src, name, t.shape.size(), json_excerpt(d));
       uint64_t v = d.get<uint64_t>();
       if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
         fail("{}: tensor '{}': shape overflows at element {} ({})", src, name, t.shape.size(), v);
@@ -115,9 +119,11 @@ SafeTensorsHeader parse_safetensors_header(std::span<const std::byte> file, cons
     if (begin > end)
       fail("{}: tensor '{}': data_offsets [{}, {}] end before they begin", src, name, begin, end);
     if (end > data_size)
-      fail("{}: tensor '{}': data_offsets [{}, {}] lie outside the data section ({} bytes); the file "
-           "is truncated or corrupt",
-           src, name, begin, end, data_size);
+      fail(
+          "{}: tensor '{}': data_offsets [{}, {}] lie outside the data section ({} bytes); the "
+          "file "
+          "is truncated or corrupt",
+          src, name, begin, end, data_size);
     if (end - begin != nbytes)
       fail("{}: tensor '{}': {} {} needs {} bytes but data_offsets [{}, {}] hold {}", src, name,
            dtype_name(t.dtype), shape_str(t.shape), nbytes, begin, end, end - begin);
@@ -163,8 +169,7 @@ TensorStore::TensorStore(const fs::path& dir) : dir_(dir) {
     auto b = f.bytes();
     json index = json::parse(reinterpret_cast<const char*>(b.data()),
                              reinterpret_cast<const char*>(b.data() + b.size()), nullptr, false);
-    if (index.is_discarded() || !index.is_object())
-      fail("{}: malformed JSON", index_path.string());
+    if (index.is_discarded() || !index.is_object()) fail("{}: malformed JSON", index_path.string());
     auto wm = index.find("weight_map");
     if (wm == index.end() || !wm->is_object())
       fail("{}: missing object field 'weight_map'", index_path.string());
@@ -195,7 +200,8 @@ TensorStore::TensorStore(const fs::path& dir) : dir_(dir) {
     // Anything but a folder named *.safetensors is taken, so that a FIFO, a device or a dangling
     // link there is refused by name when opened rather than silently skipped.
     for (const auto& e : fs::directory_iterator(dir))
-      if (e.path().extension() == ".safetensors" && !e.is_directory()) shard_paths.push_back(e.path());
+      if (e.path().extension() == ".safetensors" && !e.is_directory())
+        shard_paths.push_back(e.path());
     std::sort(shard_paths.begin(), shard_paths.end());
     if (shard_paths.empty()) fail("{}: no *.safetensors files in the model folder", dir.string());
   }
@@ -216,12 +222,14 @@ TensorStore::TensorStore(const fs::path& dir) : dir_(dir) {
       fail("{}: index says tensor '{}' is in {}, but that file does not hold it",
            index_path.string(), name, shard);
     if (files_[it->second.first]->path().filename() != shard)
-      fail("{}: index says tensor '{}' is in {}, but it is in {}", index_path.string(), name,
-           shard, files_[it->second.first]->path().filename().string());
+      fail("{}: index says tensor '{}' is in {}, but it is in {}", index_path.string(), name, shard,
+           files_[it->second.first]->path().filename().string());
   }
 }
 
-bool TensorStore::contains(std::string_view name) const { return index_.find(name) != index_.end(); }
+bool TensorStore::contains(std::string_view name) const {
+  return index_.find(name) != index_.end();
+}
 
 std::vector<std::string> TensorStore::names() const {
   std::vector<std::string> out;
@@ -244,7 +252,8 @@ TensorView TensorStore::get(std::string_view name, std::span<const int64_t> expe
   return v;
 }
 
-std::vector<float> TensorStore::load_f32(std::string_view name, std::span<const int64_t> expected) const {
+std::vector<float> TensorStore::load_f32(std::string_view name,
+                                         std::span<const int64_t> expected) const {
   TensorView v = get(name, expected);
   if (!dtype_is_float(v.dtype()))
     fail("{}: tensor '{}' has dtype {}, expected a floating-point type", v.file->string(), name,

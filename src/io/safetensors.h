@@ -1,7 +1,7 @@
 // Reading safetensors checkpoints: one file (SafeTensorsFile) or a model folder with one or many
-// shards (TensorStore). Files are memory-mapped; nothing is copied until a caller converts a tensor.
-// Every header is validated before use: length against file size, JSON, dtypes, offsets inside the
-// data section, no overlaps, byte size == shape x dtype.
+// shards (TensorStore). Files are memory-mapped; nothing is copied until a caller converts a
+// tensor. Every header is validated before use: length against file size, JSON, dtypes, offsets
+// inside the data section, no overlaps, byte size == shape x dtype.
 #pragma once
 
 #include <cstdint>
@@ -31,8 +31,8 @@ struct TensorInfo {
 std::string shape_str(std::span<const int64_t> shape);
 
 // product(shape), or nullopt when a dimension is negative or the product of the non-zero dimensions
-// exceeds int64_t: numel() multiplies left to right in int64_t, so a shape like [2^40, 2^40, 0] must
-// be refused even though it holds no elements.
+// exceeds int64_t: numel() multiplies left to right in int64_t, so a shape like [2^40, 2^40, 0]
+// must be refused even though it holds no elements.
 std::optional<int64_t> checked_numel(std::span<const int64_t> shape);
 
 // A view of one tensor's bytes inside a mapped file, with enough context for error messages.
@@ -89,7 +89,8 @@ class TensorStore {
   // The tensor converted to float32, shape-checked. A float8 tensor `X.weight` with a companion
   // `X.weight_scale_inv` (DeepSeek/GLM block FP8, 128x128 tiles) is dequantized.
   std::vector<float> load_f32(std::string_view name, std::span<const int64_t> expected_shape) const;
-  std::vector<float> load_f32(std::string_view name, std::initializer_list<int64_t> expected_shape) const {
+  std::vector<float> load_f32(std::string_view name,
+                              std::initializer_list<int64_t> expected_shape) const {
     return load_f32(name, std::span<const int64_t>(expected_shape.begin(), expected_shape.size()));
   }
 

@@ -13,7 +13,8 @@
 namespace whittle {
 
 // The model of `dir` with its context cut to `max_pos` positions (for tests of the context limit).
-inline GlmMoeDsa load_model_with_context(const std::filesystem::path& dir, int64_t max_pos, ThreadPool& pool) {
+inline GlmMoeDsa load_model_with_context(const std::filesystem::path& dir, int64_t max_pos,
+                                         ThreadPool& pool) {
   ModelConfig config = ModelConfig::load(dir);
   config.max_position_embeddings = max_pos;
   TensorStore store(dir);

@@ -56,7 +56,8 @@ GlmMoeDsa GlmMoeDsa::load(const std::filesystem::path& dir, ThreadPool& pool) {
   return GlmMoeDsa(std::move(config), std::move(weights), pool);
 }
 
-std::vector<float> GlmMoeDsa::prefill(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) {
+std::vector<float> GlmMoeDsa::prefill(std::span<const int32_t> tokens, KvCache& cache,
+                                      bool all_logits) {
   return run(tokens, cache, all_logits, /*absorbed=*/false);
 }
 
@@ -68,7 +69,8 @@ void GlmMoeDsa::embed(std::span<const int32_t> tokens, float* h) const {
   const int64_t H = config_.hidden_size;
   for (size_t t = 0; t < tokens.size(); ++t) {
     if (tokens[t] < 0 || tokens[t] >= config_.vocab_size)
-      fail("token id {} at position {} is outside the vocabulary [0, {})", tokens[t], t, config_.vocab_size);
+      fail("token id {} at position {} is outside the vocabulary [0, {})", tokens[t], t,
+           config_.vocab_size);
     std::copy_n(weights_.embed_tokens.data() + static_cast<size_t>(tokens[t]) * H, H, h + t * H);
   }
 }
@@ -80,10 +82,11 @@ std::vector<float> GlmMoeDsa::run(std::span<const int32_t> tokens, KvCache& cach
   // Positions past the trained context are refused, not extrapolated: RoPE (and YaRN's correction
   // range) is only defined up to max_position_embeddings, and the cache would grow without bound.
   if (cache.length() + T > config_.max_position_embeddings)
-    fail("{} token(s) after {} cached exceed the model's context of {} (max_position_embeddings)", T,
-         cache.length(), config_.max_position_embeddings);
+    fail("{} token(s) after {} cached exceed the model's context of {} (max_position_embeddings)",
+         T, cache.length(), config_.max_position_embeddings);
   if (static_cast<int64_t>(cache.layers.size()) != config_.num_hidden_layers)
-    fail("internal: KV cache has {} layers, model has {}", cache.layers.size(), config_.num_hidden_layers);
+    fail("internal: KV cache has {} layers, model has {}", cache.layers.size(),
+         config_.num_hidden_layers);
   const float eps = static_cast<float>(config_.rms_norm_eps);
 
   Vec h(static_cast<size_t>(T * H)), a(h.size()), delta(h.size());
@@ -95,8 +98,10 @@ std::vector<float> GlmMoeDsa::run(std::span<const int32_t> tokens, KvCache& cach
     attention(L, a.data(), T, cache, absorbed, delta.data());
     axpy(1.0f, delta.data(), h.data(), T * H);
     rms_norm_rows(h.data(), lw.post_attention_layernorm.data(), a.data(), T, H, eps);
-    if (lw.moe) moe(*lw.moe, a.data(), T, delta.data());
-    else mlp(*lw.dense, a.data(), T, delta.data(), /*accumulate=*/false);
+    if (lw.moe)
+      moe(*lw.moe, a.data(), T, delta.data());
+    else
+      mlp(*lw.dense, a.data(), T, delta.data(), /*accumulate=*/false);
     axpy(1.0f, delta.data(), h.data(), T * H);
   }
   cache.advance(T);
@@ -107,7 +112,8 @@ std::vector<float> GlmMoeDsa::run(std::span<const int32_t> tokens, KvCache& cach
   return linear(weights_.lm_head, normed.data(), rows, pool_);
 }
 
-void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cache, bool absorbed, float* out) {
+void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cache, bool absorbed,
+                          float* out) {
   const ModelConfig& c = config_;
   const AttentionWeights& w = weights_.layers[layer].attn;
   LayerCache& lc = cache.layers[layer];
@@ -121,7 +127,8 @@ void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cac
   rms_norm_rows(q_lat.data(), w.q_a_layernorm.data(), q_lat.data(), T, c.q_lora_rank, latent_eps);
   Vec q = linear(w.q_b_proj, q_lat.data(), T, pool_);
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t hd = 0; hd < NH; ++hd) rope_.rotate(&q[(t * NH + hd) * Dqk + Dn], P + t, c.rope_interleave);
+    for (int64_t hd = 0; hd < NH; ++hd)
+      rope_.rotate(&q[(t * NH + hd) * Dqk + Dn], P + t, c.rope_interleave);
 
   // The compressed kv path: [latent | k_pe]; only the latent is normalised; both are cached.
   Vec ckv = linear(w.kv_a_proj_with_mqa, a, T, pool_);
@@ -136,14 +143,16 @@ void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cac
   }
 
   // DSA: this layer's own selection, or the previous layer's on IndexShare "shared" layers.
-  selections_[layer] = w.indexer ? index(*w.indexer, a, q_lat.data(), T, P, lc) : selections_[layer - 1];
+  selections_[layer] =
+      w.indexer ? index(*w.indexer, a, q_lat.data(), T, P, lc) : selections_[layer - 1];
   const std::vector<KeySelection>& sel = selections_[layer];
 
   const float scale = static_cast<float>(c.softmax_scale());
   Vec attn(static_cast<size_t>(T * NH * Dv), 0.0f);
   const int64_t kv_width = Dn + Dv;
   if (!absorbed) {
-    // Expanded form: per-head keys [k_nope | k_pe] and values from kv_b_proj over every cached latent.
+    // Expanded form: per-head keys [k_nope | k_pe] and values from kv_b_proj over every cached
+    // latent.
     Vec kv = linear(w.kv_b_proj, lc.latent.data(), S, pool_);  // [S, NH * (Dn + Dv)]
     pool_.parallel_for(static_cast<size_t>(T * NH), [&](size_t begin, size_t end) {
       for (size_t i = begin; i < end; ++i) {
@@ -168,14 +177,16 @@ void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cac
         const int64_t t = static_cast<int64_t>(i) / NH, hd = static_cast<int64_t>(i) % NH;
         const float* qh = &q[(t * NH + hd) * Dqk];
         const float* w_uk = &w.kv_b_proj.w[hd * kv_width * Rkv];  // rows [0, Dn) of this head
-        const float* w_uv = w_uk + Dn * Rkv;                       // rows [Dn, Dn + Dv)
+        const float* w_uv = w_uk + Dn * Rkv;                      // rows [Dn, Dn + Dv)
         std::fill(q_abs.begin(), q_abs.end(), 0.0f);
         for (int64_t d = 0; d < Dn; ++d) axpy(qh[d], w_uk + d * Rkv, q_abs.data(), Rkv);
         std::fill(o_lat.begin(), o_lat.end(), 0.0f);
         attend(
             sel[t], P + t,
             [&](int64_t s) {
-              return (dot(q_abs.data(), &lc.latent[s * Rkv], Rkv) + dot(qh + Dn, &lc.k_pe[s * Dr], Dr)) * scale;
+              return (dot(q_abs.data(), &lc.latent[s * Rkv], Rkv) +
+                      dot(qh + Dn, &lc.k_pe[s * Dr], Dr)) *
+                     scale;
             },
             [&](float p, int64_t s) { axpy(p, &lc.latent[s * Rkv], o_lat.data(), Rkv); });
         float* o = &attn[(t * NH + hd) * Dv];
@@ -186,14 +197,16 @@ void GlmMoeDsa::attention(int64_t layer, const float* a, int64_t T, KvCache& cac
   matmul_nt(attn.data(), w.o_proj.w.data(), out, T, NH * Dv, c.hidden_size, false, &pool_);
 }
 
-std::vector<KeySelection> GlmMoeDsa::index(const IndexerWeights& w, const float* a, const float* q_lat,
-                                           int64_t T, int64_t past, LayerCache& lc) {
+std::vector<KeySelection> GlmMoeDsa::index(const IndexerWeights& w, const float* a,
+                                           const float* q_lat, int64_t T, int64_t past,
+                                           LayerCache& lc) {
   const ModelConfig& c = config_;
   const int64_t IH = c.index_n_heads, ID = c.index_head_dim, S = past + T;
   // Rope occupies the FIRST qk_rope_head_dim dims of indexer vectors (the last ones in MLA heads).
   Vec q = linear(w.wq_b, q_lat, T, pool_);
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t hd = 0; hd < IH; ++hd) rope_.rotate(&q[(t * IH + hd) * ID], past + t, c.indexer_rope_interleave);
+    for (int64_t hd = 0; hd < IH; ++hd)
+      rope_.rotate(&q[(t * IH + hd) * ID], past + t, c.indexer_rope_interleave);
   Vec k = linear(w.wk, a, T, pool_);
   lc.index_keys.resize(static_cast<size_t>(S * ID));
   for (int64_t t = 0; t < T; ++t) {
@@ -219,7 +232,8 @@ std::vector<KeySelection> GlmMoeDsa::index(const IndexerWeights& w, const float*
         const float* ks = &lc.index_keys[s * ID];
         float acc = 0.0f;
         for (int64_t hd = 0; hd < IH; ++hd)
-          acc += head_w[t * IH + hd] * std::max(0.0f, dot(&q[(t * IH + hd) * ID], ks, ID) * qk_scale);
+          acc +=
+              head_w[t * IH + hd] * std::max(0.0f, dot(&q[(t * IH + hd) * ID], ks, ID) * qk_scale);
         scores[s] = acc;
       }
       sel[t].all_visible = false;
@@ -244,7 +258,8 @@ void GlmMoeDsa::moe(const MoeWeights& w, const float* x, int64_t T, float* out) 
 
   // Router in fp32: sigmoid scores; the correction bias only decides which experts are chosen.
   Vec logits = linear(w.router, x, T, pool_);
-  std::vector<std::vector<std::pair<int64_t, float>>> routed(static_cast<size_t>(E));  // (token, weight)
+  std::vector<std::vector<std::pair<int64_t, float>>> routed(
+      static_cast<size_t>(E));  // (token, weight)
   Vec choice(static_cast<size_t>(E)), group_score(static_cast<size_t>(c.n_group));
   for (int64_t t = 0; t < T; ++t) {
     const float* lg = &logits[t * E];
@@ -286,7 +301,8 @@ void GlmMoeDsa::moe(const MoeWeights& w, const float* x, int64_t T, float* out) 
     ys.resize(static_cast<size_t>(n * H));
     for (int64_t i = 0; i < n; ++i) std::copy_n(x + tokens[i].first * H, H, &xs[i * H]);
     mlp(w.experts[e], xs.data(), n, ys.data(), /*accumulate=*/false);
-    for (int64_t i = 0; i < n; ++i) axpy(tokens[i].second, &ys[i * H], out + tokens[i].first * H, H);
+    for (int64_t i = 0; i < n; ++i)
+      axpy(tokens[i].second, &ys[i * H], out + tokens[i].first * H, H);
   }
   if (w.shared) mlp(*w.shared, x, T, out, /*accumulate=*/true);
 }

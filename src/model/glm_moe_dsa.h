@@ -34,7 +34,8 @@ class GlmMoeDsa {
 
   // Runs `tokens` at positions cache.length() ... and appends them to the cache. Returns logits
   // [tokens.size(), vocab] when all_logits, else only the last row [vocab].
-  std::vector<float> prefill(std::span<const int32_t> tokens, KvCache& cache, bool all_logits = true);
+  std::vector<float> prefill(std::span<const int32_t> tokens, KvCache& cache,
+                             bool all_logits = true);
   // One token with the absorbed attention form. Returns logits [vocab].
   std::vector<float> decode(int32_t token, KvCache& cache);
 
@@ -44,13 +45,15 @@ class GlmMoeDsa {
  private:
   void embed(std::span<const int32_t> tokens, float* h) const;
   // Both attention forms: writes the attention output [T, hidden] for the normed input `a`.
-  void attention(int64_t layer, const float* a, int64_t T, KvCache& cache, bool absorbed, float* out);
+  void attention(int64_t layer, const float* a, int64_t T, KvCache& cache, bool absorbed,
+                 float* out);
   // Scores the indexer keys and selects for each of the T new rows; appends this layer's keys.
-  std::vector<KeySelection> index(const IndexerWeights& w, const float* a, const float* q_lat, int64_t T,
-                                  int64_t past, LayerCache& lc);
+  std::vector<KeySelection> index(const IndexerWeights& w, const float* a, const float* q_lat,
+                                  int64_t T, int64_t past, LayerCache& lc);
   void mlp(const MlpWeights& w, const float* x, int64_t T, float* out, bool accumulate);
   void moe(const MoeWeights& w, const float* x, int64_t T, float* out);
-  std::vector<float> run(std::span<const int32_t> tokens, KvCache& cache, bool all_logits, bool absorbed);
+  std::vector<float> run(std::span<const int32_t> tokens, KvCache& cache, bool all_logits,
+                         bool absorbed);
 
   ModelConfig config_;
   ModelWeights weights_;

@@ -143,7 +143,8 @@ TEST(GlmMoeDsa, RefusesPositionsPastTheContext) {
   EXPECT_EQ(cache.length(), 0);
   model.prefill(ids.first(9), cache);
   model.decode(ids[9], cache);  // position 9: the last one
-  expect_error([&] { model.decode(ids[10], cache); }, {"after 10 cached", "max_position_embeddings"});
+  expect_error([&] { model.decode(ids[10], cache); },
+               {"after 10 cached", "max_position_embeddings"});
 }
 
 // DSA keeps one selection per query row and layer: each must hold index_topk keys, whatever the
@@ -166,7 +167,9 @@ TEST(GlmMoeDsa, SelectionsHoldOnlyTopKKeys) {
   EXPECT_GT(sparse, 0u);
 }
 
-TEST(GoldenModels, ArePresent) { EXPECT_GE(golden_models().size(), 3u) << kGoldenModels; }
+TEST(GoldenModels, ArePresent) {
+  EXPECT_GE(golden_models().size(), 3u) << kGoldenModels;
+}
 
 }  // namespace
 }  // namespace whittle

@@ -12,14 +12,16 @@
 namespace whittle {
 
 struct LayerCache {
-  std::vector<float> latent;      // [length, kv_lora_rank]
-  std::vector<float> k_pe;        // [length, qk_rope_head_dim], rotated at its own position
-  std::vector<float> index_keys;  // [length, index_head_dim], LayerNorm'd and rotated; empty on shared layers
+  std::vector<float> latent;  // [length, kv_lora_rank]
+  std::vector<float> k_pe;    // [length, qk_rope_head_dim], rotated at its own position
+  std::vector<float>
+      index_keys;  // [length, index_head_dim], LayerNorm'd and rotated; empty on shared layers
 };
 
 class KvCache {
  public:
-  explicit KvCache(const ModelConfig& config) : layers(static_cast<size_t>(config.num_hidden_layers)) {}
+  explicit KvCache(const ModelConfig& config)
+      : layers(static_cast<size_t>(config.num_hidden_layers)) {}
 
   int64_t length() const { return length_; }
   // Called by the model once every layer has appended `n` tokens.
@@ -30,7 +32,8 @@ class KvCache {
   }
   size_t bytes() const {
     size_t n = 0;
-    for (const auto& l : layers) n += (l.latent.size() + l.k_pe.size() + l.index_keys.size()) * sizeof(float);
+    for (const auto& l : layers)
+      n += (l.latent.size() + l.k_pe.size() + l.index_keys.size()) * sizeof(float);
     return n;
   }
 

@@ -18,7 +18,9 @@ class Binder {
   explicit Binder(const TensorStore& store) : store_(store) {}
   explicit Binder(TensorStore&&) = delete;  // store_ would dangle
 
-  std::vector<float> vec(const std::string& name, int64_t n) const { return store_.load_f32(name, {n}); }
+  std::vector<float> vec(const std::string& name, int64_t n) const {
+    return store_.load_f32(name, {n});
+  }
 
   Linear linear(const std::string& name, int64_t out, int64_t in) const {
     return Linear{out, in, store_.load_f32(name, {out, in})};
@@ -31,7 +33,8 @@ class Binder {
   }
 
   // Routed experts, per-expert or fused.
-  std::vector<MlpWeights> experts(const std::string& prefix, int64_t n, int64_t hidden, int64_t inter) const {
+  std::vector<MlpWeights> experts(const std::string& prefix, int64_t n, int64_t hidden,
+                                  int64_t inter) const {
     std::vector<MlpWeights> out;
     const std::string fused_gate_up = prefix + "gate_up_proj", fused_down = prefix + "down_proj";
     if (store_.contains(fused_gate_up) || store_.contains(fused_down)) {
@@ -40,7 +43,8 @@ class Binder {
       const size_t block = static_cast<size_t>(inter * hidden);
       for (int64_t e = 0; e < n; ++e) {
         MlpWeights m;
-        const float* g = gu.data() + static_cast<size_t>(e) * 2 * block;  // gate rows first, then up
+        const float* g =
+            gu.data() + static_cast<size_t>(e) * 2 * block;  // gate rows first, then up
         m.gate_proj = Linear{inter, hidden, std::vector<float>(g, g + block)};
         m.up_proj = Linear{inter, hidden, std::vector<float>(g + block, g + 2 * block)};
         const float* d = down.data() + static_cast<size_t>(e) * block;
@@ -49,7 +53,8 @@ class Binder {
       }
       return out;
     }
-    for (int64_t e = 0; e < n; ++e) out.push_back(mlp(fmt::format("{}{}.", prefix, e), hidden, inter));
+    for (int64_t e = 0; e < n; ++e)
+      out.push_back(mlp(fmt::format("{}{}.", prefix, e), hidden, inter));
     return out;
   }
 
@@ -81,9 +86,12 @@ void check_no_extra_layers(const TensorStore& store, const ModelConfig& c) {
   for (const std::string& name : store.names()) {
     const std::optional<int64_t> index = layer_index(name);
     if (!index || *index < known) continue;
-    fail("{}: tensor '{}' is beyond num_hidden_layers {} + num_nextn_predict_layers {} of config.json "
-         "(expected layers 0..{}); the config describes fewer layers than the checkpoint holds",
-         store.get(name).file->string(), name, c.num_hidden_layers, c.num_nextn_predict_layers, known - 1);
+    fail(
+        "{}: tensor '{}' is beyond num_hidden_layers {} + num_nextn_predict_layers {} of "
+        "config.json "
+        "(expected layers 0..{}); the config describes fewer layers than the checkpoint holds",
+        store.get(name).file->string(), name, c.num_hidden_layers, c.num_nextn_predict_layers,
+        known - 1);
   }
 }
 
@@ -113,9 +121,11 @@ ModelWeights load_weights(const TensorStore& store, const ModelConfig& c) {
     a.q_a_proj = b.linear(ap + "q_a_proj.weight", c.q_lora_rank, H);
     a.q_a_layernorm = b.vec(ap + "q_a_layernorm.weight", c.q_lora_rank);
     a.q_b_proj = b.linear(ap + "q_b_proj.weight", nh * c.qk_head_dim(), c.q_lora_rank);
-    a.kv_a_proj_with_mqa = b.linear(ap + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, H);
+    a.kv_a_proj_with_mqa =
+        b.linear(ap + "kv_a_proj_with_mqa.weight", c.kv_lora_rank + c.qk_rope_head_dim, H);
     a.kv_a_layernorm = b.vec(ap + "kv_a_layernorm.weight", c.kv_lora_rank);
-    a.kv_b_proj = b.linear(ap + "kv_b_proj.weight", nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    a.kv_b_proj =
+        b.linear(ap + "kv_b_proj.weight", nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
     a.o_proj = b.linear(ap + "o_proj.weight", H, nh * c.v_head_dim);
     if (c.indexer_full[L]) {
       const std::string ip = ap + "indexer.";

@@ -22,20 +22,20 @@ struct Linear {
 };
 
 struct IndexerWeights {
-  Linear wq_b;             // [index_n_heads * index_head_dim, q_lora_rank]
-  Linear wk;               // [index_head_dim, hidden]
+  Linear wq_b;                                    // [index_n_heads * index_head_dim, q_lora_rank]
+  Linear wk;                                      // [index_head_dim, hidden]
   std::vector<float> k_norm_weight, k_norm_bias;  // LayerNorm [index_head_dim]
-  Linear weights_proj;     // [index_n_heads, hidden]
+  Linear weights_proj;                            // [index_n_heads, hidden]
 };
 
 struct AttentionWeights {
-  Linear q_a_proj;                      // [q_lora_rank, hidden]
-  std::vector<float> q_a_layernorm;     // [q_lora_rank]
-  Linear q_b_proj;                      // [heads * qk_head_dim, q_lora_rank]
-  Linear kv_a_proj_with_mqa;            // [kv_lora_rank + qk_rope_head_dim, hidden]
-  std::vector<float> kv_a_layernorm;    // [kv_lora_rank]
-  Linear kv_b_proj;                     // [heads * (qk_nope + v_head), kv_lora_rank]
-  Linear o_proj;                        // [hidden, heads * v_head]
+  Linear q_a_proj;                        // [q_lora_rank, hidden]
+  std::vector<float> q_a_layernorm;       // [q_lora_rank]
+  Linear q_b_proj;                        // [heads * qk_head_dim, q_lora_rank]
+  Linear kv_a_proj_with_mqa;              // [kv_lora_rank + qk_rope_head_dim, hidden]
+  std::vector<float> kv_a_layernorm;      // [kv_lora_rank]
+  Linear kv_b_proj;                       // [heads * (qk_nope + v_head), kv_lora_rank]
+  Linear o_proj;                          // [hidden, heads * v_head]
   std::optional<IndexerWeights> indexer;  // absent on "shared" (IndexShare) layers
 };
 
@@ -44,10 +44,10 @@ struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
 };
 
 struct MoeWeights {
-  Linear router;                        // mlp.gate.weight [experts, hidden]
-  std::vector<float> correction_bias;   // e_score_correction_bias [experts], selection only
+  Linear router;                       // mlp.gate.weight [experts, hidden]
+  std::vector<float> correction_bias;  // e_score_correction_bias [experts], selection only
   std::vector<MlpWeights> experts;
-  std::optional<MlpWeights> shared;     // n_shared_experts * moe_intermediate_size wide
+  std::optional<MlpWeights> shared;  // n_shared_experts * moe_intermediate_size wide
 };
 
 struct LayerWeights {
@@ -60,14 +60,14 @@ struct LayerWeights {
 struct ModelWeights {
   std::vector<float> embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
-  std::vector<float> norm;          // [hidden]
-  Linear lm_head;                   // [vocab, hidden]; the embedding when tied
+  std::vector<float> norm;  // [hidden]
+  Linear lm_head;           // [vocab, hidden]; the embedding when tied
 };
 
 // Reads every tensor the forward pass needs. Tensors the forward pass does not use (the MTP layers
-// `model.layers.<num_hidden_layers + i>.*`, i < num_nextn_predict_layers) are ignored here and listed
-// by `whittle info`. A `model.layers.N.*` tensor past those is an error naming it: the config would
-// describe a truncated model.
+// `model.layers.<num_hidden_layers + i>.*`, i < num_nextn_predict_layers) are ignored here and
+// listed by `whittle info`. A `model.layers.N.*` tensor past those is an error naming it: the
+// config would describe a truncated model.
 ModelWeights load_weights(const TensorStore& store, const ModelConfig& config);
 
 }  // namespace whittle

@@ -1,6 +1,6 @@
-// load_weights against config.json: every `model.layers.N.*` tensor must belong to a decoder layer or
-// an MTP layer, so a config that declares fewer layers than the checkpoint holds is an error rather
-// than a silently truncated model.
+// load_weights against config.json: every `model.layers.N.*` tensor must belong to a decoder layer
+// or an MTP layer, so a config that declares fewer layers than the checkpoint holds is an error
+// rather than a silently truncated model.
 #include "model/weights.h"
 
 #include <gmock/gmock.h>
@@ -64,39 +64,45 @@ void one_layer(nlohmann::json& j) {
 TEST(Weights, LayersBeyondTheConfigAreAnError) {
   // num_hidden_layers 1 while the weights hold layers 0 and 1: once this ran a 1-layer model.
   ScratchModel m(one_layer, {});
-  expect_error([&] { m.load(); }, {(m.dir() / "model.safetensors").string(), "tensor 'model.layers.1.",
-                                   "is beyond num_hidden_layers 1 + num_nextn_predict_layers 0",
-                                   "expected layers 0..0"});
+  expect_error(
+      [&] { m.load(); },
+      {(m.dir() / "model.safetensors").string(), "tensor 'model.layers.1.",
+       "is beyond num_hidden_layers 1 + num_nextn_predict_layers 0", "expected layers 0..0"});
 }
 
 TEST(Weights, MtpLayersAfterTheDecoderLayersLoad) {
   // GLM-5 ships its MTP layer at index num_hidden_layers; the forward pass ignores it.
-  ScratchModel cut([](nlohmann::json& j) {
-    one_layer(j);
-    j["num_nextn_predict_layers"] = 1;
-  }, {});
+  ScratchModel cut(
+      [](nlohmann::json& j) {
+        one_layer(j);
+        j["num_nextn_predict_layers"] = 1;
+      },
+      {});
   EXPECT_EQ(cut.load().layers.size(), 1u);
 
-  const std::vector<std::string> mtp = {"model.layers.2.enorm.weight", "model.layers.2.hnorm.weight"};
+  const std::vector<std::string> mtp = {"model.layers.2.enorm.weight",
+                                        "model.layers.2.hnorm.weight"};
   ScratchModel with_mtp([](nlohmann::json& j) { j["num_nextn_predict_layers"] = 1; }, mtp);
   EXPECT_EQ(with_mtp.load().layers.size(), 2u);
   // The same tensors without num_nextn_predict_layers (absent means 0) are extra layers.
   ScratchModel undeclared([](nlohmann::json&) {}, mtp);
-  expect_error([&] { undeclared.load(); },
-               {"tensor 'model.layers.2.enorm.weight' is beyond num_hidden_layers 2 + num_nextn_predict_layers 0"});
+  expect_error([&] { undeclared.load(); }, {"tensor 'model.layers.2.enorm.weight' is beyond "
+                                            "num_hidden_layers 2 + num_nextn_predict_layers 0"});
   // One MTP layer declared, two present.
   ScratchModel two([](nlohmann::json& j) { j["num_nextn_predict_layers"] = 1; },
                    {"model.layers.2.enorm.weight", "model.layers.3.enorm.weight"});
-  expect_error([&] { two.load(); }, {"tensor 'model.layers.3.enorm.weight' is beyond num_hidden_layers 2 + "
-                                     "num_nextn_predict_layers 1 of config.json (expected layers 0..2)"});
+  expect_error([&] { two.load(); },
+               {"tensor 'model.layers.3.enorm.weight' is beyond num_hidden_layers 2 + "
+                "num_nextn_predict_layers 1 of config.json (expected layers 0..2)"});
 }
 
 TEST(Weights, AbsurdLayerIndexIsAnErrorNotAnOverflow) {
   ScratchModel m([](nlohmann::json&) {}, {"model.layers.99999999999999999999999.enorm.weight"});
-  expect_error([&] { m.load(); }, {"tensor 'model.layers.99999999999999999999999.enorm.weight' is beyond"});
+  expect_error([&] { m.load(); },
+               {"tensor 'model.layers.99999999999999999999999.enorm.weight' is beyond"});
   // Names that are not `model.layers.<N>.` are not layers and stay ignored.
-  ScratchModel other([](nlohmann::json&) {},
-                     {"model.layers.x.enorm.weight", "model.layers.7", "model.layers..w", "extra.layers.9.w"});
+  ScratchModel other([](nlohmann::json&) {}, {"model.layers.x.enorm.weight", "model.layers.7",
+                                              "model.layers..w", "extra.layers.9.w"});
   EXPECT_EQ(other.load().layers.size(), 2u);
 }
 

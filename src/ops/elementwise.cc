@@ -16,11 +16,13 @@ void rms_norm(const float* x, const float* weight, float* out, int64_t n, float 
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] * r * weight[i];
 }
 
-void rms_norm_rows(const float* x, const float* weight, float* out, int64_t rows, int64_t n, float eps) {
+void rms_norm_rows(const float* x, const float* weight, float* out, int64_t rows, int64_t n,
+                   float eps) {
   for (int64_t r = 0; r < rows; ++r) rms_norm(x + r * n, weight, out + r * n, n, eps);
 }
 
-void layer_norm(const float* x, const float* weight, const float* bias, float* out, int64_t n, float eps) {
+void layer_norm(const float* x, const float* weight, const float* bias, float* out, int64_t n,
+                float eps) {
   double mean = 0.0;
   for (int64_t i = 0; i < n; ++i) mean += x[i];
   mean /= n;
@@ -54,8 +56,8 @@ std::vector<int32_t> top_k(const float* x, int64_t n, int64_t k) {
   std::iota(idx.begin(), idx.end(), 0);
   auto greater = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), greater);
-  // A fresh k-long vector, not idx.resize(k): resize keeps capacity n, and the DSA indexer keeps one
-  // selection per token, which made its memory O(T^2) (80 GB per layer at a 200k context).
+  // A fresh k-long vector, not idx.resize(k): resize keeps capacity n, and the DSA indexer keeps
+  // one selection per token, which made its memory O(T^2) (80 GB per layer at a 200k context).
   return std::vector<int32_t>(idx.begin(), idx.begin() + k);
 }
 

@@ -29,7 +29,8 @@ TEST(Elementwise, LayerNormMatchesFormula) {
   std::vector<float> x = {1, 2, 3, 4, 10}, w = {1, 2, 1, 0.5, 1}, b = {0, 1, 0, 0, -1}, out(5);
   layer_norm(x.data(), w.data(), b.data(), out.data(), 5, 1e-6f);
   const double mean = 4, var = (9 + 4 + 1 + 0 + 36) / 5.0;
-  for (int i = 0; i < 5; ++i) EXPECT_NEAR(out[i], (x[i] - mean) / std::sqrt(var + 1e-6) * w[i] + b[i], 1e-5);
+  for (int i = 0; i < 5; ++i)
+    EXPECT_NEAR(out[i], (x[i] - mean) / std::sqrt(var + 1e-6) * w[i] + b[i], 1e-5);
 }
 
 TEST(Elementwise, SoftmaxIgnoresMinusInfinity) {

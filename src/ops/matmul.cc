@@ -27,15 +27,15 @@ void matmul_nt_columns(const float* x, const float* w, float* y, int64_t M, int6
                 w + n0 * K, static_cast<int>(K), x, 1, beta, y + n0, 1);
     return;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(n1 - n0),
-              static_cast<int>(K), 1.0f, x, static_cast<int>(K), w + n0 * K, static_cast<int>(K), beta,
-              y + n0, static_cast<int>(N));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M),
+              static_cast<int>(n1 - n0), static_cast<int>(K), 1.0f, x, static_cast<int>(K),
+              w + n0 * K, static_cast<int>(K), beta, y + n0, static_cast<int>(N));
 }
 
 }  // namespace
 
-void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, bool accumulate,
-               ThreadPool* pool) {
+void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+               bool accumulate, ThreadPool* pool) {
   if (M == 0 || N == 0) return;
   if (pool == nullptr || pool->size() < 2 || M * N * K < kParallelMatmulFlops || N < 2) {
     matmul_nt_columns(x, w, y, M, K, N, accumulate, 0, N);
@@ -54,7 +54,8 @@ void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, i
   });
 }
 
-void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N, bool accumulate) {
+void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+               bool accumulate) {
   if (M == 0 || N == 0) return;
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
               static_cast<int>(K), 1.0f, x, static_cast<int>(K), w, static_cast<int>(N),

@@ -21,11 +21,13 @@ std::vector<float> random_vector(size_t n, std::mt19937& rng) {
 
 TEST(Matmul, NtMatchesReferenceOnAwkwardShapes) {
   std::mt19937 rng(7);
-  const int64_t shapes[][3] = {{1, 1, 1}, {1, 7, 3}, {3, 1, 5}, {1, 129, 65}, {5, 128, 64},
-                               {17, 33, 250}, {64, 300, 1}, {2, 1000, 3}, {31, 127, 129}};
+  const int64_t shapes[][3] = {{1, 1, 1},    {1, 7, 3},    {3, 1, 5},
+                               {1, 129, 65}, {5, 128, 64}, {17, 33, 250},
+                               {64, 300, 1}, {2, 1000, 3}, {31, 127, 129}};
   for (const auto& s : shapes) {
     const int64_t M = s[0], K = s[1], N = s[2];
-    auto x = random_vector(M * K, rng), w = random_vector(N * K, rng), y0 = random_vector(M * N, rng);
+    auto x = random_vector(M * K, rng), w = random_vector(N * K, rng),
+         y0 = random_vector(M * N, rng);
     for (bool acc : {false, true}) {
       std::vector<float> fast = y0, ref = y0;
       matmul_nt(x.data(), w.data(), fast.data(), M, K, N, acc);
@@ -42,13 +44,14 @@ TEST(Matmul, NtMatchesReferenceOnAwkwardShapes) {
 TEST(Matmul, PooledNtMatchesReference) {
   std::mt19937 rng(11);
   const int64_t shapes[][3] = {{1, 1024, 300}, {1, 4096, 4096}, {3, 256, 4097}, {64, 64, 64},
-                               {128, 128, 17}, {7, 640, 1000}, {512, 256, 2}, {2, 65536, 3}};
+                               {128, 128, 17}, {7, 640, 1000},  {512, 256, 2},  {2, 65536, 3}};
   for (size_t threads : {2, 3, 8}) {
     ThreadPool pool(threads);
     for (const auto& s : shapes) {
       const int64_t M = s[0], K = s[1], N = s[2];
       ASSERT_GE(M * N * K, kParallelMatmulFlops) << "shape below the threshold tests nothing new";
-      auto x = random_vector(M * K, rng), w = random_vector(N * K, rng), y0 = random_vector(M * N, rng);
+      auto x = random_vector(M * K, rng), w = random_vector(N * K, rng),
+           y0 = random_vector(M * N, rng);
       for (bool acc : {false, true}) {
         std::vector<float> fast = y0, ref = y0;
         matmul_nt(x.data(), w.data(), fast.data(), M, K, N, acc, &pool);

@@ -43,7 +43,8 @@ RopeTable::RopeTable(const RopeConfig& rope, int64_t dim) : dim_(dim), inv_freq_
     const float interpolation = 1.0f / (static_cast<float>(factor) * pos_freq[i]);
     const float ramp = std::clamp((static_cast<float>(i) - low_f) / range_f, 0.0f, 1.0f);
     const float extrapolation_factor = 1.0f - ramp;
-    const float a = interpolation * (1.0f - extrapolation_factor), b = extrapolation * extrapolation_factor;
+    const float a = interpolation * (1.0f - extrapolation_factor),
+                b = extrapolation * extrapolation_factor;
     inv_freq_[i] = a + b;
   }
   attention_scaling_ = static_cast<float>(rope.attention_factor());

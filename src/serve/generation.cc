@@ -47,8 +47,8 @@ GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int3
   const ModelConfig& config = model.config();
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
   if (cache.length() + prompt_len > config.max_position_embeddings)
-    fail("the prompt has {} tokens{}; the model's context is {} (max_position_embeddings)", prompt_len,
-         cache.length() > 0 ? fmt::format(" after {} cached", cache.length()) : "",
+    fail("the prompt has {} tokens{}; the model's context is {} (max_position_embeddings)",
+         prompt_len, cache.length() > 0 ? fmt::format(" after {} cached", cache.length()) : "",
          config.max_position_embeddings);
   // Output tokens fit while the whole sequence stays within the context.
   const int64_t room = context_room(config, cache.length(), prompt_len);
@@ -81,7 +81,8 @@ GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int3
     if (r.sampled == max_tokens) break;
     logits = model.decode(next, cache);
   }
-  if (r.stop == StopReason::kMaxTokens && max_tokens < options.max_tokens) r.stop = StopReason::kContext;
+  if (r.stop == StopReason::kMaxTokens && max_tokens < options.max_tokens)
+    r.stop = StopReason::kContext;
   r.decode_seconds = secs(t1, Clock::now());
   return r;
 }

@@ -15,13 +15,16 @@ int32_t argmax(std::span<const float> v) {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
   // Written so that NaN, which every ordered comparison calls false, is refused too.
-  if (!(params.top_p > 0.0f && params.top_p <= 1.0f)) fail("top-p must be in (0, 1], got {}", params.top_p);
+  if (!(params.top_p > 0.0f && params.top_p <= 1.0f))
+    fail("top-p must be in (0, 1], got {}", params.top_p);
   if (!std::isfinite(params.temperature))
     fail("temperature must be a finite number (0 or less: greedy), got {}", params.temperature);
   if (params.top_k < 0) fail("top-k must not be negative, got {}", params.top_k);
 }
 
-double Sampler::uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+double Sampler::uniform() {
+  return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+}
 
 int32_t Sampler::sample(std::span<const float> logits) {
   if (logits.empty()) fail("cannot sample from an empty logits row");
@@ -39,7 +42,8 @@ int32_t Sampler::sample(std::span<const float> logits) {
   std::vector<double> p(keep);
   const double mx = logits[ids[0]];
   double sum = 0.0;
-  for (size_t i = 0; i < keep; ++i) sum += p[i] = std::exp((logits[ids[i]] - mx) / params_.temperature);
+  for (size_t i = 0; i < keep; ++i)
+    sum += p[i] = std::exp((logits[ids[i]] - mx) / params_.temperature);
   for (double& x : p) x /= sum;
 
   // Nucleus: the smallest prefix whose mass reaches top_p (always at least one token).

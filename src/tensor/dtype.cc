@@ -42,9 +42,15 @@ T load_unaligned(const std::byte* p) {
 }
 }  // namespace
 
-size_t dtype_size(DType dtype) { return info(dtype).size; }
-std::string_view dtype_name(DType dtype) { return info(dtype).name; }
-bool dtype_is_float(DType dtype) { return info(dtype).is_float; }
+size_t dtype_size(DType dtype) {
+  return info(dtype).size;
+}
+std::string_view dtype_name(DType dtype) {
+  return info(dtype).name;
+}
+bool dtype_is_float(DType dtype) {
+  return info(dtype).is_float;
+}
 
 std::optional<DType> parse_dtype(std::string_view name) {
   for (const auto& i : kDTypes)
@@ -106,7 +112,8 @@ float f8e4m3_to_f32(uint8_t b) {
 void convert_to_f32(DType dtype, const std::byte* src, size_t count, float* dst) {
   switch (dtype) {
     case DType::BF16:
-      for (size_t i = 0; i < count; ++i) dst[i] = bf16_to_f32(load_unaligned<uint16_t>(src + 2 * i));
+      for (size_t i = 0; i < count; ++i)
+        dst[i] = bf16_to_f32(load_unaligned<uint16_t>(src + 2 * i));
       return;
     case DType::F16:
       for (size_t i = 0; i < count; ++i) dst[i] = f16_to_f32(load_unaligned<uint16_t>(src + 2 * i));
@@ -117,13 +124,16 @@ void convert_to_f32(DType dtype, const std::byte* src, size_t count, float* dst)
       if (count > 0) std::memcpy(dst, src, count * 4);
       return;
     case DType::F64:
-      for (size_t i = 0; i < count; ++i) dst[i] = static_cast<float>(load_unaligned<double>(src + 8 * i));
+      for (size_t i = 0; i < count; ++i)
+        dst[i] = static_cast<float>(load_unaligned<double>(src + 8 * i));
       return;
     case DType::I32:
-      for (size_t i = 0; i < count; ++i) dst[i] = static_cast<float>(load_unaligned<int32_t>(src + 4 * i));
+      for (size_t i = 0; i < count; ++i)
+        dst[i] = static_cast<float>(load_unaligned<int32_t>(src + 4 * i));
       return;
     case DType::I64:
-      for (size_t i = 0; i < count; ++i) dst[i] = static_cast<float>(load_unaligned<int64_t>(src + 8 * i));
+      for (size_t i = 0; i < count; ++i)
+        dst[i] = static_cast<float>(load_unaligned<int64_t>(src + 8 * i));
       return;
     case DType::U8:
       for (size_t i = 0; i < count; ++i) dst[i] = static_cast<float>(static_cast<uint8_t>(src[i]));

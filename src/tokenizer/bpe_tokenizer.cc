@@ -15,8 +15,8 @@
 #include <string>
 #include <unordered_map>
 
-#include "util/atomic_file.h"
 #include "io/json_excerpt.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 
 namespace whittle {
@@ -39,8 +39,10 @@ struct Utf8Lead {
 Utf8Lead utf8_lead(uint8_t b0) {
   if (b0 < 0x80) return {1};
   if (b0 >= 0xC2 && b0 <= 0xDF) return {2};
-  if (b0 >= 0xE0 && b0 <= 0xEF) return {3, uint8_t(b0 == 0xE0 ? 0xA0 : 0x80), uint8_t(b0 == 0xED ? 0x9F : 0xBF)};
-  if (b0 >= 0xF0 && b0 <= 0xF4) return {4, uint8_t(b0 == 0xF0 ? 0x90 : 0x80), uint8_t(b0 == 0xF4 ? 0x8F : 0xBF)};
+  if (b0 >= 0xE0 && b0 <= 0xEF)
+    return {3, uint8_t(b0 == 0xE0 ? 0xA0 : 0x80), uint8_t(b0 == 0xED ? 0x9F : 0xBF)};
+  if (b0 >= 0xF0 && b0 <= 0xF4)
+    return {4, uint8_t(b0 == 0xF0 ? 0x90 : 0x80), uint8_t(b0 == 0xF4 ? 0x8F : 0xBF)};
   return {};
 }
 
@@ -363,10 +365,10 @@ void BpeTokenizer::Impl::parse_model(const json& model, size_t added_count) {
   const json& vocab = require(model, "vocab", where, source);
   if (!vocab.is_object()) fail("{}: model.vocab must be an object of token → id", source);
   const ByteLevelAlphabet& alphabet = byte_level();
-  // whittle keeps id → token tables, so ids must be dense: below the number of entries of model.vocab
-  // and added_tokens together (tokens that appear in both are counted twice, which leaves room for
-  // them). `tokenizers` itself takes any u32 id; a trained tokenizer.json never has gaps, and an id
-  // such as 2^31 - 1 would otherwise cost a table of 2^31 entries.
+  // whittle keeps id → token tables, so ids must be dense: below the number of entries of
+  // model.vocab and added_tokens together (tokens that appear in both are counted twice, which
+  // leaves room for them). `tokenizers` itself takes any u32 id; a trained tokenizer.json never has
+  // gaps, and an id such as 2^31 - 1 would otherwise cost a table of 2^31 entries.
   const size_t id_bound = vocab.size() + added_count;
   int32_t max_id = -1;
   for (const auto& [token, value] : vocab.items()) {
@@ -374,9 +376,10 @@ void BpeTokenizer::Impl::parse_model(const json& model, size_t added_count) {
       fail("{}: model.vocab[{}] must be a non-negative integer id, got {}", source,
            json(token).dump(), json_excerpt(value));
     if (value.get<uint64_t>() >= id_bound)
-      fail("{}: model.vocab[{}] has id {}, but {} model.vocab entries and {} added tokens allow ids "
-           "0..{} only (whittle needs dense ids)",
-           source, json(token).dump(), json_excerpt(value), vocab.size(), added_count, id_bound - 1);
+      fail(
+          "{}: model.vocab[{}] has id {}, but {} model.vocab entries and {} added tokens allow ids "
+          "0..{} only (whittle needs dense ids)",
+          source, json(token).dump(), json_excerpt(value), vocab.size(), added_count, id_bound - 1);
     max_id = std::max(max_id, value.get<int32_t>());
   }
   id_token.assign(max_id + 1, std::string());
@@ -488,13 +491,14 @@ void BpeTokenizer::Impl::parse_pre_tokenizer(const json& pre) {
       pattern = pat.at("String").get<std::string>();
       compile_options |= PCRE2_LITERAL;
     } else {
-      fail("{}: {}.pattern must hold \"Regex\" or \"String\", got {}", source, where, json_excerpt(pat));
+      fail("{}: {}.pattern must hold \"Regex\" or \"String\", got {}", source, where,
+           json_excerpt(pat));
     }
     const json& second = steps[1];
     if (!second.is_object() || second.value("type", "") != "ByteLevel")
-      fail("{}: unsupported pre_tokenizer.pretokenizers[1].type {} (expected \"ByteLevel\")",
-           source,
-           second.is_object() && second.contains("type") ? json_excerpt(second.at("type")) : "null");
+      fail(
+          "{}: unsupported pre_tokenizer.pretokenizers[1].type {} (expected \"ByteLevel\")", source,
+          second.is_object() && second.contains("type") ? json_excerpt(second.at("type")) : "null");
     check_byte_level(second, "pre_tokenizer.pretokenizers[1]", false);
   } else {
     fail(
@@ -551,8 +555,10 @@ void BpeTokenizer::Impl::parse_added(const json& added_tokens) {
       expected = max_added >= model_entries ? max_added + 1 : model_entries;
       why = "the next id after model.vocab and the added tokens before it";
       if (expected < static_cast<int64_t>(id_token.size()) && !id_token[expected].empty())
-        fail("{}: {} {} would get id {}, which model.vocab already gives to {} (model.vocab ids have a gap)",
-             source, where, json(token.content).dump(), expected, json(id_token[expected]).dump());
+        fail(
+            "{}: {} {} would get id {}, which model.vocab already gives to {} (model.vocab ids "
+            "have a gap)",
+            source, where, json(token.content).dump(), expected, json(id_token[expected]).dump());
     }
     if (id.get<uint64_t>() != static_cast<uint64_t>(expected))
       fail("{}: {} {} has id {}, but tokenizers numbers it {} ({})", source, where,

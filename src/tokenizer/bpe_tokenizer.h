@@ -87,7 +87,8 @@ class BpeTokenizer {
 class StreamDecoder {
  public:
   explicit StreamDecoder(const BpeTokenizer& tokenizer, bool skip_special = false);
-  explicit StreamDecoder(BpeTokenizer&&, bool = false) = delete;  // it keeps a pointer to the tokenizer
+  explicit StreamDecoder(BpeTokenizer&&,
+                         bool = false) = delete;  // it keeps a pointer to the tokenizer
   std::string push(int32_t id);
   std::string flush();
 

@@ -310,12 +310,19 @@ TEST(TokenizerErrors, HugeNegativeOrDuplicateIdsNameTheFileAndTheToken) {
     return load_error(d);
   };
   for (const json& id : {json(2000000000), json(2147483647), json(4294967295u), json(2000)})
-    EXPECT_THAT(vocab_id(id), ::testing::StartsWith("m/tokenizer.json: model.vocab[\"a\"] has id " + id.dump() +
-                                                    ", but 1964 model.vocab entries and 36 added tokens allow "
-                                                    "ids 0..1999 only"));
-  EXPECT_THAT(vocab_id(uint64_t{18446744073709551615u}), ::testing::HasSubstr("model.vocab[\"a\"] has id 18446744073709551615"));
-  EXPECT_THAT(vocab_id(-1), ::testing::HasSubstr("m/tokenizer.json: model.vocab[\"a\"] must be a non-negative integer id, got -1"));
-  EXPECT_THAT(vocab_id(65), ::testing::HasSubstr("m/tokenizer.json: model.vocab maps both \"a\" and \"b\" to id 65"));
+    EXPECT_THAT(vocab_id(id),
+                ::testing::StartsWith("m/tokenizer.json: model.vocab[\"a\"] has id " + id.dump() +
+                                      ", but 1964 model.vocab entries and 36 added tokens allow "
+                                      "ids 0..1999 only"));
+  EXPECT_THAT(vocab_id(uint64_t{18446744073709551615u}),
+              ::testing::HasSubstr("model.vocab[\"a\"] has id 18446744073709551615"));
+  EXPECT_THAT(
+      vocab_id(-1),
+      ::testing::HasSubstr(
+          "m/tokenizer.json: model.vocab[\"a\"] must be a non-negative integer id, got -1"));
+  EXPECT_THAT(
+      vocab_id(65),
+      ::testing::HasSubstr("m/tokenizer.json: model.vocab maps both \"a\" and \"b\" to id 65"));
 
   const auto added_id = [&](const std::string& content, const json& id) {
     json d = doc;
@@ -324,35 +331,45 @@ TEST(TokenizerErrors, HugeNegativeOrDuplicateIdsNameTheFileAndTheToken) {
   };
   for (const json& id : {json(2000000000), json(2147483647), json(1972), json(5)})
     EXPECT_THAT(added_id("<|user|>", id),
-                ::testing::StartsWith("m/tokenizer.json: added_tokens[7] \"<|user|>\" has id " + id.dump() +
-                                      ", but tokenizers numbers it 1971"));
+                ::testing::StartsWith("m/tokenizer.json: added_tokens[7] \"<|user|>\" has id " +
+                                      id.dump() + ", but tokenizers numbers it 1971"));
   EXPECT_THAT(added_id("<|user|>", -1),
-              ::testing::HasSubstr("added_tokens[7].id of \"<|user|>\" must be a non-negative integer, got -1"));
-  EXPECT_THAT(added_id("<|user|>", "1971"), ::testing::HasSubstr("must be a non-negative integer, got \"1971\""));
+              ::testing::HasSubstr(
+                  "added_tokens[7].id of \"<|user|>\" must be a non-negative integer, got -1"));
+  EXPECT_THAT(added_id("<|user|>", "1971"),
+              ::testing::HasSubstr("must be a non-negative integer, got \"1971\""));
   // Two added tokens on one id: tokenizers gives the second the next id.
   json d = doc;
   d["added_tokens"][1]["id"] = d["added_tokens"][0]["id"];
-  EXPECT_THAT(load_error(d), ::testing::HasSubstr("added_tokens[1] \"[MASK]\" has id 1964, but tokenizers numbers it 1965"));
+  EXPECT_THAT(load_error(d),
+              ::testing::HasSubstr(
+                  "added_tokens[1] \"[MASK]\" has id 1964, but tokenizers numbers it 1965"));
   // An added token already in model.vocab keeps its vocab id.
   d = doc;
   d["added_tokens"].push_back({{"id", 2000}, {"content", "a"}, {"special", false}});
-  EXPECT_THAT(load_error(d), ::testing::HasSubstr("added_tokens[36] \"a\" has id 2000, but tokenizers numbers it 64 "
-                                                  "(its id in model.vocab)"));
+  EXPECT_THAT(load_error(d), ::testing::HasSubstr(
+                                 "added_tokens[36] \"a\" has id 2000, but tokenizers numbers it 64 "
+                                 "(its id in model.vocab)"));
   d["added_tokens"][36]["id"] = 64;
   const BpeTokenizer with_a = BpeTokenizer::from_json_text(d.dump(), "m/tokenizer.json");
   EXPECT_EQ(with_a.vocab_size(), 2000);
   EXPECT_EQ(with_a.added_token_id("a"), 64);
   EXPECT_EQ(golden_tokenizer().encode("ab cab"), (std::vector<int32_t>{467, 285, 467}));
-  EXPECT_EQ(with_a.encode("ab cab"), (std::vector<int32_t>{64, 65, 285, 64, 65}));  // tokenizers 0.23.3
+  EXPECT_EQ(with_a.encode("ab cab"),
+            (std::vector<int32_t>{64, 65, 285, 64, 65}));  // tokenizers 0.23.3
   // A gap in model.vocab where tokenizers would put the first added token.
   d = doc;
   d["model"]["vocab"]["a"] = 1964;
-  EXPECT_THAT(load_error(d), ::testing::HasSubstr("added_tokens[0] \"<|endoftext|>\" would get id 1964, which "
-                                                  "model.vocab already gives to \"a\""));
+  EXPECT_THAT(load_error(d),
+              ::testing::HasSubstr("added_tokens[0] \"<|endoftext|>\" would get id 1964, which "
+                                   "model.vocab already gives to \"a\""));
   // Merges that name a token model.vocab lacks.
   d = doc;
   d["model"]["merges"][0] = "a \u0120zz";
-  EXPECT_THAT(load_error(d), ::testing::HasSubstr("m/tokenizer.json: model.merges[0] uses \"\u0120zz\" which is not in model.vocab"));
+  EXPECT_THAT(
+      load_error(d),
+      ::testing::HasSubstr(
+          "m/tokenizer.json: model.merges[0] uses \"\u0120zz\" which is not in model.vocab"));
 }
 
 TEST(TokenizerPreTokenizer, WhitespaceClassesAreUnicodeWhiteSpace) {

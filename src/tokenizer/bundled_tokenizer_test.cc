@@ -51,8 +51,12 @@ const Golden& golden() {
   return file;
 }
 
-std::vector<int32_t> ids_of(const json& array) { return array.get<std::vector<int32_t>>(); }
-std::string escaped(const std::string& text) { return json(text).dump(); }
+std::vector<int32_t> ids_of(const json& array) {
+  return array.get<std::vector<int32_t>>();
+}
+std::string escaped(const std::string& text) {
+  return json(text).dump();
+}
 
 TEST(BundledTokenizer, VocabularyIs4096WithGlm5AddedTokensLast) {
   const BpeTokenizer& tok = bundled();
@@ -146,16 +150,18 @@ TEST(BundledTokenizer, WholeHeldOutFilesMatchOracle) {
     const std::string text = read_file(std::filesystem::path(WHITTLE_SOURCE_DIR) / rel);
     const auto ids = tok.encode(text);
     EXPECT_EQ(ids.size(), expected.at("tokens").get<size_t>())
-        << rel << " (if the eval file was regenerated: tools/train/train_tokenizer.py --golden-only)";
+        << rel
+        << " (if the eval file was regenerated: tools/train/train_tokenizer.py --golden-only)";
     EXPECT_EQ(fnv1a64_ids(ids), expected.at("ids_fnv1a64").get<std::string>()) << rel;
     EXPECT_EQ(tok.decode(ids), text) << rel;
   }
 }
 
 TEST(BundledTokenizer, MongolianVowelSeparatorIsNotWhitespace) {
-  // U+180E has been a format character since Unicode 6.3; PCRE2's \s still matched it, so "  \u180e"
+  // U+180E has been a format character since Unicode 6.3; PCRE2's \s still matched it, so " \u180e"
   // pre-tokenized as one whitespace run (256 = "  "). Ids from tokenizers 0.23.3:
-  //   Tokenizer.from_file("models/tiny-glm5/tokenizer.json").encode(s, add_special_tokens=False).ids
+  //   Tokenizer.from_file("models/tiny-glm5/tokenizer.json").encode(s,
+  //   add_special_tokens=False).ids
   // U+1680 and U+2028 are White_Space in both and are controls.
   const BpeTokenizer& tok = bundled();
   const std::vector<std::pair<std::string, std::vector<int32_t>>> cases = {

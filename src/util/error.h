@@ -1,5 +1,5 @@
-// Error: the one exception type whittle throws for bad input or failed I/O. Its message always names
-// what was being read (file, tensor, field) and what was expected, so a user can act on it.
+// Error: the one exception type whittle throws for bad input or failed I/O. Its message always
+// names what was being read (file, tensor, field) and what was expected, so a user can act on it.
 #pragma once
 
 #include <fmt/format.h>
@@ -19,9 +19,10 @@ template <typename... Args>
   throw Error(fmt::format(format, std::forward<Args>(args)...));
 }
 
-// Checks an invariant of outside input; throws Error with the formatted message when it does not hold.
-#define WHITTLE_CHECK(cond, ...)      \
-  do {                                \
+// Checks an invariant of outside input; throws Error with the formatted message when it does not
+// hold.
+#define WHITTLE_CHECK(cond, ...)               \
+  do {                                         \
     if (!(cond)) ::whittle::fail(__VA_ARGS__); \
   } while (0)
 

@@ -65,8 +65,10 @@ inline std::string error_reading_fifo(const std::filesystem::path& fifo, std::fu
 inline std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) {
-    if (c == '\'') q += "'\\''";
-    else q += c;
+    if (c == '\'')
+      q += "'\\''";
+    else
+      q += c;
   }
   q += '\'';
   return q;
@@ -78,7 +80,8 @@ struct CommandOutcome {
   int status = -1;
   std::string output;
 };
-inline CommandOutcome run_command(const std::vector<std::string>& args, const std::string& redirect) {
+inline CommandOutcome run_command(const std::vector<std::string>& args,
+                                  const std::string& redirect) {
   std::string cmd;
   for (const auto& a : args) {
     if (!cmd.empty()) cmd += ' ';
