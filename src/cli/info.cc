@@ -10,6 +10,7 @@
 #include "cli/options.h"
 #include "io/model_config.h"
 #include "io/safetensors.h"
+#include "model/weights.h"
 
 namespace whittle::cli {
 
@@ -20,9 +21,8 @@ enum class Role { Mtp, Quantized, Protected, Quantizable, Other };
 // The recipe keeps dense MLPs, the indexer's weights_proj, the router, embeddings, lm_head and
 // norms in 16 bit; attention and expert projections are what int4 quantization targets.
 Role classify(const std::string& name, const TensorView& v, const ModelConfig& c) {
-  static const std::regex layer_re(R"(^model\.layers\.(\d+)\.)");
-  std::smatch m;
-  if (std::regex_search(name, m, layer_re) && std::stoll(m[1]) >= c.num_hidden_layers)
+  if (const std::optional<int64_t> layer = layer_index(name);
+      layer && *layer >= c.num_hidden_layers)
     return Role::Mtp;
   static const std::regex quantized_re(R"(\.(qweight|qzeros|scales|g_idx|weight_scale_inv)$)");
   if (v.dtype() == DType::F8_E4M3 || std::regex_search(name, quantized_re)) return Role::Quantized;

@@ -26,18 +26,8 @@ const fs::path kGolden = fs::path(WHITTLE_SOURCE_DIR) / "tests" / "golden" / "io
 
 class NpyTest : public ::testing::Test {
  protected:
-  NpyTest() {
-    dir_ = fs::temp_directory_path() /
-           fmt::format("whittle-npy-{}-{}",
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name(), ::getpid());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  ~NpyTest() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  fs::path dir_;
+  ScratchDir scratch_;
+  const fs::path dir_ = scratch_.path();
 };
 
 // The arrays of make_io_golden.py (NPY_F32, NPY_I64, NPY_I32).

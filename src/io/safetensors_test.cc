@@ -26,25 +26,6 @@ using ::testing::HasSubstr;
 
 const fs::path kGolden = fs::path(WHITTLE_SOURCE_DIR) / "tests" / "golden" / "io";
 
-class ScratchDir {
- public:
-  ScratchDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = fs::temp_directory_path() /
-            fmt::format("whittle-{}-{}-{}", info->test_suite_name(), info->name(), ::getpid());
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
 // A safetensors file from a header text and data bytes, bypassing any writer.
 std::string raw_safetensors(const std::string& header, const std::string& data) {
   std::string out(8, '\0');

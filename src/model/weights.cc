@@ -62,22 +62,6 @@ class Binder {
   const TensorStore& store_;
 };
 
-// N of a `model.layers.N.` name (saturating at 10^18 for absurdly long numbers), else nullopt.
-std::optional<int64_t> layer_index(std::string_view name) {
-  constexpr std::string_view prefix = "model.layers.";
-  if (!name.starts_with(prefix)) return std::nullopt;
-  name.remove_prefix(prefix.size());
-  const size_t dot = name.find('.');
-  if (dot == 0 || dot == std::string_view::npos) return std::nullopt;
-  constexpr int64_t kCap = 1'000'000'000'000'000'000;
-  int64_t index = 0;
-  for (char ch : name.substr(0, dot)) {
-    if (ch < '0' || ch > '9') return std::nullopt;
-    index = index >= kCap / 10 ? kCap : index * 10 + (ch - '0');
-  }
-  return index;
-}
-
 // A config.json with fewer num_hidden_layers than the checkpoint holds would run a truncated model
 // without a word. Layers [num_hidden_layers, + num_nextn_predict_layers) are the MTP layers GLM-5
 // ships: the forward pass ignores them (`whittle info` lists them).
@@ -96,6 +80,21 @@ void check_no_extra_layers(const TensorStore& store, const ModelConfig& c) {
 }
 
 }  // namespace
+
+std::optional<int64_t> layer_index(std::string_view name) {
+  constexpr std::string_view prefix = "model.layers.";
+  if (!name.starts_with(prefix)) return std::nullopt;
+  name.remove_prefix(prefix.size());
+  const size_t dot = name.find('.');
+  if (dot == 0 || dot == std::string_view::npos) return std::nullopt;
+  constexpr int64_t kCap = 1'000'000'000'000'000'000;
+  int64_t index = 0;
+  for (char ch : name.substr(0, dot)) {
+    if (ch < '0' || ch > '9') return std::nullopt;
+    index = index >= kCap / 10 ? kCap : index * 10 + (ch - '0');
+  }
+  return index;
+}
 
 ModelWeights load_weights(const TensorStore& store, const ModelConfig& c) {
   check_no_extra_layers(store, c);

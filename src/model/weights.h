@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "io/model_config.h"
@@ -69,5 +70,9 @@ struct ModelWeights {
 // listed by `whittle info`. A `model.layers.N.*` tensor past those is an error naming it: the
 // config would describe a truncated model.
 ModelWeights load_weights(const TensorStore& store, const ModelConfig& config);
+
+// N of a `model.layers.N.` tensor name (saturating at 10^18 for absurdly long numbers), else
+// nullopt.
+std::optional<int64_t> layer_index(std::string_view name);
 
 }  // namespace whittle

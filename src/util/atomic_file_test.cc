@@ -22,17 +22,6 @@ namespace fs = std::filesystem;
 
 class AtomicFileTest : public ::testing::Test {
  protected:
-  AtomicFileTest() {
-    dir_ = fs::temp_directory_path() /
-           fmt::format("whittle-atomic-{}-{}",
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name(), ::getpid());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  ~AtomicFileTest() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   size_t entries() const {
     return static_cast<size_t>(
         std::distance(fs::directory_iterator(dir_), fs::directory_iterator()));
@@ -49,7 +38,8 @@ class AtomicFileTest : public ::testing::Test {
   static fs::path old_temp_name(const fs::path& final_path) {
     return final_path.string() + ".tmp." + std::to_string(::getpid());
   }
-  fs::path dir_;
+  ScratchDir scratch_;
+  const fs::path dir_ = scratch_.path();
 };
 
 TEST_F(AtomicFileTest, CommitPublishesTheWholeFile) {

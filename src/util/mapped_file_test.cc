@@ -20,18 +20,8 @@ using ::testing::HasSubstr;
 
 class MappedFileTest : public ::testing::Test {
  protected:
-  MappedFileTest() {
-    dir_ = fs::temp_directory_path() /
-           fmt::format("whittle-mapped-{}-{}",
-                       ::testing::UnitTest::GetInstance()->current_test_info()->name(), ::getpid());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  ~MappedFileTest() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  fs::path dir_;
+  ScratchDir scratch_;
+  const fs::path dir_ = scratch_.path();
 };
 
 TEST_F(MappedFileTest, MapsARegularFileWhole) {

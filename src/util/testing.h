@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -60,6 +62,26 @@ inline std::string error_reading_fifo(const std::filesystem::path& fifo, std::fu
   }
   return result.get();
 }
+
+// An empty folder named after the running test, removed with everything in it at the end.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = std::filesystem::temp_directory_path() /
+            fmt::format("whittle-{}-{}-{}", info->test_suite_name(), info->name(), ::getpid());
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 // `s` quoted for /bin/sh.
 inline std::string shell_quote(const std::string& s) {
