@@ -6,6 +6,9 @@
 // whole expert groups, a dense/MoE and an indexer kind for every layer, and norms, scales and RoPE
 // factors that are positive and finite (in float32 where the forward pass uses float32). A
 // generation config's eos ids must be in the vocabulary and its sampling defaults in range.
+// The same input read with its key order (as ModelConfig::load reads config.json) feeds
+// QuantConfig, the reader of quantization_config: a parsed one must hold only 4/8-bit settings
+// with a positive group size or -1, for every module name asked, and its errors name the file.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -16,7 +19,52 @@
 #include <nlohmann/json.hpp>
 
 #include "io/model_config.h"
+#include "io/quant_config.h"
 #include "util/error.h"
+
+namespace {
+
+bool valid(const whittle::ModuleQuant& q) {
+  return (q.bits == 4 || q.bits == 8) && (q.group_size > 0 || q.group_size == -1) &&
+         !(q.group_size == -1 && q.desc_act);
+}
+
+// GLM-5 module names of every kind, and names a rule might trip over.
+constexpr const char* kModules[] = {
+    "model.layers.0.self_attn.q_a_proj",
+    "model.layers.3.self_attn.kv_a_proj_with_mqa",
+    "model.layers.10.self_attn.o_proj",
+    "model.layers.2.self_attn.indexer.weights_proj",
+    "model.layers.0.mlp.gate_proj",
+    "model.layers.3.mlp.experts.17.down_proj",
+    "model.layers.3.mlp.shared_experts.up_proj",
+    "model.layers.78.eh_proj",
+    "lm_head",
+    "",
+};
+
+void check_quant_config(const nlohmann::ordered_json& j) {
+  std::optional<whittle::QuantConfig> q;
+  try {
+    q = whittle::QuantConfig::from_config_json(j, std::string("fuzz/") + "config.json");
+  } catch (const whittle::Error& e) {
+    if (std::string_view(e.what()).substr(0, 17) != "fuzz/config.json:") __builtin_trap();
+    return;
+  }
+  if (!q) return;
+  if (!valid(q->defaults) || (q->checkpoint_format != 1 && q->checkpoint_format != 2))
+    __builtin_trap();
+  for (const char* module : kModules) {
+    try {
+      for (const auto& m : {q->for_module(module), q->for_module_as_vllm(module)})
+        if (m && !valid(*m)) __builtin_trap();
+    } catch (const whittle::Error& e) {  // a regex past PCRE2's match limit
+      if (std::string_view(e.what()).substr(0, 17) != "fuzz/config.json:") __builtin_trap();
+    }
+  }
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<char> buffer(data, data + size);  // exactly sized: reads past the end are reported
@@ -24,6 +72,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       nlohmann::json::parse(std::string_view(buffer.data(), buffer.size()), nullptr,
                             /*allow_exceptions=*/false);
   if (j.is_discarded()) return 0;
+  const auto ordered = nlohmann::ordered_json::parse(std::string_view(buffer.data(), buffer.size()),
+                                                     nullptr, /*allow_exceptions=*/false);
+  check_quant_config(ordered);
 
   // As generation_config.json, applied to a config with a 2^20-token vocabulary. The source name is
   // a temporary on purpose: the reader once kept a reference to it (a use-after-free in errors).
@@ -45,7 +96,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     c = whittle::ModelConfig::from_json(j, "fuzz/config.json");
   } catch (const whittle::Error&) {
-    return 0;
+    // Read in file order too, as ModelConfig::load does (quantization rules need it).
+    try {
+      c = whittle::ModelConfig::from_json(ordered, "fuzz/config.json");
+    } catch (const whittle::Error&) {
+      return 0;
+    }
   }
   if (c.hidden_size <= 0 || c.vocab_size <= 0 || c.num_hidden_layers <= 0 ||
       c.num_attention_heads <= 0)

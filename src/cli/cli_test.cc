@@ -13,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <regex>
 
 #include "io/npy.h"
 #include "io/safetensors.h"
@@ -24,7 +25,9 @@
 namespace whittle {
 namespace {
 namespace fs = std::filesystem;
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 const fs::path kRoot = WHITTLE_SOURCE_DIR;
 const fs::path kModel = kRoot / "tests/golden/models/dsa_long";
@@ -441,6 +444,144 @@ TEST(Cli, MalformedGenerationConfigIsNamed) {
       r.output,
       HasSubstr((m.dir() / "generation_config.json").string() +
                 ": field 'eos_token_id' must be an integer or a list of integers, got \"x\""));
+}
+
+// ---- whittle info on GPTQ checkpoints ----
+
+// GPTQ tensors for a Linear with `in` inputs and `out` outputs (zeros: info reads the shapes);
+// `scale_rows` overrides the scales' group count.
+void add_gptq(SafeTensorsWriter& w, const std::string& module, int64_t in, int64_t out, int bits,
+              int64_t group, int64_t scale_rows = -1) {
+  const int64_t per_word = 32 / bits;
+  const int64_t groups =
+      scale_rows >= 0 ? scale_rows : (group == -1 ? 1 : (in + group - 1) / group);
+  std::vector<std::byte> bytes(static_cast<size_t>(std::max(in, groups) * out * 4));
+  const auto first = [&](int64_t n) { return std::span(bytes).first(static_cast<size_t>(n)); };
+  w.add(module + ".qweight", DType::I32, {in / per_word, out}, first(in / per_word * out * 4));
+  w.add(module + ".qzeros", DType::I32, {groups, out * bits / 32}, first(groups * out * bits / 8));
+  w.add(module + ".scales", DType::F16, {groups, out}, first(groups * out * 2));
+  w.add(module + ".g_idx", DType::I32, {in}, first(in * 4));
+}
+
+// dsa_long with every o_proj and routed expert gate/up_proj in GPTQ int4 g32; expert 3's up_proj
+// gets `odd_scale_rows` scale rows when given.
+void quantize_dsa_long(const ScratchModel& m, int64_t odd_scale_rows = -1) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> picked;
+  static const std::regex pick(R"(.*(o_proj|experts\.\d+\.(gate|up)_proj)\.weight)");
+  m.rewrite_weights(
+      [&](const std::string& name, std::vector<int64_t>& shape) {
+        if (!std::regex_match(name, pick)) return true;
+        picked.push_back({name.substr(0, name.size() - 7), shape});
+        return false;
+      },
+      [&](SafeTensorsWriter& w) {
+        for (const auto& [module, shape] : picked)
+          add_gptq(w, module, shape[1], shape[0], 4, 32,
+                   module.ends_with("experts.3.up_proj") ? odd_scale_rows : -1);
+      });
+}
+
+nlohmann::json gptq_config() {
+  return nlohmann::json::parse(R"({"quant_method": "gptq", "bits": 4, "group_size": 32,
+    "sym": true, "desc_act": false, "dynamic": {"-:.*shared_experts.*": {}}})");
+}
+
+TEST(Cli, InfoReportsQuantizedAndSixteenBitModulesFromTheFile) {
+  ScratchModel m;
+  m.edit_config([](nlohmann::json& j) { j["quantization_config"] = gptq_config(); });
+  quantize_dsa_long(m);
+  Outcome r = whittle({"info", m.str()});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output,
+              HasSubstr("quantization   gptq, int4 g32, GPTQ v1 (stored - 1) zero points, "
+                        "1 dynamic rule(s)"));
+  EXPECT_THAT(r.output, HasSubstr("linear modules 18 quantized, 30 16-bit"));
+  EXPECT_THAT(r.output, ContainsRegex(R"(mlp\.experts\.\*\.gate_proj +int4 g32 +x 8)"));
+  EXPECT_THAT(r.output, ContainsRegex(R"(self_attn\.o_proj +int4 g32 +x 2)"));
+  EXPECT_THAT(r.output, ContainsRegex(R"(mlp\.experts\.\*\.down_proj +BF16 +x 8)"));
+  EXPECT_THAT(r.output, ContainsRegex(R"(self_attn\.indexer\.weights_proj +BF16 +x 2)"));
+  EXPECT_THAT(r.output, ContainsRegex(R"(lm_head +BF16 +x 1)"));
+  EXPECT_THAT(r.output, HasSubstr("agree on every module"));
+  EXPECT_THAT(r.output, Not(HasSubstr("mismatch")));
+}
+
+TEST(Cli, InfoReportsWhereConfigAndFileDisagree) {
+  ScratchModel m;
+  m.edit_config([](nlohmann::json& j) {
+    j["quantization_config"] = gptq_config();
+    // Layer 1's o_proj said to be int8: its int4 qweight has half the rows that needs.
+    j["quantization_config"]["dynamic"]["+:.*layers\\.1\\.self_attn\\.o_proj"] = {{"bits", 8}};
+    // vLLM matches its FusedMoE "model.layers.1.mlp.experts" instead: this rule misses it there.
+    j["quantization_config"]["dynamic"]["-:.*experts\\.\\d+\\.down_proj"] =
+        nlohmann::json::object();
+  });
+  quantize_dsa_long(m, /*odd_scale_rows=*/4);
+  Outcome r = whittle({"info", m.str()});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("config.json and the file DISAGREE on 2 module(s)"));
+  EXPECT_THAT(r.output,
+              HasSubstr("mismatch: model.layers.1.mlp.experts.3.up_proj: config.json's rules give "
+                        "int4 g32, so scales should be [2, 24], but the file has [4, 24] (the "
+                        "file's group size is 16)"));
+  EXPECT_THAT(r.output,
+              HasSubstr("mismatch: model.layers.1.self_attn.o_proj: config.json's rules give int8 "
+                        "g32, but qweight [8, 64] holds 8 x 4 = 32 in-features and the layer takes "
+                        "64 (the rows fit 4-bit)"));
+  EXPECT_THAT(r.output, HasSubstr("vLLM would read 8 module(s) differently"));
+  EXPECT_THAT(r.output,
+              HasSubstr("vllm: model.layers.1.mlp.experts.0.down_proj: 16-bit here, int4 g32 in "
+                        "vLLM, which matches the rules against model.layers.1.mlp.experts"));
+}
+
+TEST(Cli, InfoReportsGptqTensorsWithoutAConfig) {
+  ScratchModel m;
+  quantize_dsa_long(m);
+  Outcome r = whittle({"info", m.str()});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("quantization   none in config.json"));
+  EXPECT_THAT(r.output, HasSubstr("mismatch: model.layers.0.self_attn.o_proj: the file holds GPTQ "
+                                  "tensors but config.json has no quantization_config"));
+}
+
+TEST(Cli, InfoRefusesAQuantizationConfigItCannotRead) {
+  ScratchModel m;
+  m.edit_config([](nlohmann::json& j) {
+    j["quantization_config"] = {{"quant_method", "awq"}, {"bits", 4}};
+  });
+  Outcome r = whittle({"info", m.str()});
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr((m.dir() / "config.json").string() +
+                                  ": field 'quantization_config.quant_method' is \"awq\""));
+}
+
+// ---- chat templates ----
+
+TEST(Cli, ChatRefusesATemplateItDoesNotRenderExactly) {
+  ScratchModel m(kRoot / "models/tiny-glm5-random");
+  const fs::path jinja = m.dir() / "chat_template.jinja";
+  std::string text = read_file(jinja);
+  const size_t user = text.find("<|user|>") + 8;
+  text = text.substr(0, user) + " " + text.substr(user);  // one space more after the user marker
+  write_file_atomic(jinja, text);
+  const std::vector<std::string> chat = {"generate", m.str(), "-p", "Hi",
+                                         "-n",       "1",     "-q", "--chat"};
+  Outcome r = whittle(chat);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_THAT(r.output, HasSubstr(jinja.string() + ": chat template is a GLM template, but not one "
+                                                   "whose rendering whittle has checked"));
+  EXPECT_THAT(r.output, HasSubstr("GLM-5.1 as reconstructed for whittle"));
+  EXPECT_THAT(r.output, HasSubstr("replace the model's template with one of these"));
+  // Without --chat no template is used.
+  EXPECT_EQ(whittle({"generate", m.str(), "-p", "Hi", "-n", "1", "-q"}).status, 0);
+  // Known by content, whatever the file: GLM-4.7's template in chat_template.jinja is accepted ...
+  fs::copy_file(kRoot / "tests/golden/tokenizer/chat_template_glm47.jinja", jinja,
+                fs::copy_options::overwrite_existing);
+  r = whittle(chat);
+  EXPECT_EQ(r.status, 0) << r.output;
+  // ... and so is tokenizer_config.json's copy of the GLM-5.1 one when there is no .jinja file.
+  fs::remove(jinja);
+  r = whittle(chat);
+  EXPECT_EQ(r.status, 0) << r.output;
 }
 
 TEST(Cli, FifoShardIsRefusedWithoutBlocking) {

@@ -5,7 +5,6 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
-#include "io/json_excerpt.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -15,32 +14,44 @@ using nlohmann::json;
 
 namespace {
 
-// Typed field access with errors that name the file and the field.
+// A value as error text, without serializing containers: json_excerpt for either JSON type.
+template <class Json>
+std::string excerpt(const Json& value) {
+  if (value.is_structured()) return std::string("an ") + value.type_name();
+  std::string text = value.dump();
+  return text.size() > 64 ? text.substr(0, 64) + "..." : text;
+}
+
+// Typed field access with errors that name the file and the field. Written for both JSON types:
+// config.json is read as ordered_json (quantization rules depend on key order), callers and tests
+// may hand a plain json.
+template <class Json>
 class Fields {
  public:
   // `source` is copied: callers pass temporaries such as `path.string()`.
   // `prefix` names a nested object in messages ("rope_scaling.").
-  Fields(const json& j, std::string source, std::string prefix = "")
+  Fields(const Json& j, std::string source, std::string prefix = "")
       : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
-  Fields(json&&, std::string, std::string = "") = delete;  // j_ would dangle
+  Fields(Json&&, std::string, std::string = "") = delete;  // j_ would dangle
 
   bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
 
   int64_t integer(const char* key) const {
     if (!has(key)) fail("{}: missing required field '{}'", source_, name(key));
-    const json& v = j_.at(key);
+    const Json& v = j_.at(key);
     if (!v.is_number_integer())
-      fail("{}: field '{}' must be an integer, got {}", source_, name(key), json_excerpt(v));
+      fail("{}: field '{}' must be an integer, got {}", source_, name(key), excerpt(v));
     if (!in_range(v))
-      fail("{}: field '{}' is {}, outside [-{}, {}]", source_, name(key), json_excerpt(v),
-           kMaxField, kMaxField);
-    return v.get<int64_t>();
+      fail("{}: field '{}' is {}, outside [-{}, {}]", source_, name(key), excerpt(v), kMaxField,
+           kMaxField);
+    return v.template get<int64_t>();
   }
   static constexpr int64_t kMaxField = (int64_t{1} << 31) - 1;
   // Sizes reach BLAS as int: anything past 2^31 - 1 is a corrupt file, not a model.
-  static bool in_range(const json& v) {
-    return v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(kMaxField)
-                                  : v.get<int64_t>() >= -kMaxField && v.get<int64_t>() <= kMaxField;
+  static bool in_range(const Json& v) {
+    return v.is_number_unsigned()
+               ? v.template get<uint64_t>() <= static_cast<uint64_t>(kMaxField)
+               : v.template get<int64_t>() >= -kMaxField && v.template get<int64_t>() <= kMaxField;
   }
   int64_t integer(const char* key, int64_t fallback) const {
     return has(key) ? integer(key) : fallback;
@@ -57,10 +68,10 @@ class Fields {
   // JSON has no NaN or infinity, but a literal such as 1e999 parses to infinity.
   double number(const char* key, double fallback) const {
     if (!has(key)) return fallback;
-    const json& v = j_.at(key);
+    const Json& v = j_.at(key);
     if (!v.is_number())
-      fail("{}: field '{}' must be a number, got {}", source_, name(key), json_excerpt(v));
-    const double x = v.get<double>();
+      fail("{}: field '{}' must be a number, got {}", source_, name(key), excerpt(v));
+    const double x = v.template get<double>();
     if (!std::isfinite(x))
       fail("{}: field '{}' must be a finite number, got {}", source_, name(key), x);
     return x;
@@ -82,29 +93,28 @@ class Fields {
   }
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
-    const json& v = j_.at(key);
+    const Json& v = j_.at(key);
     if (!v.is_boolean())
-      fail("{}: field '{}' must be true or false, got {}", source_, name(key), json_excerpt(v));
-    return v.get<bool>();
+      fail("{}: field '{}' must be true or false, got {}", source_, name(key), excerpt(v));
+    return v.template get<bool>();
   }
   std::string string(const char* key, const std::string& fallback) const {
     if (!has(key)) return fallback;
-    const json& v = j_.at(key);
+    const Json& v = j_.at(key);
     if (!v.is_string())
-      fail("{}: field '{}' must be a string, got {}", source_, name(key), json_excerpt(v));
-    return v.get<std::string>();
+      fail("{}: field '{}' must be a string, got {}", source_, name(key), excerpt(v));
+    return v.template get<std::string>();
   }
   std::vector<std::string> strings(const char* key) const {
     std::vector<std::string> out;
     if (!has(key)) return out;
-    const json& v = j_.at(key);
+    const Json& v = j_.at(key);
     if (!v.is_array())
-      fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), json_excerpt(v));
-    for (const json& e : v) {
+      fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), excerpt(v));
+    for (const Json& e : v) {
       if (!e.is_string())
-        fail("{}: field '{}' must be a list of strings, got {}", source_, name(key),
-             json_excerpt(v));
-      out.push_back(e.get<std::string>());
+        fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), excerpt(v));
+      out.push_back(e.template get<std::string>());
     }
     return out;
   }
@@ -112,27 +122,27 @@ class Fields {
   std::vector<int64_t> integers(const char* key) const {
     std::vector<int64_t> out;
     if (!has(key)) return out;
-    const json& v = j_.at(key);
+    const Json& v = j_.at(key);
     if (v.is_number_integer()) return {integer(key)};
     if (!v.is_array())
       fail("{}: field '{}' must be an integer or a list of integers, got {}", source_, name(key),
-           json_excerpt(v));
-    for (const json& e : v) {
+           excerpt(v));
+    for (const Json& e : v) {
       if (!e.is_number_integer())
-        fail("{}: field '{}' must hold integers, got {}", source_, name(key), json_excerpt(e));
+        fail("{}: field '{}' must hold integers, got {}", source_, name(key), excerpt(e));
       if (!in_range(e))
-        fail("{}: field '{}' holds {}, outside [-{}, {}]", source_, name(key), json_excerpt(e),
+        fail("{}: field '{}' holds {}, outside [-{}, {}]", source_, name(key), excerpt(e),
              kMaxField, kMaxField);
-      out.push_back(e.get<int64_t>());
+      out.push_back(e.template get<int64_t>());
     }
     return out;
   }
-  const json& raw(const char* key) const { return j_.at(key); }
+  const Json& raw(const char* key) const { return j_.at(key); }
   const std::string& source() const { return source_; }
   std::string name(const char* key) const { return prefix_ + key; }
 
  private:
-  const json& j_;
+  const Json& j_;
   std::string source_, prefix_;
 };
 
@@ -144,18 +154,18 @@ double yarn_mscale(double scale, double mscale) {
 // replaces `rope_parameters`; theta from there, else top-level `rope_theta`, else 10000. A missing
 // original_max_position_embeddings becomes max_position_embeddings (standardize_rope_params; a
 // top-level `original_max_position_embeddings` is NOT used by 5.23: it is set too late).
-RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
+template <class Json>
+RopeConfig parse_rope(const Fields<Json>& f, int64_t max_position_embeddings) {
   RopeConfig rope;
   const char* params_key = f.has("rope_scaling")      ? "rope_scaling"
                            : f.has("rope_parameters") ? "rope_parameters"
                                                       : nullptr;
   rope.theta = f.number("rope_theta", 10000.0);
   if (params_key) {
-    const json& params = f.raw(params_key);
+    const Json& params = f.raw(params_key);
     if (!params.is_object())
-      fail("{}: field '{}' must be an object, got {}", f.source(), params_key,
-           json_excerpt(params));
-    Fields p(params, f.source(), std::string(params_key) + ".");
+      fail("{}: field '{}' must be an object, got {}", f.source(), params_key, excerpt(params));
+    Fields<Json> p(params, f.source(), std::string(params_key) + ".");
     rope.type = p.string("rope_type", p.string("type", "default"));
     rope.theta = p.number("rope_theta", rope.theta);
     const bool yarn = rope.type == "yarn";
@@ -208,7 +218,8 @@ RopeConfig parse_rope(const Fields& f, int64_t max_position_embeddings) {
   return rope;
 }
 
-std::vector<bool> parse_layer_kinds(const Fields& f, const char* key, const std::string& yes,
+template <class Json>
+std::vector<bool> parse_layer_kinds(const Fields<Json>& f, const char* key, const std::string& yes,
                                     const std::string& no, int64_t layers) {
   std::vector<std::string> kinds = f.strings(key);
   if (kinds.empty()) return {};
@@ -221,6 +232,56 @@ std::vector<bool> parse_layer_kinds(const Fields& f, const char* key, const std:
       fail("{}: field '{}' holds '{}', expected \"{}\" or \"{}\"", f.source(), key, k, yes, no);
     out.push_back(k == yes);
   }
+  return out;
+}
+
+// transformers' GlmMoeDsaConfig.__post_init__ (5.23), used when `indexer_types` is absent or
+// null: a string maps each character through {"F": "full", "S": "shared"} (any other character,
+// lower case included, is a KeyError there); a list is taken as indexer_types as it is. The
+// modeling code then reads entries 0 .. num_hidden_layers - 1: a shorter pattern fails
+// (IndexError), a longer one has its tail ignored (it is still checked character by character).
+// A list entry other than "shared" would silently run as "full" in transformers; whittle refuses
+// anything but "full" and "shared".
+template <class Json>
+std::vector<bool> parse_index_pattern(const Fields<Json>& f, int64_t layers) {
+  const Json& v = f.raw("index_topk_pattern");
+  std::vector<bool> out;
+  if (v.is_string()) {
+    const std::string& s = v.template get_ref<const std::string&>();
+    for (size_t i = 0; i < s.size(); ++i) {
+      const auto ch = static_cast<unsigned char>(s[i]);
+      if (ch != 'F' && ch != 'S')
+        fail(
+            "{}: field 'index_topk_pattern' holds {} at position {}; expected \"F\" (full) or "
+            "\"S\" (shared), upper case",
+            f.source(),
+            ch >= 0x20 && ch < 0x7f ? fmt::format("'{}'", static_cast<char>(ch))
+                                    : fmt::format("byte 0x{:02x}", ch),
+            i);
+      out.push_back(ch == 'F');
+    }
+  } else if (v.is_array()) {
+    for (size_t i = 0; i < v.size(); ++i) {
+      const Json& e = v[i];
+      if (!e.is_string() || (e != "full" && e != "shared"))
+        fail(
+            "{}: field 'index_topk_pattern' holds {} at position {}; a list pattern is taken as "
+            "indexer_types and needs \"full\" or \"shared\"",
+            f.source(), excerpt(e), i);
+      out.push_back(e == "full");
+    }
+  } else {
+    fail(
+        "{}: field 'index_topk_pattern' must be a string of \"F\"/\"S\" (one per layer) or a "
+        "list of \"full\"/\"shared\", got {}",
+        f.source(), excerpt(v));
+  }
+  if (static_cast<int64_t>(out.size()) < layers)
+    fail(
+        "{}: field 'index_topk_pattern' has {} entries but num_hidden_layers is {} (one per layer "
+        "is needed; transformers fails on the missing ones)",
+        f.source(), out.size(), layers);
+  out.resize(layers);
   return out;
 }
 
@@ -254,9 +315,12 @@ double ModelConfig::softmax_scale() const {
   return scale;
 }
 
-ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
+namespace {
+
+template <class Json>
+ModelConfig parse_config(const Json& j, const std::string& source) {
   if (!j.is_object()) fail("{}: config is not a JSON object", source);
-  Fields f(j, source);
+  Fields<Json> f(j, source);
   ModelConfig c;
   c.model_type = f.string("model_type", "");
   if (c.model_type.empty()) fail("{}: missing required field 'model_type'", source);
@@ -373,15 +437,30 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
         "rope_interleave=false / indexer_rope_interleave=true contradict it",
         source);
 
-  // deepseek_v32 builds an indexer in every layer; transformers ignores indexer_types there.
+  // deepseek_v32 builds an indexer in every layer; transformers ignores indexer_types (and has no
+  // index_topk_pattern) there. For glm_moe_dsa the precedence is transformers':
+  // indexer_types, else index_topk_pattern, else index_topk_freq / index_skip_topk_offset.
   if (glm)
     c.indexer_full = parse_layer_kinds(f, "indexer_types", "full", "shared", c.num_hidden_layers);
   if (dsv32) c.indexer_full.assign(c.num_hidden_layers, true);
+  if (c.indexer_full.empty() && f.has("index_topk_pattern")) {
+    c.indexer_full = parse_index_pattern(f, c.num_hidden_layers);
+    if (!c.indexer_full[0])
+      fail(
+          "{}: field 'index_topk_pattern' makes layer 0 \"S\" (shared), but a shared layer reuses "
+          "the previous layer's selection and layer 0 has none",
+          source);
+  }
   if (c.indexer_full.empty()) {
     int64_t freq = std::max<int64_t>(f.integer("index_topk_freq", 1), 1);
     int64_t offset = f.integer("index_skip_topk_offset", 2);
     for (int64_t i = 0; i < c.num_hidden_layers; ++i)
       c.indexer_full.push_back(std::max<int64_t>(i - offset + 1, 0) % freq == 0);
+    if (!c.indexer_full[0])
+      fail(
+          "{}: fields 'index_topk_freq' ({}) and 'index_skip_topk_offset' ({}) make layer 0 "
+          "\"shared\", but layer 0 has no earlier layer to share with",
+          source, freq, offset);
   }
   if (!c.indexer_full[0])
     fail("{}: indexer_types[0] is \"shared\" but there is no earlier layer", source);
@@ -396,12 +475,23 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   if (f.has("bos_token_id")) c.bos_token_id = f.integer("bos_token_id");
   if (f.has("pad_token_id")) c.pad_token_id = f.integer("pad_token_id");
   c.torch_dtype = f.string("dtype", f.string("torch_dtype", "bfloat16"));
+  c.quantization = QuantConfig::from_config_json(j, source);
   return c;
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
+  return parse_config(j, source);
+}
+
+ModelConfig ModelConfig::from_json(const nlohmann::ordered_json& j, const std::string& source) {
+  return parse_config(j, source);
 }
 
 void ModelConfig::read_generation_config(const json& g, const std::string& source) {
   if (!g.is_object()) fail("{}: generation config is not a JSON object", source);
-  Fields f(g, source);
+  Fields<json> f(g, source);
   std::vector<int64_t> eos = f.integers("eos_token_id");
   check_eos_ids(eos, vocab_size, source);
   if (!eos.empty()) eos_token_ids = eos;
@@ -427,7 +517,9 @@ void ModelConfig::read_generation_config(const json& g, const std::string& sourc
 ModelConfig ModelConfig::load(const fs::path& dir) {
   const fs::path path = dir / "config.json";
   if (!fs::exists(path)) fail("{}: missing config.json (is this a model folder?)", dir.string());
-  json j = json::parse(read_file(path), nullptr, /*allow_exceptions=*/false);
+  // Ordered: quantization_config's first-match rules follow the file's key order.
+  const auto j =
+      nlohmann::ordered_json::parse(read_file(path), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) fail("{}: malformed JSON", path.string());
   ModelConfig c = from_json(j, path.string());
 

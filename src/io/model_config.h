@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "io/quant_config.h"
+
 namespace whittle {
 
 struct RopeConfig {
@@ -55,7 +57,9 @@ struct ModelConfig {
   int64_t index_head_dim = 0;
   int64_t index_topk = 0;
   // Per layer: true = the layer runs its own indexer ("full"); false = it reuses the previous full
-  // layer's selection ("shared", GLM-5.2 IndexShare).
+  // layer's selection ("shared", GLM-5.2 IndexShare). transformers' precedence (GlmMoeDsaConfig.
+  // __post_init__): `indexer_types`, else `index_topk_pattern` ("F"/"S" per layer), else
+  // `index_topk_freq` / `index_skip_topk_offset`.
   std::vector<bool> indexer_full;
 
   // Feed-forward
@@ -92,12 +96,17 @@ struct ModelConfig {
   std::optional<bool> do_sample;
   std::optional<double> temperature, top_p;
   std::optional<int64_t> top_k, max_new_tokens;
+  // config.json's GPTQ / AutoRound "quantization_config"; nullopt for 16-bit (and FP8) checkpoints.
+  std::optional<QuantConfig> quantization;
 
   // Softmax scale of MLA: qk_head_dim^-0.5, times mscale^2 for YaRN with mscale_all_dim.
   double softmax_scale() const;
 
-  // Parses a config.json object. `source` names the file in errors.
+  // Parses a config.json object. `source` names the file in errors. The ordered_json overload keeps
+  // the file's key order, which quantization_config's first-match rules need (load() uses it); the
+  // json overload refuses a quantization_config whose rule order matters.
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
+  static ModelConfig from_json(const nlohmann::ordered_json& j, const std::string& source);
   // Applies a generation_config.json object: its eos_token_id replaces config.json's; temperature,
   // top_p, top_k, do_sample and max_new_tokens are checked and kept. `source` names the file in
   // errors.

@@ -107,6 +107,91 @@ TEST(ModelConfig, IndexShareFromFreqAndOffset) {
   EXPECT_EQ(full.back(), 74);
 }
 
+std::vector<bool> indexer_of(const json& j) {
+  return ModelConfig::from_json(j, "c").indexer_full;
+}
+
+json four_layers() {
+  json j = glm5();
+  j["num_hidden_layers"] = 4;
+  return j;
+}
+
+// transformers 5.23 GlmMoeDsaConfig.__post_init__: indexer_types, else index_topk_pattern (one
+// "F"/"S" per layer), else index_topk_freq / index_skip_topk_offset.
+TEST(ModelConfig, IndexTopkPatternGivesTheIndexerKinds) {
+  json j = four_layers();
+  j["index_topk_pattern"] = "FSSF";
+  EXPECT_EQ(indexer_of(j), (std::vector<bool>{true, false, false, true}));
+  // The pattern wins over freq/offset ...
+  j["index_topk_freq"] = 2;
+  j["index_skip_topk_offset"] = 1;
+  EXPECT_EQ(indexer_of(j), (std::vector<bool>{true, false, false, true}));
+  // ... and indexer_types wins over the pattern.
+  j["indexer_types"] = {"full", "full", "shared", "shared"};
+  EXPECT_EQ(indexer_of(j), (std::vector<bool>{true, true, false, false}));
+  // null is absent, as None in transformers.
+  j["indexer_types"] = nullptr;
+  EXPECT_EQ(indexer_of(j), (std::vector<bool>{true, false, false, true}));
+  j["index_topk_pattern"] = nullptr;
+  EXPECT_EQ(indexer_of(j), (std::vector<bool>{true, false, true, false}));  // freq 2, offset 1
+  // A list pattern is taken as indexer_types.
+  j["index_topk_pattern"] = {"full", "shared", "full", "full"};
+  EXPECT_EQ(indexer_of(j), (std::vector<bool>{true, false, true, true}));
+}
+
+TEST(ModelConfig, IndexTopkPatternLengthFollowsTransformers) {
+  // Longer than num_hidden_layers: transformers reads only the first entries.
+  json j = four_layers();
+  j["index_topk_pattern"] = "FSFSSS";
+  EXPECT_EQ(indexer_of(j), (std::vector<bool>{true, false, true, false}));
+  // Shorter: transformers fails building the missing layers (IndexError); whittle says why.
+  j["index_topk_pattern"] = "FS";
+  EXPECT_THAT(error_of(j), HasSubstr("m/config.json: field 'index_topk_pattern' has 2 entries but "
+                                     "num_hidden_layers is 4"));
+  j["index_topk_pattern"] = "";
+  EXPECT_THAT(error_of(j), HasSubstr("has 0 entries"));
+}
+
+TEST(ModelConfig, BadIndexTopkPatternsNameTheField) {
+  json j = four_layers();
+  j["index_topk_pattern"] = "fssf";  // KeyError 'f' in transformers: upper case only
+  EXPECT_THAT(error_of(j), HasSubstr("m/config.json: field 'index_topk_pattern' holds 'f' at "
+                                     "position 0; expected \"F\" (full) or \"S\" (shared)"));
+  j["index_topk_pattern"] = "FSXF";
+  EXPECT_THAT(error_of(j), HasSubstr("holds 'X' at position 2"));
+  j["index_topk_pattern"] = "FSFF\n";  // the tail is checked too, as transformers maps it all
+  EXPECT_THAT(error_of(j), HasSubstr("holds byte 0x0a at position 4"));
+  // transformers would run ["F", "S", ...] as all "full" (only "shared" is shared): refused.
+  j["index_topk_pattern"] = {"F", "S", "F", "F"};
+  EXPECT_THAT(error_of(j), HasSubstr("field 'index_topk_pattern' holds \"F\" at position 0; a list "
+                                     "pattern is taken as indexer_types"));
+  j["index_topk_pattern"] = 5;
+  EXPECT_THAT(error_of(j), HasSubstr("field 'index_topk_pattern' must be a string of \"F\"/\"S\""));
+}
+
+TEST(ModelConfig, SharedLayerZeroIsAnErrorWhereverItComesFrom) {
+  json j = four_layers();
+  j["index_topk_pattern"] = "SFFF";  // transformers: "Shared DSA layers require top-k indices ..."
+  EXPECT_THAT(error_of(j), HasSubstr("field 'index_topk_pattern' makes layer 0 \"S\" (shared)"));
+  j.erase("index_topk_pattern");
+  j["indexer_types"] = {"shared", "full", "full", "full"};
+  EXPECT_THAT(error_of(j), HasSubstr("indexer_types[0] is \"shared\""));
+  j.erase("indexer_types");
+  j["index_topk_freq"] = 2;
+  j["index_skip_topk_offset"] = 0;  // max(0 - 0 + 1, 0) % 2 = 1: layer 0 shared
+  EXPECT_THAT(error_of(j), HasSubstr("fields 'index_topk_freq' (2) and 'index_skip_topk_offset' "
+                                     "(0) make layer 0 \"shared\""));
+}
+
+TEST(ModelConfig, DeepSeekV32IgnoresTheIndexPattern) {
+  json j = four_layers();
+  j["model_type"] = "deepseek_v32";
+  j.erase("indexer_rope_interleave");
+  j["index_topk_pattern"] = "FSSS";
+  EXPECT_EQ(indexer_of(j), (std::vector<bool>{true, true, true, true}));
+}
+
 TEST(ModelConfig, DeepSeekV32DiffersOnlyByConfiguration) {
   json j = glm5();
   j["model_type"] = "deepseek_v32";

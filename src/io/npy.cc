@@ -31,8 +31,10 @@ std::string_view npy_descr(DType dtype) {
       return "<i8";
     case DType::I32:
       return "<i4";
+    case DType::BOOL:
+      return "|b1";
     default:
-      fail("internal: .npy supports F32, I64 and I32, not {}", dtype_name(dtype));
+      fail("internal: .npy supports F32, I64, I32 and BOOL, not {}", dtype_name(dtype));
   }
 }
 
@@ -237,8 +239,11 @@ NpyArray parse_npy(std::span<const std::byte> file, const std::string& src) {
     out.dtype = DType::I64;
   else if (*descr == "<i4")
     out.dtype = DType::I32;
+  else if (*descr == "|b1")
+    out.dtype = DType::BOOL;
   else
-    fail("{}: .npy dtype '{}' is not supported (expected '<f4', '<i8' or '<i4')", src, *descr);
+    fail("{}: .npy dtype '{}' is not supported (expected '<f4', '<i8', '<i4' or '|b1')", src,
+         *descr);
   if (*fortran_order) fail("{}: .npy array is in Fortran order; only C order is supported", src);
   out.shape = std::move(*shape);
 

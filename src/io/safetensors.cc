@@ -252,6 +252,11 @@ TensorView TensorStore::get(std::string_view name, std::span<const int64_t> expe
   return v;
 }
 
+void TensorStore::advise(std::span<const std::byte> range, MemoryAdvice advice) const {
+  for (const auto& f : files_)
+    if (f->mapping().contains(range)) return f->mapping().advise(range, advice);
+}
+
 std::vector<float> TensorStore::load_f32(std::string_view name,
                                          std::span<const int64_t> expected) const {
   TensorView v = get(name, expected);

@@ -64,6 +64,7 @@ class SafeTensorsFile {
   const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
   const TensorInfo* find(std::string_view name) const;
   TensorView view(const TensorInfo& info) const;
+  const MappedFile& mapping() const { return file_; }
 
  private:
   MappedFile file_;
@@ -93,6 +94,10 @@ class TensorStore {
                               std::initializer_list<int64_t> expected_shape) const {
     return load_f32(name, std::span<const int64_t>(expected_shape.begin(), expected_shape.size()));
   }
+
+  // Advice for a range of tensor bytes (MappedFile::advise); ranges outside the store's files (an
+  // owned buffer) are left alone, so advice can never discard memory the store does not map.
+  void advise(std::span<const std::byte> range, MemoryAdvice advice) const;
 
   size_t file_count() const { return files_.size(); }
   const SafeTensorsFile& file(size_t i) const { return *files_[i]; }

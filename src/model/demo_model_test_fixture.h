@@ -17,8 +17,7 @@ inline GlmMoeDsa load_model_with_context(const std::filesystem::path& dir, int64
                                          ThreadPool& pool) {
   ModelConfig config = ModelConfig::load(dir);
   config.max_position_embeddings = max_pos;
-  TensorStore store(dir);
-  ModelWeights weights = load_weights(store, config);
+  auto weights = std::make_shared<const WeightSource>(dir, config);
   return GlmMoeDsa(std::move(config), std::move(weights), pool);
 }
 

@@ -1,7 +1,21 @@
 // GlmMoeDsa: the forward pass of GLM-5 / DeepSeek-V3.2 (MLA attention with the DSA lightning
-// indexer, sigmoid-routed MoE with a shared expert), reference path in float32.
-// Two modes that must agree: prefill (the expanded MLA form over any number of new tokens) and
-// decode (one token, the absorbed MQA form over the latent cache).
+// indexer, sigmoid-routed MoE with a shared expert), reference path in float32 arithmetic over
+// weights read where they lie (model/weight_source.h).
+//
+// The pass is public in pieces so that it can be streamed and watched:
+//   Batch b = model.embed({{tokens_a, &cache_a}, {tokens_b, &cache_b}});
+//   for (L = 0; L < layers; ++L) model.forward_layer(L, b, observer);   // any weights, any order
+//   logits = model.head(b, /*all_rows=*/false);                         // of sequences
+// A batch holds several independent sequences, each with its own cache and positions; their new
+// tokens are stacked as rows, so every Linear runs once over all of them. A layer-major pass (every
+// calibration sequence through layer L, then L + 1, with one layer's weights resident) is the same
+// calls in another order and gives the same result bit for bit.
+// The model holds no mutable state: forwards on different caches may run on several threads at
+// once (the ThreadPool runs a call made while it is busy on the calling thread).
+//
+// Two attention forms that must agree: expanded (per-head keys and values from kv_b_proj over the
+// latent cache; what transformers computes) and absorbed (MQA over the latent cache with W_UK and
+// W_UV folded into query and output; what decode uses).
 #pragma once
 
 #include <cstdint>
@@ -12,7 +26,8 @@
 
 #include "io/model_config.h"
 #include "model/kv_cache.h"
-#include "model/weights.h"
+#include "model/observer.h"
+#include "model/weight_source.h"
 #include "ops/rope.h"
 #include "util/thread_pool.h"
 
@@ -24,42 +39,88 @@ struct KeySelection {
   std::vector<int32_t> keys;  // when !all_visible: absolute positions, any order
 };
 
+// One sequence of a batch: `tokens` run at positions cache->length() ... and are appended to it.
+struct SequenceInput {
+  std::span<const int32_t> tokens;
+  KvCache* cache = nullptr;
+  bool absorbed = false;  // the absorbed attention form (decode) instead of the expanded one
+};
+
+// The state of a batch between layers: the hidden states of every new token and, for IndexShare
+// "shared" layers, the last indexer selection. Made by GlmMoeDsa::embed.
+class Batch {
+ public:
+  int64_t sequences() const { return static_cast<int64_t>(seqs_.size()); }
+  int64_t rows() const { return offset_.back(); }
+  const SequenceInput& sequence(int64_t s) const { return seqs_[s]; }
+  int64_t first_row(int64_t s) const { return offset_[s]; }
+  int64_t length(int64_t s) const { return offset_[s + 1] - offset_[s]; }
+  int64_t start(int64_t s) const { return start_[s]; }  // position of the first new token
+
+  std::vector<float> hidden;  // [rows, hidden_size]
+
+ private:
+  friend class GlmMoeDsa;
+  std::vector<SequenceInput> seqs_;
+  std::vector<int64_t> offset_{0}, start_;
+  std::vector<std::vector<KeySelection>> selection_;  // per sequence, of layer selection_layer_
+  int64_t selection_layer_ = -1;
+};
+
 class GlmMoeDsa {
  public:
-  GlmMoeDsa(ModelConfig config, ModelWeights weights, ThreadPool& pool);
-  // Reads config.json and the safetensors weights of a model folder.
+  GlmMoeDsa(ModelConfig config, std::shared_ptr<const WeightSource> weights, ThreadPool& pool);
+  // Reads config.json and maps the safetensors weights of a model folder.
   static GlmMoeDsa load(const std::filesystem::path& dir, ThreadPool& pool);
 
   const ModelConfig& config() const { return config_; }
+  const WeightSource& weights() const { return *weights_; }
 
-  // Runs `tokens` at positions cache.length() ... and appends them to the cache. Returns logits
-  // [tokens.size(), vocab] when all_logits, else only the last row [vocab].
+  // Checks each sequence against its cache and the context, and looks up the embeddings.
+  Batch embed(std::vector<SequenceInput> sequences) const;
+  // Decoder layer `layer` with weights `w` (the source's, or a substitute such as a quantized
+  // copy) over every row of the batch; appends the layer's cache entries. Layers run in order; a
+  // layer may be run again on a copy of its input batch (it overwrites its own cache entries).
+  void forward_layer(int64_t layer, const LayerWeights& w, Batch& batch,
+                     ForwardObserver* observer = nullptr) const;
+  void forward_layer(int64_t layer, Batch& batch, ForwardObserver* observer = nullptr) const {
+    forward_layer(layer, weights_->weights().layers[static_cast<size_t>(layer)], batch, observer);
+  }
+  // The final norm and lm_head: logits [rows, vocab] of every row, or of each sequence's last row.
+  std::vector<float> head(const Batch& batch, bool all_rows,
+                          ForwardObserver* observer = nullptr) const;
+  // Every layer, then head().
+  std::vector<float> forward(Batch& batch, bool all_rows,
+                             ForwardObserver* observer = nullptr) const;
+
+  // One sequence: `tokens` with the expanded attention form. Returns logits [tokens.size(), vocab]
+  // when all_logits, else only the last row [vocab].
   std::vector<float> prefill(std::span<const int32_t> tokens, KvCache& cache,
-                             bool all_logits = true);
+                             bool all_logits = true, ForwardObserver* observer = nullptr) const;
   // One token with the absorbed attention form. Returns logits [vocab].
-  std::vector<float> decode(int32_t token, KvCache& cache);
-
-  // DSA selections of the last call, per layer and query row (for tests and diagnostics).
-  const std::vector<std::vector<KeySelection>>& last_selections() const { return selections_; }
+  std::vector<float> decode(int32_t token, KvCache& cache,
+                            ForwardObserver* observer = nullptr) const;
 
  private:
-  void embed(std::span<const int32_t> tokens, float* h) const;
-  // Both attention forms: writes the attention output [T, hidden] for the normed input `a`.
-  void attention(int64_t layer, const float* a, int64_t T, KvCache& cache, bool absorbed,
-                 float* out);
-  // Scores the indexer keys and selects for each of the T new rows; appends this layer's keys.
-  std::vector<KeySelection> index(const IndexerWeights& w, const float* a, const float* q_lat,
-                                  int64_t T, int64_t past, LayerCache& lc);
-  void mlp(const MlpWeights& w, const float* x, int64_t T, float* out, bool accumulate);
-  void moe(const MoeWeights& w, const float* x, int64_t T, float* out);
-  std::vector<float> run(std::span<const int32_t> tokens, KvCache& cache, bool all_logits,
-                         bool absorbed);
+  void linear(const Weight& w, const float* x, int64_t rows, float* y, bool accumulate,
+              ForwardObserver* observer) const;
+  void attention(int64_t layer, const AttentionWeights& w, Batch& b, const float* a, float* out,
+                 ForwardObserver* observer) const;
+  // Scores the indexer keys and selects for every new row of every sequence; appends this
+  // layer's keys to the caches.
+  std::vector<std::vector<KeySelection>> index(int64_t layer, const IndexerWeights& w, Batch& b,
+                                               const float* a, const float* q_lat,
+                                               ForwardObserver* observer) const;
+  void mlp(const MlpWeights& w, const float* x, int64_t rows, float* out, bool accumulate,
+           ForwardObserver* observer) const;
+  void moe(int64_t layer, const MoeWeights& w, const float* x, int64_t rows, float* out,
+           ForwardObserver* observer) const;
 
   ModelConfig config_;
-  ModelWeights weights_;
+  std::shared_ptr<const WeightSource> weights_;
   ThreadPool& pool_;
   RopeTable rope_;
-  std::vector<std::vector<KeySelection>> selections_;
+  std::vector<int64_t> selection_source_;  // per layer: the full-indexer layer whose keys it uses
 };
 
 }  // namespace whittle

@@ -12,6 +12,7 @@
 
 #include "io/npy.h"
 #include "model/demo_model_test_fixture.h"
+#include "model/router.h"
 #include "serve/sampler.h"
 #include "util/atomic_file.h"
 #include "util/testing.h"
@@ -20,6 +21,10 @@ namespace whittle {
 namespace {
 namespace fs = std::filesystem;
 
+constexpr float kLogitTolerance = 3e-5f;
+// Achieved: hidden states <= 9.2e-7 x max |h| (multi_moe layer 4), router weights <= 4.8e-7.
+constexpr float kHiddenTolerance = 3e-5f;        // x max |h| of the layer
+constexpr float kRouterWeightTolerance = 1e-5f;  // absolute; they sum to routed_scaling_factor
 const fs::path kGoldenModels = fs::path(WHITTLE_SOURCE_DIR) / "tests/golden/models";
 
 std::vector<std::string> golden_models() {
@@ -64,8 +69,10 @@ Golden read_golden(const fs::path& dir) {
   return g;
 }
 
-// The issue's criterion: max |delta| <= 1e-3 x the largest golden logit magnitude, and the same
-// arg-max at every stored position. `got` holds the logits of positions [first, first + rows).
+// max |delta| <= kLogitTolerance x the largest golden logit magnitude, and the same arg-max at
+// every stored position. Achieved: at most 1.4e-6 (multi_moe decode; 0.5-1.0e-6 elsewhere), so a
+// wrong eps or a dropped term cannot hide under the tolerance (docs/MUTATIONS.md). `got` holds the
+// logits of positions [first, first + rows).
 void expect_matches(const Golden& g, const std::vector<float>& got, int64_t first, int64_t rows,
                     const std::string& what) {
   ASSERT_EQ(got.size(), static_cast<size_t>(rows * g.V)) << what;
@@ -78,7 +85,7 @@ void expect_matches(const Golden& g, const std::vector<float>& got, int64_t firs
     const float* have = &got[(pos - first) * g.V];
     float worst = 0.0f;
     for (int64_t v = 0; v < g.V; ++v) worst = std::max(worst, std::fabs(want[v] - have[v]));
-    EXPECT_LE(worst, 1e-3f * max_abs) << what << ": position " << pos;
+    EXPECT_LE(worst, kLogitTolerance * max_abs) << what << ": position " << pos;
     EXPECT_EQ(argmax({want, static_cast<size_t>(g.V)}), argmax({have, static_cast<size_t>(g.V)}))
         << what << ": arg-max differs at position " << pos;
   }
@@ -129,6 +136,85 @@ TEST_P(GoldenModel, ChunkedPrefillMatches) {
   expect_matches(g, model.prefill(ids.subspan(split), cache), split, g.T - split, "chunk 2");
 }
 
+// What the forward pass computed at each stage, recorded through the observer.
+struct StageRecorder : ForwardObserver {
+  std::vector<std::vector<float>> hidden;            // per layer: its output [rows, H]
+  std::vector<Routing> routing;                      // per MoE layer, in layer order
+  std::vector<std::vector<KeySelection>> selection;  // per layer
+  void layer_output(int64_t, const Batch& b, const float* h) override {
+    hidden.emplace_back(h, h + b.hidden.size());
+  }
+  void router(int64_t, const Routing& r) override { routing.push_back(r); }
+  void dsa_selection(int64_t, int64_t, std::span<const KeySelection> s) override {
+    selection.emplace_back(s.begin(), s.end());
+  }
+};
+
+// Every stage transformers exposes: the hidden states after each layer, the router's choices and
+// weights, and the keys DSA selects, each at a tolerance within ~30x of what is achieved.
+TEST_P(GoldenModel, EveryStageMatchesTransformers) {
+  if (!fs::exists(dir() / "hidden_states.npy")) GTEST_SKIP() << "no per-stage goldens";
+  ThreadPool pool(2);
+  Golden g = read_golden(dir());
+  GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
+  const ModelConfig& c = model.config();
+  const int64_t T = g.T, H = c.hidden_size, L = c.num_hidden_layers;
+  KvCache cache(c);
+  StageRecorder seen;
+  model.prefill(g.ids, cache, true, &seen);
+
+  std::vector<int64_t> shape;
+  const std::vector<float> hidden = read_npy_f32(dir() / "hidden_states.npy", &shape);
+  ASSERT_EQ(shape, (std::vector<int64_t>{L + 1, T, H}));
+  ASSERT_EQ(static_cast<int64_t>(seen.hidden.size()), L);
+  for (int64_t l = 0; l < L; ++l) {
+    const float* want = &hidden[(l + 1) * T * H];
+    float worst = 0, scale = 0;
+    for (int64_t i = 0; i < T * H; ++i) {
+      worst = std::max(worst, std::fabs(want[i] - seen.hidden[l][i]));
+      scale = std::max(scale, std::fabs(want[i]));
+    }
+    EXPECT_LE(worst, kHiddenTolerance * scale) << "hidden states after layer " << l;
+  }
+
+  const std::vector<int32_t> experts = read_npy_i32(dir() / "router_experts.npy", &shape);
+  const std::vector<float> weights = read_npy_f32(dir() / "router_weights.npy");
+  const int64_t M = shape[0], K = c.num_experts_per_tok;
+  ASSERT_EQ(static_cast<int64_t>(seen.routing.size()), M);
+  float worst_weight = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t t = 0; t < T; ++t) {
+      // The golden lists experts ascending; whittle in top-k order.
+      std::vector<std::pair<int32_t, float>> got;
+      for (int64_t j = 0; j < K; ++j)
+        got.emplace_back(seen.routing[m].chosen[t * K + j], seen.routing[m].weights[t * K + j]);
+      std::sort(got.begin(), got.end());
+      for (int64_t j = 0; j < K; ++j) {
+        const int64_t i = (m * T + t) * K + j;
+        ASSERT_EQ(got[j].first, experts[i]) << "MoE layer #" << m << " token " << t;
+        worst_weight = std::max(worst_weight, std::fabs(got[j].second - weights[i]));
+      }
+    }
+  EXPECT_LE(worst_weight, kRouterWeightTolerance);
+
+  const std::vector<int64_t> selected_shape = {L, T, T};
+  NpyArray selected = read_npy(dir() / "dsa_selected.npy");
+  ASSERT_EQ(selected.shape, selected_shape);
+  ASSERT_EQ(static_cast<int64_t>(seen.selection.size()), L);
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t t = 0; t < T; ++t) {
+      const KeySelection& sel = seen.selection[l][t];
+      std::vector<bool> mine(static_cast<size_t>(T), false);
+      if (sel.all_visible)
+        std::fill_n(mine.begin(), t + 1, true);
+      else
+        for (int32_t k : sel.keys) mine[k] = true;
+      for (int64_t k = 0; k < T; ++k)
+        ASSERT_EQ(mine[k], selected.bytes[(l * T + t) * T + k] != std::byte{0})
+            << "layer " << l << " query " << t << " key " << k;
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Golden, GoldenModel, ::testing::ValuesIn(golden_models()),
                          [](const auto& info) { return info.param; });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GoldenModel);
@@ -154,17 +240,25 @@ TEST(GlmMoeDsa, SelectionsHoldOnlyTopKKeys) {
   Golden g = read_golden(kGoldenModels / "dsa_long");
   GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
   KvCache cache(model.config());
-  model.prefill(g.ids, cache);
+  struct Selections : ForwardObserver {
+    std::vector<std::vector<KeySelection>> layers;
+    size_t max_capacity = 0;  // of the selections the forward pass keeps
+    void dsa_selection(int64_t, int64_t, std::span<const KeySelection> s) override {
+      for (const KeySelection& sel : s) max_capacity = std::max(max_capacity, sel.keys.capacity());
+      layers.emplace_back(s.begin(), s.end());
+    }
+  } seen;
+  model.prefill(g.ids, cache, true, &seen);
   const size_t k = static_cast<size_t>(model.config().index_topk);
   size_t sparse = 0;
-  for (const auto& layer : model.last_selections())
+  for (const auto& layer : seen.layers)
     for (const KeySelection& sel : layer) {
       if (sel.all_visible) continue;
       ++sparse;
       EXPECT_EQ(sel.keys.size(), k);
-      EXPECT_LE(sel.keys.capacity(), k);
     }
   EXPECT_GT(sparse, 0u);
+  EXPECT_LE(seen.max_capacity, k);
 }
 
 TEST(GoldenModels, ArePresent) {

@@ -12,6 +12,7 @@
 namespace whittle {
 
 struct LayerCache {
+  int64_t length = 0;         // tokens this layer holds
   std::vector<float> latent;  // [length, kv_lora_rank]
   std::vector<float> k_pe;    // [length, qk_rope_head_dim], rotated at its own position
   std::vector<float>
@@ -23,12 +24,17 @@ class KvCache {
   explicit KvCache(const ModelConfig& config)
       : layers(static_cast<size_t>(config.num_hidden_layers)) {}
 
-  int64_t length() const { return length_; }
-  // Called by the model once every layer has appended `n` tokens.
-  void advance(int64_t n) { length_ += n; }
+  // Tokens that have been through every layer. Each layer appends its own (a layer-major pass
+  // fills layer 0 for every sequence before layer 1), so the last layer's count is the cache's.
+  int64_t length() const { return layers.empty() ? 0 : layers.back().length; }
+  // False while a forward pass has filled some layers and not others (or one threw part-way).
+  bool consistent() const {
+    for (const auto& l : layers)
+      if (l.length != length()) return false;
+    return true;
+  }
   void clear() {
     for (auto& l : layers) l = LayerCache{};
-    length_ = 0;
   }
   size_t bytes() const {
     size_t n = 0;
@@ -38,9 +44,6 @@ class KvCache {
   }
 
   std::vector<LayerCache> layers;
-
- private:
-  int64_t length_ = 0;
 };
 
 }  // namespace whittle

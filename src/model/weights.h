@@ -1,8 +1,13 @@
-// GlmMoeDsa weights bound by checkpoint name and converted to float32 (the reference path).
-// Binding checks every shape against the config and names the tensor and file on a mismatch.
-// Experts load from both layouts found in the wild: per-expert tensors
+// GlmMoeDsa weights bound by checkpoint name as views (tensor/weight.h) into the mapped files:
+// binding copies nothing but the small norm vectors and biases (converted to float32), and checks
+// every shape against the config, naming the tensor and file on a mismatch.
+// Each Linear is read as it is stored: `<module>.weight` (F32 / BF16 / F16, or F8_E4M3 with
+// `<module>.weight_scale_inv`) or GPTQ `<module>.qweight/.qzeros/.scales[/.g_idx]` — which modules
+// are quantized comes from the file; config.json's quantization_config gives their settings and
+// must agree. Experts load from both layouts found in the wild: per-expert tensors
 // (`mlp.experts.E.gate_proj.weight`, as GLM-5 ships) and transformers' fused 3-D
-// `mlp.experts.gate_up_proj` [E, 2I, H] / `mlp.experts.down_proj` [E, H, I].
+// `mlp.experts.gate_up_proj` [E, 2I, H] / `mlp.experts.down_proj` [E, H, I] (row slices of one
+// view). A tied lm_head is the embedding's view.
 #pragma once
 
 #include <cstdint>
@@ -13,39 +18,34 @@
 
 #include "io/model_config.h"
 #include "io/safetensors.h"
+#include "tensor/weight.h"
 
 namespace whittle {
 
-// A Linear layer's weight in PyTorch layout: [out, in], row-major.
-struct Linear {
-  int64_t out = 0, in = 0;
-  std::vector<float> w;
-};
-
 struct IndexerWeights {
-  Linear wq_b;                                    // [index_n_heads * index_head_dim, q_lora_rank]
-  Linear wk;                                      // [index_head_dim, hidden]
+  Weight wq_b;                                    // [index_n_heads * index_head_dim, q_lora_rank]
+  Weight wk;                                      // [index_head_dim, hidden]
   std::vector<float> k_norm_weight, k_norm_bias;  // LayerNorm [index_head_dim]
-  Linear weights_proj;                            // [index_n_heads, hidden]
+  Weight weights_proj;                            // [index_n_heads, hidden]
 };
 
 struct AttentionWeights {
-  Linear q_a_proj;                        // [q_lora_rank, hidden]
+  Weight q_a_proj;                        // [q_lora_rank, hidden]
   std::vector<float> q_a_layernorm;       // [q_lora_rank]
-  Linear q_b_proj;                        // [heads * qk_head_dim, q_lora_rank]
-  Linear kv_a_proj_with_mqa;              // [kv_lora_rank + qk_rope_head_dim, hidden]
+  Weight q_b_proj;                        // [heads * qk_head_dim, q_lora_rank]
+  Weight kv_a_proj_with_mqa;              // [kv_lora_rank + qk_rope_head_dim, hidden]
   std::vector<float> kv_a_layernorm;      // [kv_lora_rank]
-  Linear kv_b_proj;                       // [heads * (qk_nope + v_head), kv_lora_rank]
-  Linear o_proj;                          // [hidden, heads * v_head]
+  Weight kv_b_proj;                       // [heads * (qk_nope + v_head), kv_lora_rank]
+  Weight o_proj;                          // [hidden, heads * v_head]
   std::optional<IndexerWeights> indexer;  // absent on "shared" (IndexShare) layers
 };
 
 struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)
-  Linear gate_proj, up_proj, down_proj;
+  Weight gate_proj, up_proj, down_proj;
 };
 
 struct MoeWeights {
-  Linear router;                       // mlp.gate.weight [experts, hidden]
+  Weight router;                       // mlp.gate.weight [experts, hidden]
   std::vector<float> correction_bias;  // e_score_correction_bias [experts], selection only
   std::vector<MlpWeights> experts;
   std::optional<MlpWeights> shared;  // n_shared_experts * moe_intermediate_size wide
@@ -56,23 +56,49 @@ struct LayerWeights {
   AttentionWeights attn;
   std::optional<MlpWeights> dense;  // layers with mlp_layer_types == "dense"
   std::optional<MoeWeights> moe;    // layers with mlp_layer_types == "sparse"
+
+  // Calls fn for every Linear of the layer, in the order the forward pass uses them.
+  template <typename Fn>
+  void for_each_linear(Fn&& fn) const;
 };
 
 struct ModelWeights {
-  std::vector<float> embed_tokens;  // [vocab, hidden]
+  Weight embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
   std::vector<float> norm;  // [hidden]
-  Linear lm_head;           // [vocab, hidden]; the embedding when tied
+  Weight lm_head;           // [vocab, hidden]; the embedding's view when tied
 };
 
-// Reads every tensor the forward pass needs. Tensors the forward pass does not use (the MTP layers
+// Binds every tensor the forward pass needs. Tensors the forward pass does not use (the MTP layers
 // `model.layers.<num_hidden_layers + i>.*`, i < num_nextn_predict_layers) are ignored here and
 // listed by `whittle info`. A `model.layers.N.*` tensor past those is an error naming it: the
-// config would describe a truncated model.
-ModelWeights load_weights(const TensorStore& store, const ModelConfig& config);
+// config would describe a truncated model. The views live as long as `store`.
+ModelWeights bind_weights(const TensorStore& store, const ModelConfig& config);
+ModelWeights bind_weights(TensorStore&&, const ModelConfig&) = delete;  // views would dangle
 
 // N of a `model.layers.N.` tensor name (saturating at 10^18 for absurdly long numbers), else
 // nullopt.
 std::optional<int64_t> layer_index(std::string_view name);
+
+template <typename Fn>
+void LayerWeights::for_each_linear(Fn&& fn) const {
+  const AttentionWeights& a = attn;
+  for (const Weight* w : {&a.q_a_proj, &a.q_b_proj, &a.kv_a_proj_with_mqa}) fn(*w);
+  if (a.indexer)
+    for (const Weight* w : {&a.indexer->wq_b, &a.indexer->wk, &a.indexer->weights_proj}) fn(*w);
+  fn(a.kv_b_proj);
+  fn(a.o_proj);
+  auto mlp = [&](const MlpWeights& m) {
+    fn(m.gate_proj);
+    fn(m.up_proj);
+    fn(m.down_proj);
+  };
+  if (dense) mlp(*dense);
+  if (moe) {
+    fn(moe->router);
+    for (const MlpWeights& e : moe->experts) mlp(e);
+    if (moe->shared) mlp(*moe->shared);
+  }
+}
 
 }  // namespace whittle

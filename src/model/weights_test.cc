@@ -2,6 +2,7 @@
 // or an MTP layer, so a config that declares fewer layers than the checkpoint holds is an error
 // rather than a silently truncated model.
 #include "model/weights.h"
+#include "model/weight_source.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -46,7 +47,10 @@ class ScratchModel {
   ~ScratchModel() { fs::remove_all(dir_); }
   const fs::path& dir() const { return dir_; }
 
-  ModelWeights load() const { return load_weights(TensorStore(dir_), ModelConfig::load(dir_)); }
+  // The number of decoder layers bound.
+  size_t load() const {
+    return WeightSource(dir_, ModelConfig::load(dir_)).weights().layers.size();
+  }
 
  private:
   static inline int counter_ = 0;
@@ -78,12 +82,12 @@ TEST(Weights, MtpLayersAfterTheDecoderLayersLoad) {
         j["num_nextn_predict_layers"] = 1;
       },
       {});
-  EXPECT_EQ(cut.load().layers.size(), 1u);
+  EXPECT_EQ(cut.load(), 1u);
 
   const std::vector<std::string> mtp = {"model.layers.2.enorm.weight",
                                         "model.layers.2.hnorm.weight"};
   ScratchModel with_mtp([](nlohmann::json& j) { j["num_nextn_predict_layers"] = 1; }, mtp);
-  EXPECT_EQ(with_mtp.load().layers.size(), 2u);
+  EXPECT_EQ(with_mtp.load(), 2u);
   // The same tensors without num_nextn_predict_layers (absent means 0) are extra layers.
   ScratchModel undeclared([](nlohmann::json&) {}, mtp);
   expect_error([&] { undeclared.load(); }, {"tensor 'model.layers.2.enorm.weight' is beyond "
@@ -100,10 +104,24 @@ TEST(Weights, AbsurdLayerIndexIsAnErrorNotAnOverflow) {
   ScratchModel m([](nlohmann::json&) {}, {"model.layers.99999999999999999999999.enorm.weight"});
   expect_error([&] { m.load(); },
                {"tensor 'model.layers.99999999999999999999999.enorm.weight' is beyond"});
-  // Names that are not `model.layers.<N>.` are not layers and stay ignored.
-  ScratchModel other([](nlohmann::json&) {}, {"model.layers.x.enorm.weight", "model.layers.7",
-                                              "model.layers..w", "extra.layers.9.w"});
-  EXPECT_EQ(other.load().layers.size(), 2u);
+  // Names that are not `model.layers.<N>.` are not layers: they are unused tensors.
+  for (const char* name :
+       {"model.layers.x.enorm.weight", "model.layers.7", "model.layers..w", "extra.layers.9.w"}) {
+    ScratchModel other([](nlohmann::json&) {}, {name});
+    expect_error([&] { other.load(); }, {name, "is not read by the glm_moe_dsa forward pass"});
+  }
+}
+
+// A tensor the forward pass would not read (here a bias GLM-5's Linear layers do not have) means
+// the model computed would not be the one the file describes: refused, naming it. MTP layers and
+// rotary buffers are the exceptions.
+TEST(Weights, TensorsTheForwardPassWouldIgnoreAreRefused) {
+  ScratchModel bias([](nlohmann::json&) {}, {"model.layers.0.self_attn.q_a_proj.bias"});
+  expect_error([&] { bias.load(); },
+               {"model.safetensors", "tensor 'model.layers.0.self_attn.q_a_proj.bias' is not read",
+                "different model"});
+  ScratchModel rotary([](nlohmann::json&) {}, {"model.layers.1.self_attn.rotary_emb.inv_freq"});
+  EXPECT_EQ(rotary.load(), 2u);
 }
 
 }  // namespace

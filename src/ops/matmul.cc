@@ -20,19 +20,25 @@ namespace {
 // Columns [n0, n1) of y: rows n0..n1 of W, written with row stride N.
 void matmul_nt_columns(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
                        bool accumulate, int64_t n0, int64_t n1) {
-  const float beta = accumulate ? 1.0f : 0.0f;
-  if (M == 1) {
-    // GEMV is what decode does; sgemv avoids sgemm's packing overhead.
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n1 - n0), static_cast<int>(K), 1.0f,
-                w + n0 * K, static_cast<int>(K), x, 1, beta, y + n0, 1);
-    return;
-  }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M),
-              static_cast<int>(n1 - n0), static_cast<int>(K), 1.0f, x, static_cast<int>(K),
-              w + n0 * K, static_cast<int>(K), beta, y + n0, static_cast<int>(N));
+  matmul_nt_strided(x, w + n0 * K, y + n0, M, K, n1 - n0, N, accumulate);
 }
 
 }  // namespace
+
+void matmul_nt_strided(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+                       int64_t ldy, bool accumulate) {
+  if (M == 0 || N == 0) return;
+  const float beta = accumulate ? 1.0f : 0.0f;
+  if (M == 1) {
+    // GEMV is what decode does; sgemv avoids sgemm's packing overhead.
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(N), static_cast<int>(K), 1.0f, w,
+                static_cast<int>(K), x, 1, beta, y, 1);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(M), static_cast<int>(N),
+              static_cast<int>(K), 1.0f, x, static_cast<int>(K), w, static_cast<int>(K), beta, y,
+              static_cast<int>(ldy));
+}
 
 void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
                bool accumulate, ThreadPool* pool) {

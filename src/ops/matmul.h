@@ -20,6 +20,11 @@ void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, i
 // Smaller products run on the calling thread: waking workers costs more than they save.
 inline constexpr int64_t kParallelMatmulFlops = int64_t{1} << 18;
 
+// Single-threaded y[:, 0:N] = x · W^T (+ y) where y's rows are `ldy` floats apart: the block of
+// output columns that one row block of a weight produces.
+void matmul_nt_strided(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+                       int64_t ldy, bool accumulate = false);
+
 // Same contract, plain loops with double accumulation; slow, for tests.
 void matmul_nt_reference(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
                          bool accumulate = false);

@@ -33,13 +33,6 @@ const DTypeInfo& info(DType dtype) {
     if (i.dtype == dtype) return i;
   fail("internal: unknown dtype {}", static_cast<int>(dtype));
 }
-
-template <typename T>
-T load_unaligned(const std::byte* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  return v;
-}
 }  // namespace
 
 size_t dtype_size(DType dtype) {

@@ -19,6 +19,14 @@ std::string_view dtype_name(DType dtype);
 std::optional<DType> parse_dtype(std::string_view name);
 bool dtype_is_float(DType dtype);
 
+// A value of type T read from bytes at any alignment (file data is little-endian, as x86 is).
+template <typename T>
+T load_unaligned(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
 inline float bf16_to_f32(uint16_t bits) {
   uint32_t u = static_cast<uint32_t>(bits) << 16;
   float f;

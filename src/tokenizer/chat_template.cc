@@ -296,24 +296,73 @@ Glm5ChatTemplate Glm5ChatTemplate::load(const std::filesystem::path& model_dir) 
        config_path.string());
 }
 
+// The templates the renderer reproduces. The GLM-5.1 entry is whittle's reconstruction (GLM-4.7's
+// verbatim template plus the GLM-5.1 changes of shared/specs/glm_moe_dsa.md §5, with a comment
+// saying so): GLM-5.1's own chat_template.jinja was not available offline, so its golden is
+// circular (transformers renders a template written here) and the checkpoint's real file is refused
+// until the renderer has been checked against it and its fingerprint added here.
+constexpr Glm5ChatTemplate::KnownTemplate kKnownTemplates[] = {
+    {"GLM-4.7 chat_template.jinja, verbatim (tests/golden/tokenizer/chat_template_glm47.jinja)",
+     0x455b4682700c641eull,
+     {.unwrap_tools = false, .empty_think_in_current_turn = false}},
+    {"GLM-5.1 as reconstructed for whittle (tests/golden/tokenizer/chat_template.jinja, also "
+     "models/tiny-glm5)",
+     0x987f828f9ee10cc9ull,
+     {.unwrap_tools = true, .empty_think_in_current_turn = true}},
+};
+
+std::span<const Glm5ChatTemplate::KnownTemplate> Glm5ChatTemplate::known_templates() {
+  return kKnownTemplates;
+}
+
+uint64_t Glm5ChatTemplate::template_fingerprint(std::string_view jinja) {
+  // jinja2's lexer splits the source at \r\n, \r and \n, drops the last empty line unless
+  // keep_trailing_newline (transformers leaves it off) and emits "\n" for every line end.
+  if (jinja.ends_with("\r\n"))
+    jinja.remove_suffix(2);
+  else if (jinja.ends_with('\n') || jinja.ends_with('\r'))
+    jinja.remove_suffix(1);
+  uint64_t h = 0xcbf29ce484222325ull;
+  const auto mix = [&](unsigned char c) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  };
+  for (size_t i = 0; i < jinja.size(); ++i) {
+    if (jinja[i] == '\r') {
+      if (i + 1 < jinja.size() && jinja[i + 1] == '\n') ++i;
+      mix('\n');
+    } else {
+      mix(static_cast<unsigned char>(jinja[i]));
+    }
+  }
+  return h;
+}
+
 Glm5ChatTemplate Glm5ChatTemplate::from_template_text(std::string_view jinja,
                                                       std::string_view source_name) {
+  const uint64_t fingerprint = template_fingerprint(jinja);
+  for (const KnownTemplate& known : kKnownTemplates)
+    if (known.fingerprint == fingerprint) return Glm5ChatTemplate(known.variant);
+  std::string what;
   if (jinja.find("[gMASK]<sop>") == std::string_view::npos ||
       jinja.find("<|assistant|>") == std::string_view::npos ||
       jinja.find("<arg_key>") == std::string_view::npos)
-    fail(
-        "{}: chat template is not the GLM-4.5/4.7/5 format this renderer reproduces "
-        "(no [gMASK]<sop>, <|assistant|> or <arg_key>)",
-        source_name);
-  if (jinja.find("Reasoning Effort") != std::string_view::npos)
-    fail(
-        "{}: chat template has GLM-5.2's \"Reasoning Effort\" system line, which the native "
-        "renderer does not reproduce",
-        source_name);
-  Variant variant;
-  variant.unwrap_tools = jinja.find("defer_loading") != std::string_view::npos;
-  variant.empty_think_in_current_turn = jinja.find("'<think></think>'") != std::string_view::npos;
-  return Glm5ChatTemplate(variant);
+    what = "is not the GLM-4.5/4.7/5 format (no [gMASK]<sop>, <|assistant|> or <arg_key>)";
+  else if (jinja.find("Reasoning Effort") != std::string_view::npos)
+    what = "has GLM-5.2's \"Reasoning Effort\" system line, which the renderer does not reproduce";
+  else
+    what = "is a GLM template, but not one whose rendering whittle has checked";
+  std::string known_list;
+  for (const KnownTemplate& known : kKnownTemplates)
+    known_list += fmt::format("\n  - {}", known.name);
+  fail(
+      "{}: chat template {} (fingerprint {:016x}). whittle renders GLM chat templates natively and "
+      "reproduces these exactly:{}\nAny other template could give a different prompt than "
+      "transformers. To chat with the renderer anyway, replace the model's template with one of "
+      "these; to support this one, check the renderer against transformers on it "
+      "(tools/oracle/make_chat_golden.py) and add its fingerprint to "
+      "src/tokenizer/chat_template.cc.",
+      source_name, what, fingerprint, known_list);
 }
 
 std::string Glm5ChatTemplate::render(const nlohmann::ordered_json& messages,

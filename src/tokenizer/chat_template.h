@@ -6,9 +6,11 @@
 // Tool-call arguments may also be a JSON string (the OpenAI wire form); it is parsed first.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -36,10 +38,27 @@ class Glm5ChatTemplate {
   explicit Glm5ChatTemplate(Variant variant) : variant_(variant) {}
 
   // Reads a model folder's chat template (chat_template.jinja, else tokenizer_config.json's
-  // "chat_template") and picks the variant from it. Throws Error naming the file when there is
-  // none or it is not a GLM template this renderer reproduces (e.g. GLM-5.2's "Reasoning Effort").
+  // "chat_template") and recognises it by content: only a template in known_templates(), whose
+  // rendering this class reproduces byte for byte, is accepted, and it gives the variant. Any other
+  // template (none, a non-GLM one, GLM-5.2's "Reasoning Effort", a GLM template edited by one
+  // character, GLM-5.1's own file until it has been checked) is an Error naming the file: a prompt
+  // that differs from what transformers renders would silently change what the model sees, so
+  // `--chat` refuses rather than warns.
   static Glm5ChatTemplate load(const std::filesystem::path& model_dir);
   static Glm5ChatTemplate from_template_text(std::string_view jinja, std::string_view source_name);
+
+  // A template text the renderer has been checked against, byte for byte, with transformers'
+  // apply_chat_template (tests/golden/tokenizer/chat_golden.json).
+  struct KnownTemplate {
+    std::string_view name;  // what it is, for messages
+    uint64_t fingerprint;   // template_fingerprint() of its text
+    Variant variant;
+  };
+  static std::span<const KnownTemplate> known_templates();
+  // FNV-1a 64 of the text after the normalisation Jinja itself applies to a template source (line
+  // ends to "\n", one trailing newline dropped), so the .jinja file and tokenizer_config.json's
+  // copy of one template agree. An identification, not a security check.
+  static uint64_t template_fingerprint(std::string_view jinja);
 
   // Throws Error for malformed messages (a field of the wrong type, a content shape the template
   // cannot print, invalid UTF-8).

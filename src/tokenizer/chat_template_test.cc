@@ -1,11 +1,20 @@
 // Tests for Glm5ChatTemplate against chat_golden.json (transformers' apply_chat_template output,
 // written by tools/oracle/make_chat_golden.py): identical text for every conversation, and the
-// same token ids once encoded.
+// same token ids once encoded; and the recognition of template texts by content.
+//
+// The GLM-5.1 half of chat_golden.json is circular: GLM-5.1's own chat_template.jinja was not
+// available offline, so tests/golden/tokenizer/chat_template.jinja is a template written for
+// whittle (GLM-4.7's verbatim template plus the GLM-5.1 changes described in the spec) and
+// transformers renders that. It shows the renderer matches that reconstruction byte for byte, not
+// that it matches GLM-5.1's real template; the real file is refused by load() until it is checked
+// the same way. The GLM-4.7 cases use GLM-4.7's verbatim template and are not circular.
 #include "tokenizer/chat_template.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <set>
 
 #include "tokenizer/bpe_tokenizer.h"
 #include "util/atomic_file.h"
@@ -20,6 +29,7 @@ std::filesystem::path golden_dir() {
   return std::filesystem::path(WHITTLE_SOURCE_DIR) / "tests" / "golden" / "tokenizer";
 }
 
+// Circular for the "glm51" cases: see the header comment.
 const ojson& chat_golden() {
   static const ojson doc = ojson::parse(read_file(golden_dir() / "chat_golden.json"));
   return doc;
@@ -81,6 +91,44 @@ TEST(ChatTemplateLoad, PicksTheVariantFromTheModelFolder) {
   const ojson config = ojson::parse(read_file(golden_dir() / "tokenizer_config.json"));
   EXPECT_EQ(config.at("chat_template").get<std::string>(),
             read_file(golden_dir() / "chat_template.jinja"));
+}
+
+TEST(ChatTemplateLoad, RecognisesTemplatesByContentNotByName) {
+  // Every template shipped in the repository is a known one, whatever file holds it.
+  const std::filesystem::path root = WHITTLE_SOURCE_DIR;
+  for (const char* dir :
+       {"tests/golden/tokenizer", "models/tiny-glm5", "models/tiny-glm5-random"}) {
+    const Glm5ChatTemplate t = Glm5ChatTemplate::load(root / dir);
+    EXPECT_TRUE(t.variant().unwrap_tools) << dir;
+  }
+  std::set<uint64_t> fingerprints;
+  for (const auto& known : Glm5ChatTemplate::known_templates())
+    fingerprints.insert(known.fingerprint);
+  EXPECT_EQ(fingerprints.size(), Glm5ChatTemplate::known_templates().size());
+
+  // Jinja's own source normalisation (line ends, one trailing newline) does not change the text it
+  // renders, so it does not change the fingerprint ...
+  const std::string glm51 = read_file(golden_dir() / "chat_template.jinja");
+  ASSERT_TRUE(glm51.ends_with("\n"));
+  std::string crlf;
+  for (char c : glm51) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+  const uint64_t expected = Glm5ChatTemplate::template_fingerprint(glm51);
+  EXPECT_EQ(Glm5ChatTemplate::template_fingerprint(crlf), expected);
+  EXPECT_EQ(Glm5ChatTemplate::template_fingerprint(glm51.substr(0, glm51.size() - 1)), expected);
+  // ... but a second trailing newline, or one changed character, does.
+  EXPECT_NE(Glm5ChatTemplate::template_fingerprint(glm51 + "\n"), expected);
+  std::string edited = glm51;
+  edited[edited.find("<|user|>") + 2] = 'U';
+  EXPECT_NE(Glm5ChatTemplate::template_fingerprint(edited), expected);
+  try {
+    Glm5ChatTemplate::from_template_text(edited, "m/chat_template.jinja");
+    FAIL() << "an edited template was accepted";
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("m/chat_template.jinja: chat template is a GLM "
+                                               "template, but not one whose rendering whittle has "
+                                               "checked"));
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("GLM-4.7 chat_template.jinja, verbatim"));
+  }
 }
 
 TEST(ChatTemplateLoad, RejectsWhatItCannotReproduce) {

@@ -1,6 +1,8 @@
 // MappedFile and open_regular_file; see mapped_file.h.
 #include "util/mapped_file.h"
 
+#include <algorithm>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -66,6 +68,19 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
     data_ = static_cast<const std::byte*>(p);
   }
   ::close(fd);  // the mapping stays valid after close
+}
+
+void MappedFile::advise(std::span<const std::byte> range, MemoryAdvice advice) const {
+  if (range.empty() || !contains(range)) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t map_begin = reinterpret_cast<uintptr_t>(data_);  // page-aligned by mmap
+  const uintptr_t map_end = map_begin + size_;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(range.data()) / page * page;
+  const uintptr_t end = std::min(
+      map_end, (reinterpret_cast<uintptr_t>(range.data()) + range.size() + page - 1) / page * page);
+  if (begin < map_begin || end <= begin) return;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin,
+            advice == MemoryAdvice::kWillNeed ? MADV_WILLNEED : MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

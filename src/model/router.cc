@@ -1,0 +1,57 @@
+#include "model/router.h"
+
+#include <cmath>
+#include <limits>
+
+#include "ops/elementwise.h"
+#include "util/error.h"
+
+namespace whittle {
+
+Routing route(std::vector<float> logits, int64_t tokens, std::span<const float> correction_bias,
+              const ModelConfig& c) {
+  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, per_group = E / c.n_group;
+  if (static_cast<int64_t>(logits.size()) != tokens * E ||
+      static_cast<int64_t>(correction_bias.size()) != E)
+    fail("internal: routing {} logits and {} biases for {} tokens of {} experts", logits.size(),
+         correction_bias.size(), tokens, E);
+  Routing r;
+  r.tokens = tokens;
+  r.experts = E;
+  r.k = K;
+  r.logits = std::move(logits);
+  r.chosen.reserve(static_cast<size_t>(tokens * K));
+  r.weights.reserve(static_cast<size_t>(tokens * K));
+  std::vector<float> score(static_cast<size_t>(E)), choice(static_cast<size_t>(E)),
+      group_score(static_cast<size_t>(c.n_group));
+  std::vector<bool> kept(static_cast<size_t>(c.n_group));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* lg = &r.logits[t * E];
+    for (int64_t e = 0; e < E; ++e) {
+      score[e] = 1.0f / (1.0f + std::exp(-lg[e]));
+      choice[e] = score[e] + correction_bias[e];
+    }
+    if (c.n_group > 1) {
+      for (int64_t g = 0; g < c.n_group; ++g) {
+        std::vector<int32_t> best = top_k(&choice[g * per_group], per_group, 2);
+        group_score[g] = choice[g * per_group + best[0]] + choice[g * per_group + best[1]];
+      }
+      std::fill(kept.begin(), kept.end(), false);
+      for (int32_t g : top_k(group_score.data(), c.n_group, c.topk_group)) kept[g] = true;
+      for (int64_t e = 0; e < E; ++e)
+        if (!kept[e / per_group]) choice[e] = -std::numeric_limits<float>::infinity();
+    }
+    const std::vector<int32_t> chosen = top_k(choice.data(), E, K);
+    double sum = 0.0;
+    for (int32_t e : chosen) sum += score[e];
+    for (int32_t e : chosen) {
+      float weight = score[e];
+      if (c.norm_topk_prob) weight = static_cast<float>(weight / (sum + 1e-20));
+      r.chosen.push_back(e);
+      r.weights.push_back(weight * static_cast<float>(c.routed_scaling_factor));
+    }
+  }
+  return r;
+}
+
+}  // namespace whittle

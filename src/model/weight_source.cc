@@ -1,0 +1,42 @@
+#include "model/weight_source.h"
+
+#include "util/error.h"
+
+namespace whittle {
+
+WeightSource::WeightSource(const std::filesystem::path& dir, const ModelConfig& config)
+    : store_(std::make_unique<TensorStore>(dir)), weights_(bind_weights(*store_, config)) {}
+
+WeightSource::WeightSource(ModelWeights weights) : weights_(std::move(weights)) {}
+
+const LayerWeights& WeightSource::acquire(int64_t layer) const {
+  advise(layer, MemoryAdvice::kWillNeed);
+  return weights_.layers[static_cast<size_t>(layer)];
+}
+
+void WeightSource::prefetch(int64_t layer) const {
+  if (layer < static_cast<int64_t>(weights_.layers.size())) advise(layer, MemoryAdvice::kWillNeed);
+}
+
+void WeightSource::release(int64_t layer) const {
+  advise(layer, MemoryAdvice::kDontNeed);
+}
+
+size_t WeightSource::layer_bytes(int64_t layer) const {
+  size_t n = 0;
+  weights_.layers.at(static_cast<size_t>(layer)).for_each_linear([&](const Weight& w) {
+    n += w.stored_bytes();
+  });
+  return n;
+}
+
+void WeightSource::advise(int64_t layer, MemoryAdvice advice) const {
+  if (layer < 0 || layer >= static_cast<int64_t>(weights_.layers.size()))
+    fail("internal: layer {} of a model with {} layers", layer, weights_.layers.size());
+  if (!store_) return;
+  weights_.layers[static_cast<size_t>(layer)].for_each_linear([&](const Weight& w) {
+    w.for_each_range([&](std::span<const std::byte> range) { store_->advise(range, advice); });
+  });
+}
+
+}  // namespace whittle
