@@ -191,7 +191,7 @@ void Weight::gptq_rows_to_f32(int64_t n0, int64_t n1, float* dst) const {
   const int bits = gptq_.bits;
   const int64_t pack = 32 / bits, N = stored_rows_, K = cols_;
   const uint32_t mask = (1u << bits) - 1;
-  const int zero_offset = gptq_.v2_zeros ? 0 : 1;
+  const uint32_t v1_add = gptq_.v2_zeros ? 0u : (bits == 4 ? 0x11111111u : 0x01010101u);
   auto word = [](std::span<const std::byte> s, int64_t i) {
     return load_unaligned<uint32_t>(s.data() + 4 * i);
   };
@@ -208,8 +208,12 @@ void Weight::gptq_rows_to_f32(int64_t n0, int64_t n1, float* dst) const {
         zero[g] = static_cast<float>(1 << (bits - 1));
         continue;
       }
-      const uint32_t z = (word(qzeros_, g * (N / pack) + n / pack) >> (bits * (n % pack))) & mask;
-      zero[g] = static_cast<float>(static_cast<int>(z) + zero_offset);
+      // v1 stores zero - 1 per field. Adding 1 to every field of the whole word (carries
+      // included) is how gptqmodel reads v1 (convert_gptq_v1_to_v2_format) and undoes how it
+      // writes it: a zero of 0 is stored as field 15 with a borrow from the next field. It agrees
+      // with adding 1 per field (vLLM's reading) except at such a field.
+      const uint32_t packed = word(qzeros_, g * (N / pack) + n / pack) + v1_add;
+      zero[g] = static_cast<float>((packed >> (bits * (n % pack))) & mask);
     }
     float* row = dst + (n - n0) * K;
     for (int64_t pr = 0; pr < K / pack; ++pr) {

@@ -7,7 +7,8 @@
 //
 // GPTQ layout (spec autoround_gptq.md §3), K = cols, N = rows, P = 32 / bits values per int32:
 //   qweight int32 [K/P, N]       packed along K, the lowest k in the lowest bits
-//   qzeros  int32 [groups, N/P]  packed along N; v1 ("gptq") stores zero - 1, v2 the zero itself
+//   qzeros  int32 [groups, N/P]  packed along N; v1 ("gptq") stores zero - 1 (as gptqmodel writes
+//                                it: the word minus 0x11111111, borrows included), v2 the zero
 //   scales  f16/bf16/f32 [groups, N], any sign
 //   g_idx   int32 [K]            group of input k (act-order permutes it); absent: k / group_size
 //   W[n, k] = scales[g, n] * (u[k, n] - zero[g, n]),  g = g_idx[k]; symmetric: zero = 2^(bits-1)

@@ -45,8 +45,8 @@ PackedGptq pack_gptq(int bits, int64_t N, int64_t K, int64_t G, bool act_order, 
   if (act_order) std::shuffle(group.begin(), group.end(), rng);  // desc_act: any grouping
   if (write_g_idx || act_order) p.g_idx = group;
   std::uniform_int_distribution<int> u_dist(0, static_cast<int>(levels - 1));
-  // v1 stores zero - 1, so its zeros are 1..levels-1; v2 stores the zero.
-  std::uniform_int_distribution<int> z_dist(v2 ? 0 : 1, static_cast<int>(levels - 1));
+  // Every zero 0..levels-1, including 0, which v1 can only store with a borrow (below).
+  std::uniform_int_distribution<int> z_dist(0, static_cast<int>(levels - 1));
   std::normal_distribution<float> s_dist(0.0f, 0.02f);  // signed, as auto-round writes them
   std::vector<int> u(static_cast<size_t>(K * N)), z(static_cast<size_t>(p.groups * N));
   std::vector<float> s(static_cast<size_t>(p.groups * N));
@@ -62,11 +62,15 @@ PackedGptq pack_gptq(int bits, int64_t N, int64_t K, int64_t G, bool act_order, 
     for (int64_t n = 0; n < N; ++n)
       p.qweight[(k / pack) * N + n] |=
           static_cast<int32_t>(static_cast<uint32_t>(u[k * N + n]) << (bits * (k % pack)));
-  p.qzeros.assign(static_cast<size_t>(p.groups * (N / pack)), 0);
+  // Packed as v2, then turned into v1 the way gptqmodel writes it: the whole word minus 1 in every
+  // field (a zero of 0 becomes field 15 and borrows from the next field).
+  std::vector<uint32_t> zeros(static_cast<size_t>(p.groups * (N / pack)), 0);
   for (int64_t g = 0; g < p.groups; ++g)
     for (int64_t n = 0; n < N; ++n)
-      p.qzeros[g * (N / pack) + n / pack] |= static_cast<int32_t>(
-          static_cast<uint32_t>(z[g * N + n] - (v2 ? 0 : 1)) << (bits * (n % pack)));
+      zeros[g * (N / pack) + n / pack] |= static_cast<uint32_t>(z[g * N + n])
+                                          << (bits * (n % pack));
+  for (uint32_t w : zeros)
+    p.qzeros.push_back(static_cast<int32_t>(v2 ? w : w - (bits == 4 ? 0x11111111u : 0x01010101u)));
   p.expected.resize(static_cast<size_t>(N * K));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) {
@@ -122,6 +126,19 @@ TEST(Weight, GptqUnpacksEveryLayoutExactly) {
     std::vector<float> sliced = slice.to_f32();
     EXPECT_TRUE(std::equal(sliced.begin(), sliced.end(), p.expected.begin() + 4 * c.K));
   }
+}
+
+// A zero of 0 in v1 (asymmetric exports) is stored as field 15 with a borrow from the next field,
+// as gptqmodel writes it; reading fields one by one would give zeros of 16 and one too small.
+TEST(Weight, GptqV1ZeroOfZeroBorrowsFromTheNextField) {
+  std::vector<int32_t> qweight(8, 0);  // all u = 0: W = -scale * zero
+  const std::vector<uint16_t> scales(8, f32_to_f16(1.0f));
+  // v2 zeros 0,1,2,...,7 for outputs 0..7 -> v1 word 0x76543210 - 0x11111111 = 0x654320FF.
+  const std::vector<int32_t> qzeros = {static_cast<int32_t>(0x654320FFu)};
+  GptqTensors t{bytes_of(qweight), bytes_of(qzeros), bytes_of(scales), {}, DType::F16, 1};
+  Weight w = Weight::gptq("m", t, 8, 8, GptqParams{4, 8, false});
+  std::vector<float> got = w.to_f32();
+  for (int n = 0; n < 8; ++n) EXPECT_EQ(got[n * 8], -static_cast<float>(n)) << n;
 }
 
 TEST(Weight, SymmetricGptqFixesTheZeroAtHalfTheRangeAsVllmDoes) {

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import re
@@ -220,6 +221,35 @@ CONFIGS = {
                 "beta_fast": 32,
                 "beta_slow": 1,
             },
+        ),
+    ),
+    "index_pattern": dict(
+        desc="IndexShare given only as `index_topk_pattern` \"FSSF\": config.json has the pattern and NO "
+        "`indexer_types` (removed after save_pretrained), so the reader must derive full/shared per layer from the "
+        "pattern; layers 1 and 2 are shared: no indexer module, no indexer tensors in the file, they reuse layer 0's "
+        "top-k (layer 2 through layer 1). 4 layers: 1 dense + 3 MoE (4 experts, top-2, 1 shared, moe_intermediate 8); "
+        "hidden 32, 2 MLA heads, vocab 64; index_topk 6 < T=20, 4 indexer heads x 16; rope_theta 1e4.",
+        T=20,
+        seed=6000,
+        drop_config_keys=["indexer_types"],
+        arch=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=32,
+            moe_intermediate_size=8,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_rope_head_dim=8,
+            index_n_heads=4,
+            index_head_dim=16,
+            n_routed_experts=4,
+            num_hidden_layers=4,
+            first_k_dense_replace=1,
+            index_topk=6,
+            index_topk_pattern="FSSF",
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         ),
     ),
 }
@@ -519,6 +549,15 @@ def analyse(model, ids, name, log):
             log(f"  [{name}] DSA effect check FAILED: {eff:.3e}")
             ok = False
 
+    if n_drop_rows and any(layer.self_attn.indexer is None for layer in model.model.layers):
+        # IndexShare: the shared layers must really use the reused selection (dense attention there instead of
+        # the previous full layer's top-k moves the logits by more than DSA_EFFECT_REL)
+        eff = index_share_ablation(model, ids, logits)
+        checks["index_share_effect_rel_maxdiff_vs_dense_shared_layers"] = eff
+        if eff <= DSA_EFFECT_REL:
+            log(f"  [{name}] IndexShare effect check FAILED: {eff:.3e}")
+            ok = False
+
     if cfg.model_type == "deepseek_v32":
         ok = deepseek_v32_ablations(model, ids, logits, checks, name, log) and ok
 
@@ -534,6 +573,33 @@ def analyse(model, ids, name, log):
         router_weights=(torch.stack(r_w) if r_w else torch.zeros(0, T, k)).numpy().astype(np.float32),
     )
     return ok, arts, checks
+
+
+@torch.no_grad()
+def index_share_ablation(model, ids, logits) -> float:
+    """Rerun with every shared layer handed all keys (prev_topk_indices = 0..T-1 for every query) instead of the
+    previous full layer's top-k; returns max|diff|/max|logit| against `logits`. Full layers are unchanged."""
+    saved = []
+    for layer in model.model.layers:
+        if layer.self_attn.indexer is None:
+            orig = layer.self_attn.forward
+
+            def dense(*args, _orig=orig, **kw):
+                p = kw.get("prev_topk_indices")
+                if p is not None:
+                    B, T = p.shape[0], p.shape[1]
+                    kw["prev_topk_indices"] = torch.arange(T, device=p.device).expand(B, T, T).contiguous()
+                return _orig(*args, **kw)
+
+            layer.self_attn.forward = dense
+            saved.append((layer.self_attn, orig))
+    try:
+        other = forward(model, ids)
+    finally:
+        for attn, orig in saved:
+            attn.forward = orig
+    assert torch.equal(forward(model, ids), logits), "patched model not restored"
+    return float((other - logits).abs().max() / logits.abs().max())
 
 
 @torch.no_grad()
@@ -617,6 +683,28 @@ def fresh_dir(d: str) -> None:
     os.makedirs(d)
 
 
+def drop_config_keys(out_dir: str, keys, m16) -> dict:
+    """Remove `keys` from the config.json save_pretrained wrote (same JSON formatting as transformers), so that
+    readers must derive them (index_pattern: `indexer_types` from `index_topk_pattern`). Checks that the shared
+    layers have no indexer tensors in the file."""
+    path = os.path.join(out_dir, "config.json")
+    with open(path) as f:
+        c = json.load(f)
+    dropped = {k: c.pop(k) for k in keys}
+    assert "index_topk_pattern" in c, sorted(c)
+    with open(path, "w") as f:
+        f.write(json.dumps(c, indent=2, sort_keys=True) + "\n")
+    names, _ = safetensors_summary(out_dir)
+    types = m16.config.indexer_types
+    for li, t in enumerate(types):
+        has = any(n.startswith(f"model.layers.{li}.self_attn.indexer.") for n in names)
+        assert has == (t == "full"), (li, t, has)
+    return dict(config_json_keys_removed=dropped, index_topk_pattern=c["index_topk_pattern"],
+                indexer_types_derived_by_transformers=list(types),
+                indexer_tensors_per_layer={li: sum(n.startswith(f"model.layers.{li}.self_attn.indexer.") for n in names)
+                                           for li in range(len(types))})
+
+
 def write_fp8(m16, out_dir: str, tmp: str):
     """Save the bf16 model, quantize the selected 2-D weights to block FP8 in out_dir, and write an fp32 copy with
     the dequantized weights to tmp/deq (what the goldens are computed from). Returns (deq_dir, quantized names)."""
@@ -687,7 +775,7 @@ def config_summary(cfg):
         "intermediate_size", "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok", "n_shared_experts",
         "n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor", "num_attention_heads",
         "num_key_value_heads", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
-        "index_n_heads", "index_head_dim", "index_topk", "rope_parameters", "rms_norm_eps", "tie_word_embeddings",
+        "index_n_heads", "index_head_dim", "index_topk", "index_topk_pattern", "rope_parameters", "rms_norm_eps", "tie_word_embeddings",
         "eos_token_id", "pad_token_id", "bos_token_id",
     ]
     return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
@@ -785,8 +873,12 @@ def build_base(name, spec, out_root, tmp, log, max_tries=40):
             )
         else:
             m16.save_pretrained(out_dir)
+            if spec.get("drop_config_keys"):
+                extra.update(drop_config_keys(out_dir, spec["drop_config_keys"], m16))
             golden = load_golden_model(out_dir, model_cls)
             check_same_weights(golden, m16.state_dict())
+            if spec.get("drop_config_keys"):
+                assert golden.config.indexer_types == m16.config.indexer_types, golden.config.indexer_types
         ok, arts, checks = analyse(golden, ids, name, log)
         if ok:
             return dict(seed=seed, cfg=golden.config, m16=m16, ids=ids, arts=arts, checks=checks, extra=extra,

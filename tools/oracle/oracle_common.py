@@ -1,8 +1,10 @@
 """Helpers for the GLM-5 (glm_moe_dsa) and DeepSeek-V3.2 (deepseek_v32) transformers oracle.
 
 Independent re-implementations (of the DSA indexer scores and the MoE router) used to check
-that the golden files are robust (top-k margins), plus FP8 block quantization and file helpers.
-Nothing here is used to *produce* logits: those always come from transformers itself.
+that the golden files are robust (top-k margins), plus FP8 block quantization, a numpy GPTQ
+unpacker (checked against auto-round's and gptqmodel's own dequantization), the indexer_types
+derivation, and file helpers. Nothing here is used to *produce* logits: those always come from
+transformers itself.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 import os
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -131,6 +134,29 @@ def config_rope_parameters(c: dict) -> dict:
     if rp["rope_type"] == "yarn":
         rp.setdefault("original_max_position_embeddings", c["max_position_embeddings"])
     return rp
+
+
+def config_indexer_types(c: dict) -> list:
+    """Per-layer "full"/"shared" for a config.json dict, the way transformers 5.23 derives it
+    (GlmMoeDsaConfig.__post_init__): `indexer_types` if present; else `index_topk_pattern` (a string: each character
+    "F" -> "full", "S" -> "shared", any other character raises KeyError; a list is taken as it is); else
+    `index_topk_freq` (default 1, values < 1 count as 1) / `index_skip_topk_offset` (default 2): layer i is full iff
+    max(i - offset + 1, 0) % freq == 0. The modeling code then treats exactly "shared" as shared and anything else
+    as full, and indexes the list by layer (a shorter list raises IndexError, a longer one is cut).
+    deepseek_v32 has no IndexShare: every layer is full."""
+    L = c["num_hidden_layers"]
+    if c["model_type"] != "glm_moe_dsa":
+        return ["full"] * L
+    types = c.get("indexer_types")
+    if types is None:
+        pattern = c.get("index_topk_pattern")
+        if pattern is not None:
+            types = [{"F": "full", "S": "shared"}[ch] for ch in pattern] if isinstance(pattern, str) else list(pattern)
+        else:
+            freq = max(c.get("index_topk_freq", 1), 1)
+            offset = c.get("index_skip_topk_offset", 2)
+            types = ["full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(L)]
+    return ["shared" if types[i] == "shared" else "full" for i in range(L)]
 
 
 @torch.no_grad()
@@ -256,6 +282,92 @@ def fp8_block_dequantize(q: torch.Tensor, s: torch.Tensor, block: int = FP8_BLOC
 
 
 # ----------------------------------------------------------------------------------------------
+# GPTQ (qweight / qzeros / scales / g_idx), numpy only: an independent unpacker written from the format
+# description (shared/specs/autoround_gptq.md §3), used to check the libraries' own dequantization.
+# ----------------------------------------------------------------------------------------------
+GPTQ_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx", "bias")
+
+
+def gptq_unpack(words, bits: int, axis: int) -> np.ndarray:
+    """Unpack int32 words into `bits`-wide unsigned codes along `axis` (0: rows, as qweight [K*bits/32, N];
+    1: columns, as qzeros [G, N*bits/32]). Code j of a word sits in bits bits*j .. bits*j+bits-1 (lowest first)."""
+    assert 32 % bits == 0, bits
+    w = np.ascontiguousarray(words).view(np.uint32)
+    pf, mask = 32 // bits, (1 << bits) - 1
+    shifts = (np.arange(pf, dtype=np.uint32) * bits).astype(np.uint32)
+    if axis == 0:
+        c = (w[:, None, :] >> shifts[None, :, None]) & mask  # [R, pf, N]
+        return c.reshape(w.shape[0] * pf, w.shape[1]).astype(np.int64)
+    c = (w[:, :, None] >> shifts[None, None, :]) & mask  # [G, C, pf]
+    return c.reshape(w.shape[0], w.shape[1] * pf).astype(np.int64)
+
+
+def gptq_v1_word_offset(bits: int) -> int:
+    """The int32 a GPTQ v1 writer subtracted from every qzeros word (one 1 per code): 0x11111111 for 4 bit."""
+    return sum(1 << (bits * j) for j in range(32 // bits))
+
+
+def gptq_module_bits(qweight, g_idx) -> int:
+    K = int(np.asarray(g_idx).shape[0])
+    bits, rem = divmod(32 * int(qweight.shape[0]), K)
+    assert rem == 0 and bits in (2, 4, 8), (qweight.shape, K)
+    return bits
+
+
+def gptq_zeros(qzeros, bits: int, checkpoint_format: str = "gptq", v1_read: str = "word") -> np.ndarray:
+    """Zero points [G, N] (int64). gptq_v2 stores them as they are. GPTQ v1 stores zero - 1:
+    v1_read="word": add gptq_v1_word_offset(bits) to each int32 word (mod 2^32), then unpack; this is the exact
+      inverse of a writer that subtracted the constant from the whole word (gptqmodel: a zero point of 0 borrows
+      from the next code), and equals "code + 1" whenever no code is 0 after the -1.
+    v1_read="code": unpack, then add 1 to each code (no wrap-around), as per-code readers do."""
+    if checkpoint_format == "gptq_v2":
+        return gptq_unpack(qzeros, bits, axis=1)
+    assert checkpoint_format == "gptq", checkpoint_format
+    if v1_read == "word":
+        w = np.ascontiguousarray(qzeros).view(np.uint32).astype(np.uint64)
+        w = ((w + gptq_v1_word_offset(bits)) & 0xFFFFFFFF).astype(np.uint32)
+        return gptq_unpack(w.view(np.int32), bits, axis=1)
+    assert v1_read == "code", v1_read
+    return gptq_unpack(qzeros, bits, axis=1) + 1
+
+
+def gptq_dequantize(qweight, qzeros, scales, g_idx, checkpoint_format="gptq", v1_read="word") -> np.ndarray:
+    """float32 W [N, K]: W[n, k] = float32(scales[g_idx[k], n]) * (code[k, n] - zero[g_idx[k], n]).
+    The product of an fp16 scale and an integer below 2^9 is exact in float32 (one rounding-free multiply)."""
+    qweight, g_idx = np.asarray(qweight), np.asarray(g_idx).astype(np.int64)
+    bits = gptq_module_bits(qweight, g_idx)
+    K = g_idx.shape[0]
+    codes = gptq_unpack(qweight, bits, axis=0)[:K]  # [K, N]
+    zeros = gptq_zeros(qzeros, bits, checkpoint_format, v1_read)[:, : codes.shape[1]]  # [G, N]
+    s = np.asarray(scales).astype(np.float32)  # [G, N]
+    assert s.shape == zeros.shape and g_idx.min() >= 0 and g_idx.max() < s.shape[0], (s.shape, zeros.shape)
+    wt = s[g_idx] * (codes - zeros[g_idx]).astype(np.float32)  # [K, N]
+    return np.ascontiguousarray(wt.T)
+
+
+def gptq_modules(tensors: dict) -> list:
+    """Module prefixes that hold GPTQ tensors (have a `.qweight`)."""
+    return sorted(k[: -len(".qweight")] for k in tensors if k.endswith(".qweight"))
+
+
+def gptq_dynamic_rule(name: str, qcfg: dict):
+    """The `dynamic` rule that applies to module `name`, as gptqmodel (`dynamic_get`) and vLLM apply them:
+    rules in file order, `re.match` (anchored at the start only), first match wins; a "-:" key means "not
+    quantized", a "+:" key or a key without prefix overrides settings. Returns (key or None, skip, overrides)."""
+    import re
+
+    for key, overrides in (qcfg.get("dynamic") or {}).items():
+        if key.startswith("-:"):
+            if re.match(key[2:], name):
+                return key, True, {}
+        else:
+            pat = key[2:] if key.startswith("+:") else key
+            if re.match(pat, name):
+                return key, False, dict(overrides)
+    return None, False, {}
+
+
+# ----------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------
 def sha256_file(path: str) -> str:
@@ -291,6 +403,19 @@ def load_checkpoint_tensors(d: str) -> dict:
     for fn in files:
         raw.update(load_file(os.path.join(d, fn)))
     out = {}
+    qmods = gptq_modules(raw)
+    if qmods:  # GPTQ checkpoint: dequantize every module with a qweight (numpy unpacker above)
+        with open(os.path.join(d, "config.json")) as f:
+            qcfg = json.load(f).get("quantization_config") or {}
+        fmt = qcfg.get("checkpoint_format", "gptq")
+        for m in qmods:
+            out[m + ".weight"] = torch.from_numpy(gptq_dequantize(
+                raw[m + ".qweight"].numpy(), raw[m + ".qzeros"].numpy(), raw[m + ".scales"].float().numpy(),
+                raw[m + ".g_idx"].numpy(), checkpoint_format=fmt))
+            if m + ".bias" in raw:
+                out[m + ".bias"] = raw[m + ".bias"].float()
+        skip = {m + "." + s for m in qmods for s in GPTQ_SUFFIXES}
+        raw = {n: t for n, t in raw.items() if n not in skip}
     for n, t in raw.items():
         if n.endswith("_scale_inv"):
             continue
@@ -328,7 +453,7 @@ def reference_logits(d: str, input_ids) -> torch.Tensor:
     mlp_types = c.get("mlp_layer_types") or [
         "dense" if i < c.get("first_k_dense_replace", 3) else "sparse" for i in range(L)
     ]
-    idx_types = (c.get("indexer_types") if c["model_type"] == "glm_moe_dsa" else None) or ["full"] * L
+    idx_types = config_indexer_types(c)
     E, I = c["n_routed_experts"], c["moe_intermediate_size"]
     inv_freq, att = rope_frequencies(rp, Dr, c["max_position_embeddings"])
     scale = mla_softmax_scale(rp, Dn + Dr)
