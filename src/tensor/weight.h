@@ -56,7 +56,8 @@ class Weight {
   // E4M3 [rows, cols] with scale_inv [ceil(rows/128), ceil(cols/128)] of F32 / BF16 / F16.
   static Weight fp8_block(std::string module, std::span<const std::byte> e4m3, int64_t rows,
                           int64_t cols, DType scale_dtype, std::span<const std::byte> scale_inv);
-  // Every g_idx entry is checked against `groups` here, so unpacking never reads out of bounds.
+  // Sizes are checked here; g_idx values against `groups` when rows are read (an Error naming the
+  // module), so unpacking never reads out of bounds and binding reads no weight data.
   static Weight gptq(std::string module, const GptqTensors& tensors, int64_t rows, int64_t cols,
                      const GptqParams& params);
   // An owned float32 matrix (synthetic and test weights).

@@ -175,17 +175,12 @@ TEST(Weight, GptqRefusesInconsistentTensorsNamingTheModule) {
       {m, "qweight", "expected"});
   PackedGptq bad = p;
   bad.g_idx[5] = 2;  // only groups 0 and 1 exist
-  expect_error(
-      [&] {
-        Weight::gptq(m, bad.tensors(), 16, 64, GptqParams{4, 32, false});
-      },
-      {m, "g_idx[5] = 2", "2 groups"});
+  std::vector<float> row(64);
+  Weight w = Weight::gptq(m, bad.tensors(), 16, 64, GptqParams{4, 32, false});
+  expect_error([&] { w.rows_to_f32(3, 4, row.data()); }, {m, "g_idx[5] = 2", "2 groups"});
   bad.g_idx[5] = -1;
-  expect_error(
-      [&] {
-        Weight::gptq(m, bad.tensors(), 16, 64, GptqParams{4, 32, false});
-      },
-      {m, "g_idx[5] = -1"});
+  w = Weight::gptq(m, bad.tensors(), 16, 64, GptqParams{4, 32, false});
+  expect_error([&] { w.rows_to_f32(0, 1, row.data()); }, {m, "g_idx[5] = -1"});
   PackedGptq no_g_idx = pack_gptq(4, 16, 64, 32, false, false, false, 8);
   expect_error(
       [&] {
