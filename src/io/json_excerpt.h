@@ -8,7 +8,9 @@
 
 namespace whittle {
 
-inline std::string json_excerpt(const nlohmann::json& value) {
+// For nlohmann::json and nlohmann::ordered_json alike.
+template <class Json>
+std::string json_excerpt(const Json& value) {
   if (value.is_structured()) return std::string("an ") + value.type_name();
   std::string text = value.dump();
   return text.size() > 64 ? text.substr(0, 64) + "..." : text;

@@ -5,6 +5,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "io/json_excerpt.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 
@@ -14,12 +15,10 @@ using nlohmann::json;
 
 namespace {
 
-// A value as error text, without serializing containers: json_excerpt for either JSON type.
+// A value as error text, without serializing containers (io/json_excerpt.h).
 template <class Json>
 std::string excerpt(const Json& value) {
-  if (value.is_structured()) return std::string("an ") + value.type_name();
-  std::string text = value.dump();
-  return text.size() > 64 ? text.substr(0, 64) + "..." : text;
+  return json_excerpt(value);
 }
 
 // Typed field access with errors that name the file and the field. Written for both JSON types:

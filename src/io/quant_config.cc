@@ -10,6 +10,7 @@
 #include <array>
 #include <nlohmann/json.hpp>
 
+#include "io/json_excerpt.h"
 #include "util/error.h"
 
 namespace whittle {
@@ -61,12 +62,10 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-// A value as error text, without serializing containers (hostile nesting; see json_excerpt.h).
+// A value as error text, without serializing containers (io/json_excerpt.h).
 template <class Json>
 std::string excerpt(const Json& value) {
-  if (value.is_structured()) return std::string("an ") + value.type_name();
-  std::string text = value.dump();
-  return text.size() > 64 ? text.substr(0, 64) + "..." : text;
+  return json_excerpt(value);
 }
 
 // Typed access to one object of quantization_config with errors naming the file and the field.

@@ -41,20 +41,23 @@ bool is_scale_dtype(DType d) {
 
 }  // namespace
 
+Weight::Weight(std::string module, WeightFormat format, DType dtype, int64_t rows, int64_t cols,
+               std::span<const std::byte> data)
+    : module_(std::move(module)),
+      format_(format),
+      dtype_(dtype),
+      rows_(rows),
+      cols_(cols),
+      stored_rows_(rows),
+      data_(data) {}
+
 Weight Weight::dense(std::string module, DType dtype, std::span<const std::byte> bytes,
                      int64_t rows, int64_t cols) {
   if (dtype != DType::F32 && dtype != DType::BF16 && dtype != DType::F16)
     fail("{}: weight dtype {} is not supported (expected F32, BF16, F16, block FP8 or GPTQ)",
          module, dtype_name(dtype));
   check_bytes(module, "the weight", bytes, static_cast<size_t>(rows * cols) * dtype_size(dtype));
-  Weight w;
-  w.module_ = std::move(module);
-  w.format_ = WeightFormat::kDense;
-  w.dtype_ = dtype;
-  w.rows_ = w.stored_rows_ = rows;
-  w.cols_ = cols;
-  w.data_ = bytes;
-  return w;
+  return Weight(std::move(module), WeightFormat::kDense, dtype, rows, cols, bytes);
 }
 
 Weight Weight::fp8_block(std::string module, std::span<const std::byte> e4m3, int64_t rows,
@@ -66,13 +69,7 @@ Weight Weight::fp8_block(std::string module, std::span<const std::byte> e4m3, in
   const int64_t br = (rows + kFp8Block - 1) / kFp8Block, bc = (cols + kFp8Block - 1) / kFp8Block;
   check_bytes(module, "weight_scale_inv", scale_inv,
               static_cast<size_t>(br * bc) * dtype_size(scale_dtype));
-  Weight w;
-  w.module_ = std::move(module);
-  w.format_ = WeightFormat::kFp8Block;
-  w.dtype_ = DType::F8_E4M3;
-  w.rows_ = w.stored_rows_ = rows;
-  w.cols_ = cols;
-  w.data_ = e4m3;
+  Weight w(std::move(module), WeightFormat::kFp8Block, DType::F8_E4M3, rows, cols, e4m3);
   w.scales_ = scale_inv;
   w.scale_dtype_ = scale_dtype;
   return w;
@@ -106,13 +103,7 @@ Weight Weight::gptq(std::string module, const GptqTensors& t, int64_t rows, int6
     // every module's g_idx (about 1.5 GB spread over a 744B checkpoint).
     check_bytes(module, "g_idx", t.g_idx, static_cast<size_t>(cols) * 4);
   }
-  Weight w;
-  w.module_ = std::move(module);
-  w.format_ = WeightFormat::kGptq;
-  w.dtype_ = DType::I32;
-  w.rows_ = w.stored_rows_ = rows;
-  w.cols_ = cols;
-  w.data_ = t.qweight;
+  Weight w(std::move(module), WeightFormat::kGptq, DType::I32, rows, cols, t.qweight);
   w.qzeros_ = t.qzeros;
   w.scales_ = t.scales;
   w.g_idx_ = t.g_idx;

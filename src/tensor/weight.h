@@ -92,6 +92,8 @@ class Weight {
   size_t stored_bytes() const;
 
  private:
+  Weight(std::string module, WeightFormat format, DType dtype, int64_t rows, int64_t cols,
+         std::span<const std::byte> data);
   void gptq_rows_to_f32(int64_t r0, int64_t r1, float* dst) const;
 
   std::string module_;
