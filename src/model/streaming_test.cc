@@ -12,21 +12,13 @@
 
 #include "io/npy.h"
 #include "model/glm_moe_dsa.h"
+#include "model/golden_models_test_helpers.h"
 #include "model/router.h"
 #include "util/testing.h"
 
 namespace whittle {
 namespace {
 namespace fs = std::filesystem;
-
-const fs::path kGoldenModels = fs::path(WHITTLE_SOURCE_DIR) / "tests/golden/models";
-
-std::vector<int32_t> golden_ids(const std::string& name) {
-  std::vector<int32_t> ids;
-  for (int64_t id : read_npy_i64(kGoldenModels / name / "input_ids.npy"))
-    ids.push_back(static_cast<int32_t>(id));
-  return ids;
-}
 
 // Three sequences of different lengths cut from the golden input; long enough that DSA drops keys.
 std::vector<std::vector<int32_t>> three_sequences(const std::vector<int32_t>& ids) {
