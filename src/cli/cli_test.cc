@@ -257,7 +257,7 @@ TEST(Cli, UnknownSubcommandIsNamed) {
   EXPECT_EQ(r.status, 2);
   EXPECT_THAT(
       r.output,
-      HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, logits, eval)"));
+      HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, logits, eval, prune)"));
 }
 
 TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOptionAndRange) {
@@ -591,6 +591,59 @@ TEST(Cli, FifoShardIsRefusedWithoutBlocking) {
   Outcome r = whittle({"info", m.str()});  // blocked forever in open() before
   EXPECT_EQ(r.status, 1);
   EXPECT_THAT(r.output, HasSubstr("model.safetensors: not a regular file (it is a FIFO)"));
+}
+
+// `whittle prune` end to end on the small random model: the output is a model whittle loads with
+// E - floor(E x R) experts, and reap_report.json records the statistics and the sets.
+TEST(Cli, PruneWritesAPrunedCheckpointAndItsReport) {
+  const fs::path model = kRoot / "models/tiny-glm5-random";
+  ScratchDir tmp;
+  const fs::path out = tmp.path() / "pruned";
+  Outcome r = whittle({"prune", model.string(), out.string(), "--ratio", "0.25", "--calib",
+                       (kRoot / "README.md").string(), "--samples", "4", "--seqlen", "64"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("6 of 8 routed experts kept in each of 1 MoE layers (reap)"));
+  const nlohmann::json report = nlohmann::json::parse(read_file(out / "reap_report.json"));
+  EXPECT_EQ(report["experts_after"], 6);
+  EXPECT_EQ(report["calibration"]["samples"], 4);
+  ASSERT_EQ(report["layers"].size(), 1u);
+  EXPECT_EQ(report["layers"][0]["kept"].size(), 6u);
+  EXPECT_EQ(report["layers"][0]["dropped"].size(), 2u);
+  double routed = 0;
+  for (const auto& e : report["layers"][0]["experts"]) routed += e["count"].get<double>();
+  EXPECT_EQ(routed, 4 * 64 * 2);  // every calibration token routed to top-2 experts
+  EXPECT_EQ(nlohmann::json::parse(read_file(out / "config.json"))["n_routed_experts"], 6);
+  Outcome gen = whittle({"generate", out.string(), "-p", "Hello", "-n", "4", "-t", "0"});
+  EXPECT_EQ(gen.status, 0) << gen.output;
+  // An existing output is refused without --force, before any calibration runs.
+  Outcome again =
+      whittle({"prune", model.string(), out.string(), "--ratio", "0.25", "--method", "random"});
+  EXPECT_EQ(again.status, 1);
+  EXPECT_THAT(again.output, HasSubstr("already exists; pass --force"));
+  Outcome forced = whittle(
+      {"prune", model.string(), out.string(), "--ratio", "0.5", "--method", "random", "--force"});
+  EXPECT_EQ(forced.status, 0) << forced.output;
+  EXPECT_EQ(nlohmann::json::parse(read_file(out / "config.json"))["n_routed_experts"], 4);
+}
+
+TEST(Cli, PruneRefusesImpossibleRequestsBeforeCalibrating) {
+  const std::string model = (kRoot / "models/tiny-glm5-random").string();
+  auto error_of = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"prune", model, never_written()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Outcome r = whittle(args);
+    EXPECT_NE(r.status, 0);
+    return r.output;
+  };
+  EXPECT_THAT(error_of({"--ratio", "0"}), HasSubstr("ratio"));
+  EXPECT_THAT(error_of({"--ratio", "1"}), HasSubstr("pruning ratio 1 is out of range"));
+  EXPECT_THAT(error_of({"--ratio", "0.05"}), HasSubstr("nothing would be pruned"));
+  EXPECT_THAT(error_of({"--ratio", "0.9"}), HasSubstr("ratio"));
+  EXPECT_THAT(error_of({"--ratio", "0.25"}), HasSubstr("calibration.txt does not exist"));
+  EXPECT_THAT(error_of({"--ratio", "0.25", "--calib", "/nonexistent/calib.txt"}),
+              HasSubstr("/nonexistent/calib.txt"));
+  EXPECT_THAT(error_of({"--ratio", "0.25", "--method", "magic"}), HasSubstr("--method"));
+  EXPECT_FALSE(fs::exists(never_written()));
 }
 
 }  // namespace

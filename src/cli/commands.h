@@ -13,5 +13,6 @@ Command add_info(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_logits(CLI::App& app);
 Command add_eval(CLI::App& app);
+Command add_prune(CLI::App& app);
 
 }  // namespace whittle::cli

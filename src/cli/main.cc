@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   add(whittle::cli::add_generate);
   add(whittle::cli::add_logits);
   add(whittle::cli::add_eval);
+  add(whittle::cli::add_prune);
   // CLI11 says only "A subcommand is required" for `whittle foo`.
   if (argc > 1 && argv[1][0] != '-') {
     std::vector<std::string> names;

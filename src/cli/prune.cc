@@ -1,0 +1,180 @@
+// `whittle prune MODEL OUT --ratio R [--method reap|frequency|ean|random] [--calib FILE...]`:
+// REAP expert pruning. Calibration samples run through the unpruned model layer-major (one
+// layer's weights resident), the REAP statistics of every routed expert are gathered with the
+// model's true routing, every MoE layer drops the same floor(E x R) lowest-scoring experts, and the
+// pruned checkpoint is written tensor by tensor with reap_report.json beside it.
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "model/glm_moe_dsa.h"
+#include "prune/calibration.h"
+#include "prune/checkpoint_surgery.h"
+#include "prune/expert_selection.h"
+#include "prune/reap_observer.h"
+#include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/chat_template.h"
+#include "util/error.h"
+#include "util/progress.h"
+
+namespace whittle::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The model's chat template when whittle renders it, for calibration lines holding `messages`;
+// without one such lines are refused by the calibration reader, naming the line.
+std::unique_ptr<Glm5ChatTemplate> chat_template_or_null(const fs::path& model) {
+  try {
+    return std::make_unique<Glm5ChatTemplate>(Glm5ChatTemplate::load(model));
+  } catch (const Error&) {
+    return nullptr;
+  }
+}
+
+nlohmann::ordered_json stats_json(const ExpertStats& s) {
+  return {{"count", s.count},
+          {"sum_gate_norm", s.sum_gate_norm},
+          {"sum_norm", s.sum_norm},
+          {"sum_gate", s.sum_gate},
+          {"max_norm", s.max_norm}};
+}
+
+}  // namespace
+
+Command add_prune(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "prune",
+      "Remove a share of every MoE layer's routed experts (REAP) and write the checkpoint");
+  struct Options {
+    std::string model, out, method = "reap";
+    double ratio = 0;
+    std::vector<std::string> calib;
+    int64_t samples = 128, seqlen = 2048, batch = 8, threads = 0;
+    uint64_t seed = 42;
+    bool force = false, drop_mtp = false;
+  };
+  auto o = std::make_shared<Options>();
+  cmd->add_option("MODEL", o->model, "Hugging Face model folder")->required();
+  cmd->add_option("OUT", o->out, "Output folder for the pruned checkpoint")->required();
+  cmd->add_option("--ratio", o->ratio,
+                  "Share of each MoE layer's routed experts to remove, in (0, 1)")
+      ->required()
+      ->check(kProbability);
+  cmd->add_option("--method", o->method, "Expert score: reap, frequency, ean or random")
+      ->check(CLI::IsMember({"reap", "frequency", "ean", "random"}));
+  cmd->add_option("--calib", o->calib,
+                  "Calibration files: plain text (documents separated by <|endoftext|>) or .jsonl "
+                  "(\"text\" or \"messages\"); default: MODEL/calibration.txt");
+  cmd->add_option("--samples", o->samples, "Calibration samples")->check(kPositiveInteger);
+  cmd->add_option("--seqlen", o->seqlen, "Tokens per calibration sample")->check(kPositiveInteger);
+  cmd->add_option("--batch", o->batch, "Samples per forward batch")->check(kPositiveInteger);
+  cmd->add_option("--seed", o->seed, "Seed of the sample order and of --method random")
+      ->check(kSeed);
+  cmd->add_flag("--force", o->force, "Replace OUT if it exists");
+  cmd->add_flag("--drop-mtp", o->drop_mtp,
+                "Remove the MTP layers (num_nextn_predict_layers 0) instead of pruning them");
+  add_threads_option(cmd, o->threads);
+  return [=] {
+    require_model_folder(o->model);
+    const ModelConfig config = ModelConfig::load(o->model);
+    int64_t moe_layers = 0;
+    for (int64_t L = 0; L < config.num_hidden_layers; ++L) moe_layers += config.layer_is_moe[L];
+    if (moe_layers == 0) fail("{}: the model has no MoE layers to prune", o->model);
+    SelectionOptions selection;
+    selection.criterion = parse_criterion(o->method);
+    selection.ratio = o->ratio;
+    selection.seed = o->seed;
+    selection.n_group = config.n_group;
+    selection.topk_group = config.topk_group;
+    selection.experts_per_token = config.num_experts_per_tok;
+    // Refused now rather than after hours of calibration.
+    const int64_t drop = experts_to_drop(config.n_routed_experts, selection);
+    if (fs::exists(fs::symlink_status(o->out)) && !o->force)
+      fail("{}: already exists; pass --force to replace it", o->out);
+
+    ThreadPool pool(checked_thread_count(o->threads));
+    std::vector<std::vector<ExpertStats>> stats(static_cast<size_t>(config.num_hidden_layers));
+    nlohmann::ordered_json calibration = nullptr;
+    if (selection.criterion != PruneCriterion::kRandom) {
+      std::vector<fs::path> files(o->calib.begin(), o->calib.end());
+      if (files.empty()) {
+        const fs::path fallback = fs::path(o->model) / "calibration.txt";
+        if (!fs::exists(fallback))
+          fail("--calib: no calibration files given and {} does not exist; pass --calib FILE",
+               fallback.string());
+        files.push_back(fallback);
+      }
+      if (o->seqlen > config.max_position_embeddings)
+        fail("--seqlen: {} tokens exceed the model's context of {} (max_position_embeddings)",
+             o->seqlen, config.max_position_embeddings);
+      const BpeTokenizer tokenizer = BpeTokenizer::load(fs::path(o->model) / "tokenizer.json");
+      const std::unique_ptr<Glm5ChatTemplate> chat = chat_template_or_null(o->model);
+      const CalibrationSet set =
+          load_calibration(files, tokenizer, chat.get(), {o->samples, o->seqlen, o->seed});
+      if (!set.warning.empty()) fmt::print(stderr, "whittle: warning: {}\n", set.warning);
+      GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
+      const int64_t samples = static_cast<int64_t>(set.samples.size());
+      Progress progress("calibration", samples * o->seqlen * config.num_hidden_layers,
+                        "token-layers");
+      stats = collect_reap_stats(model, set.samples, o->batch, &progress);
+      progress.finish();
+      nlohmann::ordered_json names = nlohmann::ordered_json::array();
+      for (const fs::path& f : files) names.push_back(f.string());
+      calibration = {{"files", names},
+                     {"samples", samples},
+                     {"seqlen", o->seqlen},
+                     {"seed", o->seed},
+                     {"documents", set.documents},
+                     {"documents_used", set.documents_used},
+                     {"fingerprint", fmt::format("{:016x}", set.fingerprint)},
+                     {"statistics", "unpruned model, true routing (applied weights)"}};
+    }
+
+    ExpertKeep keep;
+    keep.kept_per_layer.resize(static_cast<size_t>(config.num_hidden_layers));
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (int64_t L = 0; L < config.num_hidden_layers; ++L) {
+      if (!config.layer_is_moe[L]) continue;
+      if (stats[L].empty()) stats[L].resize(static_cast<size_t>(config.n_routed_experts));
+      const LayerSelection s = select_experts(stats[L], selection, L);
+      keep.kept_per_layer[L] = s.kept;
+      nlohmann::ordered_json experts = nlohmann::ordered_json::array();
+      for (int64_t e = 0; e < config.n_routed_experts; ++e) {
+        nlohmann::ordered_json x = stats_json(stats[L][e]);
+        x["score"] = s.score[e];
+        experts.push_back(std::move(x));
+      }
+      layers.push_back({{"layer", L},
+                        {"kept", s.kept},
+                        {"dropped", s.dropped},
+                        {"tied_at_cut", s.tied_at_cut},
+                        {"experts", std::move(experts)}});
+    }
+    const nlohmann::ordered_json report = {
+        {"method", o->method},
+        {"ratio", o->ratio},
+        {"experts_before", config.n_routed_experts},
+        {"experts_after", config.n_routed_experts - drop},
+        {"dropped_per_layer", drop},
+        {"tie_break", "score ascending, then count ascending, then expert index descending"},
+        {"calibration", calibration},
+        {"layers", layers}};
+    PruneWriteOptions write;
+    write.overwrite = o->force;
+    write.drop_mtp = o->drop_mtp;
+    write.extra_files["reap_report.json"] = report.dump(1) + "\n";
+    const PruneWriteResult r = write_pruned_checkpoint(o->model, o->out, config, keep, write);
+    fmt::print(stderr,
+               "wrote {}: {} of {} routed experts kept in each of {} MoE layers ({}), {} tensors\n",
+               o->out, config.n_routed_experts - drop, config.n_routed_experts, moe_layers,
+               o->method, r.tensors_written);
+    return 0;
+  };
+}
+
+}  // namespace whittle::cli
