@@ -15,12 +15,6 @@ using nlohmann::json;
 
 namespace {
 
-// A value as error text, without serializing containers (io/json_excerpt.h).
-template <class Json>
-std::string excerpt(const Json& value) {
-  return json_excerpt(value);
-}
-
 // Typed field access with errors that name the file and the field. Written for both JSON types:
 // config.json is read as ordered_json (quantization rules depend on key order), callers and tests
 // may hand a plain json.
@@ -39,10 +33,10 @@ class Fields {
     if (!has(key)) fail("{}: missing required field '{}'", source_, name(key));
     const Json& v = j_.at(key);
     if (!v.is_number_integer())
-      fail("{}: field '{}' must be an integer, got {}", source_, name(key), excerpt(v));
+      fail("{}: field '{}' must be an integer, got {}", source_, name(key), json_excerpt(v));
     if (!in_range(v))
-      fail("{}: field '{}' is {}, outside [-{}, {}]", source_, name(key), excerpt(v), kMaxField,
-           kMaxField);
+      fail("{}: field '{}' is {}, outside [-{}, {}]", source_, name(key), json_excerpt(v),
+           kMaxField, kMaxField);
     return v.template get<int64_t>();
   }
   static constexpr int64_t kMaxField = (int64_t{1} << 31) - 1;
@@ -69,7 +63,7 @@ class Fields {
     if (!has(key)) return fallback;
     const Json& v = j_.at(key);
     if (!v.is_number())
-      fail("{}: field '{}' must be a number, got {}", source_, name(key), excerpt(v));
+      fail("{}: field '{}' must be a number, got {}", source_, name(key), json_excerpt(v));
     const double x = v.template get<double>();
     if (!std::isfinite(x))
       fail("{}: field '{}' must be a finite number, got {}", source_, name(key), x);
@@ -94,14 +88,14 @@ class Fields {
     if (!has(key)) return fallback;
     const Json& v = j_.at(key);
     if (!v.is_boolean())
-      fail("{}: field '{}' must be true or false, got {}", source_, name(key), excerpt(v));
+      fail("{}: field '{}' must be true or false, got {}", source_, name(key), json_excerpt(v));
     return v.template get<bool>();
   }
   std::string string(const char* key, const std::string& fallback) const {
     if (!has(key)) return fallback;
     const Json& v = j_.at(key);
     if (!v.is_string())
-      fail("{}: field '{}' must be a string, got {}", source_, name(key), excerpt(v));
+      fail("{}: field '{}' must be a string, got {}", source_, name(key), json_excerpt(v));
     return v.template get<std::string>();
   }
   std::vector<std::string> strings(const char* key) const {
@@ -109,10 +103,11 @@ class Fields {
     if (!has(key)) return out;
     const Json& v = j_.at(key);
     if (!v.is_array())
-      fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), excerpt(v));
+      fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), json_excerpt(v));
     for (const Json& e : v) {
       if (!e.is_string())
-        fail("{}: field '{}' must be a list of strings, got {}", source_, name(key), excerpt(v));
+        fail("{}: field '{}' must be a list of strings, got {}", source_, name(key),
+             json_excerpt(v));
       out.push_back(e.template get<std::string>());
     }
     return out;
@@ -125,12 +120,12 @@ class Fields {
     if (v.is_number_integer()) return {integer(key)};
     if (!v.is_array())
       fail("{}: field '{}' must be an integer or a list of integers, got {}", source_, name(key),
-           excerpt(v));
+           json_excerpt(v));
     for (const Json& e : v) {
       if (!e.is_number_integer())
-        fail("{}: field '{}' must hold integers, got {}", source_, name(key), excerpt(e));
+        fail("{}: field '{}' must hold integers, got {}", source_, name(key), json_excerpt(e));
       if (!in_range(e))
-        fail("{}: field '{}' holds {}, outside [-{}, {}]", source_, name(key), excerpt(e),
+        fail("{}: field '{}' holds {}, outside [-{}, {}]", source_, name(key), json_excerpt(e),
              kMaxField, kMaxField);
       out.push_back(e.template get<int64_t>());
     }
@@ -163,7 +158,8 @@ RopeConfig parse_rope(const Fields<Json>& f, int64_t max_position_embeddings) {
   if (params_key) {
     const Json& params = f.raw(params_key);
     if (!params.is_object())
-      fail("{}: field '{}' must be an object, got {}", f.source(), params_key, excerpt(params));
+      fail("{}: field '{}' must be an object, got {}", f.source(), params_key,
+           json_excerpt(params));
     Fields<Json> p(params, f.source(), std::string(params_key) + ".");
     rope.type = p.string("rope_type", p.string("type", "default"));
     rope.theta = p.number("rope_theta", rope.theta);
@@ -266,14 +262,14 @@ std::vector<bool> parse_index_pattern(const Fields<Json>& f, int64_t layers) {
         fail(
             "{}: field 'index_topk_pattern' holds {} at position {}; a list pattern is taken as "
             "indexer_types and needs \"full\" or \"shared\"",
-            f.source(), excerpt(e), i);
+            f.source(), json_excerpt(e), i);
       out.push_back(e == "full");
     }
   } else {
     fail(
         "{}: field 'index_topk_pattern' must be a string of \"F\"/\"S\" (one per layer) or a "
         "list of \"full\"/\"shared\", got {}",
-        f.source(), excerpt(v));
+        f.source(), json_excerpt(v));
   }
   if (static_cast<int64_t>(out.size()) < layers)
     fail(

@@ -62,18 +62,14 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-// A value as error text, without serializing containers (io/json_excerpt.h).
-template <class Json>
-std::string excerpt(const Json& value) {
-  return json_excerpt(value);
-}
-
 // Typed access to one object of quantization_config with errors naming the file and the field.
 template <class Json>
 class QuantFields {
  public:
-  QuantFields(const Json& j, const std::string& source, std::string prefix)
-      : j_(j), source_(source), prefix_(std::move(prefix)) {}
+  // `source` is copied, as model_config's Fields does: a reference to a caller's temporary
+  // path string is how generation_config.json's errors once read freed memory.
+  QuantFields(const Json& j, std::string source, std::string prefix)
+      : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
 
   bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
   const Json& raw(const char* key) const { return j_.at(key); }
@@ -81,7 +77,7 @@ class QuantFields {
   const std::string& source() const { return source_; }
 
   [[noreturn]] void bad(std::string_view key, std::string_view expected, const Json& v) const {
-    fail("{}: field '{}' must be {}, got {}", source_, name(key), expected, excerpt(v));
+    fail("{}: field '{}' must be {}, got {}", source_, name(key), expected, json_excerpt(v));
   }
   void require(const char* key, std::string_view why) const {
     if (!has(key)) fail("{}: missing required field '{}' ({})", source_, name(key), why);
@@ -121,8 +117,7 @@ class QuantFields {
 
  private:
   const Json& j_;
-  const std::string& source_;
-  std::string prefix_;
+  std::string source_, prefix_;
 };
 
 std::string lower(std::string s) {
@@ -179,7 +174,7 @@ void read_dynamic(const QuantFields<Json>& f, QuantConfig& q, bool order_known) 
     const Json& value = it.value();
     if (!value.is_object())
       fail("{}: field '{}' maps \"{}\" to {}; expected an object of overrides ({{}} for \"-:\")",
-           f.source(), field, rule.key, excerpt(value));
+           f.source(), field, rule.key, json_excerpt(value));
     if (!rule.skip) {
       QuantFields<Json> o(value, f.source(), field + "[\"" + rule.key + "\"].");
       read_overrides(o, rule, /*auto_round=*/false);
@@ -215,7 +210,7 @@ void read_extra_config(const QuantFields<Json>& f, QuantConfig& q, bool order_kn
     const Json& value = it.value();
     if (!value.is_object())
       fail("{}: field '{}' maps \"{}\" to {}; expected an object of settings", f.source(), field,
-           rule.key, excerpt(value));
+           rule.key, json_excerpt(value));
     QuantFields<Json> o(value, f.source(), field + "[\"" + rule.key + "\"].");
     read_overrides(o, rule, /*auto_round=*/true);
     if (!rule.exact) rule.regex = compile_rule(rule.key, rule.key, field, f.source());
@@ -265,7 +260,7 @@ std::optional<QuantConfig> parse(const Json& config, const std::string& source, 
   const Json& qc = config.at("quantization_config");
   if (qc.is_null()) return std::nullopt;
   if (!qc.is_object())
-    fail("{}: field 'quantization_config' must be an object, got {}", source, excerpt(qc));
+    fail("{}: field 'quantization_config' must be an object, got {}", source, json_excerpt(qc));
   QuantFields<Json> f(qc, source, "quantization_config.");
   f.require("quant_method", "\"gptq\" or \"auto-round\"");
   const std::string method = lower(f.string("quant_method"));

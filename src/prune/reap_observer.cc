@@ -17,7 +17,10 @@ ReapObserver::ReapObserver(const ModelConfig& config)
 }
 
 void ReapObserver::router(int64_t layer, const Routing& routing) {
-  last_ = routing;
+  // Only the choices and weights are needed (not the [tokens, experts] logits).
+  last_.k = routing.k;
+  last_.chosen = routing.chosen;
+  last_.weights = routing.weights;
   last_layer_ = layer;
   tokens_[layer] += routing.tokens;
 }

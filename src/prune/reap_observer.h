@@ -37,7 +37,7 @@ class ReapObserver : public ForwardObserver {
   int64_t hidden_;
   std::vector<std::vector<ExpertStats>> stats_;
   std::vector<int64_t> tokens_;
-  Routing last_;  // the routing of the batch the experts being reported belong to
+  Routing last_;  // chosen experts and weights of the batch whose experts are being reported
   int64_t last_layer_ = -1;
 };
 
