@@ -23,7 +23,7 @@ namespace fs = std::filesystem;
 
 constexpr float kLogitTolerance = 3e-5f;
 // Achieved: hidden states <= 9.2e-7 x max |h| (multi_moe layer 4), router weights <= 4.8e-7.
-constexpr float kHiddenTolerance = 3e-5f;        // x max |h| of the layer
+constexpr float kHiddenTolerance = 2.5e-5f;      // x max |h| of the layer
 constexpr float kRouterWeightTolerance = 1e-5f;  // absolute; they sum to routed_scaling_factor
 const fs::path kGoldenModels = fs::path(WHITTLE_SOURCE_DIR) / "tests/golden/models";
 

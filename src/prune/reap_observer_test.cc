@@ -55,7 +55,8 @@ TEST_P(ReapStats, MatchTheGoldenRoutingAndRecomputedExpertNorms) {
   const std::vector<std::vector<int32_t>> samples = {ids};
   const auto stats = collect_reap_stats(model, samples, 1);
 
-  // Routing from transformers: counts exact, gate sums to float rounding.
+  // Routing from transformers: counts exact, gate sums to float rounding. Achieved relative errors:
+  // gate sums 6.7e-8, norms 8.3e-8, gate-weighted norms 1.0e-7; bounds 2e-6.
   std::vector<int64_t> shape;
   const std::vector<int32_t> experts =
       read_npy_i32(kGoldenModels / GetParam() / "router_experts.npy", &shape);
@@ -87,7 +88,7 @@ TEST_P(ReapStats, MatchTheGoldenRoutingAndRecomputedExpertNorms) {
       SCOPED_TRACE(fmt::format("layer {} expert {}", L, e));
       const ExpertStats& s = stats[L][e];
       EXPECT_EQ(s.count, count[e]);
-      EXPECT_NEAR(s.sum_gate, gate[e], 1e-5 * std::max(1.0, gate[e]));
+      EXPECT_NEAR(s.sum_gate, gate[e], 2e-6 * std::max(1.0, gate[e]));
       auto it = inputs.rows.find({L, e});
       if (count[e] == 0) {
         EXPECT_EQ(it, inputs.rows.end());
@@ -115,9 +116,9 @@ TEST_P(ReapStats, MatchTheGoldenRoutingAndRecomputedExpertNorms) {
         max_norm = std::max(max_norm, std::sqrt(sq));
         sum_gate_norm += golden_gate(inputs.ids[{L, e}][r]) * std::sqrt(sq);
       }
-      EXPECT_NEAR(s.sum_norm, sum_norm, 1e-5 * sum_norm);
-      EXPECT_NEAR(s.max_norm, max_norm, 1e-5 * max_norm);
-      EXPECT_NEAR(s.sum_gate_norm, sum_gate_norm, 1e-5 * sum_gate_norm);
+      EXPECT_NEAR(s.sum_norm, sum_norm, 2e-6 * sum_norm);
+      EXPECT_NEAR(s.max_norm, max_norm, 2e-6 * max_norm);
+      EXPECT_NEAR(s.sum_gate_norm, sum_gate_norm, 2e-6 * sum_gate_norm);
     }
   }
 }
