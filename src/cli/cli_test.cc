@@ -626,6 +626,111 @@ TEST(Cli, PruneWritesAPrunedCheckpointAndItsReport) {
   EXPECT_EQ(nlohmann::json::parse(read_file(out / "config.json"))["n_routed_experts"], 4);
 }
 
+// --stats cuts another ratio from a previous run's statistics, and gives what calibrating again
+// gives; --sequential observes the first MoE layer exactly as the default does (nothing before it
+// is pruned) and every later one on the pruned model's activations.
+TEST(Cli, PruneReusesStatisticsAndPrunesAsItGoes) {
+  const fs::path model = kRoot / "models/tiny-glm5";
+  ScratchDir tmp;
+  const std::vector<std::string> calib = {
+      "--calib", (kRoot / "README.md").string(), "--samples", "4", "--seqlen", "64"};
+  auto prune = [&](const std::string& out, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"prune", model.string(), (tmp.path() / out).string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Outcome r = whittle(args);
+    EXPECT_EQ(r.status, 0) << r.output;
+    return nlohmann::json::parse(read_file(tmp.path() / out / "reap_report.json"));
+  };
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), calib.begin(), calib.end());
+    return extra;
+  };
+  const nlohmann::json quarter = prune("q", with({"--ratio", "0.25"}));
+  const nlohmann::json half = prune("h", with({"--ratio", "0.5"}));
+  const std::string report = (tmp.path() / "q" / "reap_report.json").string();
+  const nlohmann::json cut = prune("c", {"--ratio", "0.5", "--stats", report});
+  ASSERT_EQ(cut["layers"].size(), 5u);
+  for (size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(cut["layers"][i]["experts"], half["layers"][i]["experts"]) << i;
+    EXPECT_EQ(cut["layers"][i]["kept"], half["layers"][i]["kept"]) << i;
+  }
+  EXPECT_EQ(cut["calibration"]["statistics_from"], report);
+
+  const nlohmann::json seq = prune("s", with({"--ratio", "0.25", "--sequential"}));
+  EXPECT_EQ(seq["observation"], "sequential");
+  EXPECT_EQ(quarter["observation"], "unpruned");
+  EXPECT_EQ(seq["layers"][0]["experts"], quarter["layers"][0]["experts"]);
+  for (size_t i = 1; i < 5; ++i) {
+    EXPECT_NE(seq["layers"][i]["experts"], quarter["layers"][i]["experts"]) << i;
+    double routed = 0;
+    for (const auto& e : seq["layers"][i]["experts"]) routed += e["count"].get<double>();
+    EXPECT_EQ(routed, 4 * 64 * 4) << i;  // every token still routed to top-4 of 32
+  }
+  // Statistics gathered while pruning depend on that pruning: they are not cut again.
+  Outcome again = whittle({"prune", model.string(), never_written(), "--ratio", "0.5", "--stats",
+                           (tmp.path() / "s" / "reap_report.json").string()});
+  EXPECT_NE(again.status, 0);
+  EXPECT_THAT(again.output, HasSubstr("\"observation\" is \"sequential\""));
+  EXPECT_FALSE(fs::exists(never_written()));
+}
+
+TEST(Cli, PruneRefusesBadStatisticsFiles) {
+  const std::string model = (kRoot / "models/tiny-glm5").string();
+  ScratchDir tmp;
+  auto error_of = [&](const std::string& text) {
+    const fs::path f = tmp.path() / "report.json";
+    write_file_atomic(f, text);
+    Outcome r =
+        whittle({"prune", model, never_written(), "--ratio", "0.25", "--stats", f.string()});
+    EXPECT_NE(r.status, 0);
+    EXPECT_THAT(r.output, HasSubstr(f.string()));
+    return r.output;
+  };
+  EXPECT_THAT(error_of("{\"layers\": ["), HasSubstr("not valid JSON"));
+  EXPECT_THAT(error_of("[]"), HasSubstr("expected a JSON object"));
+  EXPECT_THAT(error_of("{}"), HasSubstr("expected \"layers\" to be an array"));
+  EXPECT_THAT(error_of("{\"layers\": [{\"layer\": 0, \"experts\": []}]}"),
+              HasSubstr("layer 0 is not a MoE layer"));
+  EXPECT_THAT(error_of("{\"layers\": [{\"layer\": 1, \"experts\": [{}]}]}"),
+              HasSubstr("expected \"experts\" to be an array of 32"));
+  std::string experts = "[";
+  for (int e = 0; e < 32; ++e)
+    experts += std::string(e ? "," : "") +
+               "{\"count\": 1, \"sum_gate_norm\": 1, \"sum_norm\": 1, \"sum_gate\": 1, " +
+               "\"max_norm\": " + (e == 7 ? "-1" : "1") + "}";
+  experts += "]";
+  EXPECT_THAT(error_of("{\"layers\": [{\"layer\": 1, \"experts\": " + experts + "}]}"),
+              HasSubstr("layers[0].experts[7]: expected \"max_norm\" to be a finite number >= 0"));
+  EXPECT_FALSE(fs::exists(never_written()));
+}
+
+// Root ignores folder permissions, so as root the command runs as nobody (setpriv).
+TEST(Cli, PruneRefusesAReadOnlyDestinationBeforeCalibrating) {
+  ScratchDir tmp;
+  const fs::path ro = tmp.path() / "ro", calib = tmp.path() / "calib.txt";
+  write_file_atomic(calib, std::string(20000, 'a'));
+  fs::create_directories(ro);
+  fs::permissions(tmp.path(), fs::perms::all);
+  fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::others_read |
+                          fs::perms::others_exec);
+  std::vector<std::string> cmd;
+  if (::geteuid() == 0) {
+    if (!fs::exists("/usr/bin/setpriv")) GTEST_SKIP() << "root without setpriv";
+    cmd = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
+  }
+  for (const std::string& a :
+       {std::string(WHITTLE_BINARY), std::string("prune"), (kRoot / "models/tiny-glm5").string(),
+        (ro / "out").string(), std::string("--ratio"), std::string("0.25"), std::string("--calib"),
+        calib.string()})
+    cmd.push_back(a);
+  CommandOutcome r = run_command(cmd, "2>&1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr((ro / "out").string()));
+  EXPECT_THAT(r.output, HasSubstr("Permission denied"));
+  EXPECT_THAT(r.output, Not(HasSubstr("calibration")));  // refused before calibrating
+  EXPECT_TRUE(fs::is_empty(ro));
+}
+
 TEST(Cli, PruneRefusesImpossibleRequestsBeforeCalibrating) {
   const std::string model = (kRoot / "models/tiny-glm5-random").string();
   auto error_of = [&](std::vector<std::string> extra) {

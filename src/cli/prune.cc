@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "io/npy.h"
+
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "model/glm_moe_dsa.h"
@@ -15,8 +17,10 @@
 #include "prune/checkpoint_surgery.h"
 #include "prune/expert_selection.h"
 #include "prune/reap_observer.h"
+#include "prune/reap_report.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/chat_template.h"
+#include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/progress.h"
 
@@ -36,14 +40,6 @@ std::unique_ptr<Glm5ChatTemplate> chat_template_or_null(const fs::path& model) {
   }
 }
 
-nlohmann::ordered_json stats_json(const ExpertStats& s) {
-  return {{"count", s.count},
-          {"sum_gate_norm", s.sum_gate_norm},
-          {"sum_norm", s.sum_norm},
-          {"sum_gate", s.sum_gate},
-          {"max_norm", s.max_norm}};
-}
-
 }  // namespace
 
 Command add_prune(CLI::App& app) {
@@ -54,9 +50,10 @@ Command add_prune(CLI::App& app) {
     std::string model, out, method = "reap";
     double ratio = 0;
     std::vector<std::string> calib;
-    int64_t samples = 128, seqlen = 2048, batch = 8, threads = 0;
+    std::string stats_from, save_calibration;
+    int64_t samples = 128, seqlen = 0, batch = 8, threads = 0;
     uint64_t seed = 42;
-    bool force = false, drop_mtp = false;
+    bool force = false, drop_mtp = false, sequential = false;
   };
   auto o = std::make_shared<Options>();
   cmd->add_option("MODEL", o->model, "Hugging Face model folder")->required();
@@ -71,10 +68,23 @@ Command add_prune(CLI::App& app) {
                   "Calibration files: plain text (documents separated by <|endoftext|>) or .jsonl "
                   "(\"text\" or \"messages\"); default: MODEL/calibration.txt");
   cmd->add_option("--samples", o->samples, "Calibration samples")->check(kPositiveInteger);
-  cmd->add_option("--seqlen", o->seqlen, "Tokens per calibration sample")->check(kPositiveInteger);
+  cmd->add_option("--seqlen", o->seqlen,
+                  "Tokens per calibration sample (default: 2048, or the model's context if "
+                  "shorter)")
+      ->check(kPositiveInteger);
   cmd->add_option("--batch", o->batch, "Samples per forward batch")->check(kPositiveInteger);
   cmd->add_option("--seed", o->seed, "Seed of the sample order and of --method random")
       ->check(kSeed);
+  cmd->add_flag("--sequential", o->sequential,
+                "Prune as you go (llm-compressor's sequential pipeline): observe each MoE layer "
+                "on the outputs of the layers before it already pruned; default: every layer "
+                "observed on the unpruned model");
+  cmd->add_option("--stats", o->stats_from,
+                  "Reuse the statistics of a previous run's reap_report.json instead of "
+                  "calibrating (another ratio or method cut from the same calibration)");
+  cmd->add_option("--save-calibration", o->save_calibration,
+                  "Also write the packed calibration token ids to this .npy file (int32 "
+                  "[samples, seqlen]), for outside tools to score the same tokens");
   cmd->add_flag("--force", o->force, "Replace OUT if it exists");
   cmd->add_flag("--drop-mtp", o->drop_mtp,
                 "Remove the MTP layers (num_nextn_predict_layers 0) instead of pruning them");
@@ -92,15 +102,33 @@ Command add_prune(CLI::App& app) {
     selection.n_group = config.n_group;
     selection.topk_group = config.topk_group;
     selection.experts_per_token = config.num_experts_per_tok;
+    const bool random = selection.criterion == PruneCriterion::kRandom;
     // Refused now rather than after hours of calibration.
     const int64_t drop = experts_to_drop(config.n_routed_experts, selection);
     if (fs::exists(fs::symlink_status(o->out)) && !o->force)
       fail("{}: already exists; pass --force to replace it", o->out);
+    if (!o->stats_from.empty() && (o->sequential || !o->calib.empty() || random))
+      fail("--stats: reuses a previous calibration; it cannot be combined with {}",
+           o->sequential ? "--sequential"
+           : random      ? "--method random"
+                         : "--calib");
+    if (o->sequential && random)
+      fail(
+          "--sequential: --method random does not calibrate, so there is nothing to prune as "
+          "you go");
+    {
+      // A destination that cannot be written is found now, not after the calibration: the
+      // temporary folder the checkpoint will be written to is created and removed again.
+      AtomicDir probe(o->out, o->force);
+    }
 
     ThreadPool pool(checked_thread_count(o->threads));
     std::vector<std::vector<ExpertStats>> stats(static_cast<size_t>(config.num_hidden_layers));
     nlohmann::ordered_json calibration = nullptr;
-    if (selection.criterion != PruneCriterion::kRandom) {
+    if (!o->stats_from.empty()) {
+      stats = read_report_stats(o->stats_from, config);
+      calibration = {{"statistics_from", o->stats_from}};
+    } else if (!random) {
       std::vector<fs::path> files(o->calib.begin(), o->calib.end());
       if (files.empty()) {
         const fs::path fallback = fs::path(o->model) / "calibration.txt";
@@ -109,30 +137,44 @@ Command add_prune(CLI::App& app) {
                fallback.string());
         files.push_back(fallback);
       }
-      if (o->seqlen > config.max_position_embeddings)
+      const int64_t seqlen =
+          o->seqlen > 0 ? o->seqlen : std::min<int64_t>(2048, config.max_position_embeddings);
+      if (seqlen > config.max_position_embeddings)
         fail("--seqlen: {} tokens exceed the model's context of {} (max_position_embeddings)",
-             o->seqlen, config.max_position_embeddings);
+             seqlen, config.max_position_embeddings);
       const BpeTokenizer tokenizer = BpeTokenizer::load(fs::path(o->model) / "tokenizer.json");
       const std::unique_ptr<Glm5ChatTemplate> chat = chat_template_or_null(o->model);
       const CalibrationSet set =
-          load_calibration(files, tokenizer, chat.get(), {o->samples, o->seqlen, o->seed});
+          load_calibration(files, tokenizer, chat.get(), {o->samples, seqlen, o->seed});
       if (!set.warning.empty()) fmt::print(stderr, "whittle: warning: {}\n", set.warning);
-      GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
       const int64_t samples = static_cast<int64_t>(set.samples.size());
-      Progress progress("calibration", samples * o->seqlen * config.num_hidden_layers,
-                        "token-layers");
-      stats = collect_reap_stats(model, set.samples, o->batch, &progress);
+      if (!o->save_calibration.empty()) {
+        std::vector<int32_t> ids;
+        for (const std::vector<int32_t>& sample : set.samples)
+          ids.insert(ids.end(), sample.begin(), sample.end());
+        write_npy(o->save_calibration, ids, std::vector<int64_t>{samples, seqlen});
+      }
+      GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
+      Progress progress("calibration", samples * seqlen * config.num_hidden_layers, "token-layers");
+      KeepExperts prune_as_you_go = nullptr;
+      if (o->sequential)
+        prune_as_you_go = [&](int64_t layer, const std::vector<ExpertStats>& s) {
+          return select_experts(s, selection, layer).kept;
+        };
+      stats = collect_reap_stats(model, set.samples, o->batch, &progress, prune_as_you_go);
       progress.finish();
       nlohmann::ordered_json names = nlohmann::ordered_json::array();
       for (const fs::path& f : files) names.push_back(f.string());
       calibration = {{"files", names},
                      {"samples", samples},
-                     {"seqlen", o->seqlen},
+                     {"seqlen", seqlen},
                      {"seed", o->seed},
                      {"documents", set.documents},
                      {"documents_used", set.documents_used},
                      {"fingerprint", fmt::format("{:016x}", set.fingerprint)},
-                     {"statistics", "unpruned model, true routing (applied weights)"}};
+                     {"routing",
+                      "true routing: biased selection, applied (renormalised, scaled) "
+                      "weights"}};
     }
 
     ExpertKeep keep;
@@ -143,17 +185,7 @@ Command add_prune(CLI::App& app) {
       if (stats[L].empty()) stats[L].resize(static_cast<size_t>(config.n_routed_experts));
       const LayerSelection s = select_experts(stats[L], selection, L);
       keep.kept_per_layer[L] = s.kept;
-      nlohmann::ordered_json experts = nlohmann::ordered_json::array();
-      for (int64_t e = 0; e < config.n_routed_experts; ++e) {
-        nlohmann::ordered_json x = stats_json(stats[L][e]);
-        x["score"] = s.score[e];
-        experts.push_back(std::move(x));
-      }
-      layers.push_back({{"layer", L},
-                        {"kept", s.kept},
-                        {"dropped", s.dropped},
-                        {"tied_at_cut", s.tied_at_cut},
-                        {"experts", std::move(experts)}});
+      layers.push_back(layer_report(L, stats[L], s));
     }
     const nlohmann::ordered_json report = {
         {"method", o->method},
@@ -162,6 +194,9 @@ Command add_prune(CLI::App& app) {
         {"experts_after", config.n_routed_experts - drop},
         {"dropped_per_layer", drop},
         {"tie_break", "score ascending, then count ascending, then expert index descending"},
+        {"observation", random          ? "none"
+                        : o->sequential ? "sequential"
+                                        : "unpruned"},
         {"calibration", calibration},
         {"layers", layers}};
     PruneWriteOptions write;

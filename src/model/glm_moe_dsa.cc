@@ -355,7 +355,7 @@ void GlmMoeDsa::mlp(const MlpWeights& w, const float* x, int64_t rows, float* ou
 
 void GlmMoeDsa::moe(int64_t layer, const MoeWeights& w, const float* x, int64_t R, float* out,
                     ForwardObserver* observer) const {
-  const int64_t E = config_.n_routed_experts, H = config_.hidden_size;
+  const int64_t E = static_cast<int64_t>(w.experts.size()), H = config_.hidden_size;
   // Router in fp32 (model/router.h).
   Vec logits(static_cast<size_t>(R * E));
   linear(w.router, x, R, logits.data(), false, observer);

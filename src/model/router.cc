@@ -10,11 +10,13 @@ namespace whittle {
 
 Routing route(std::vector<float> logits, int64_t tokens, std::span<const float> correction_bias,
               const ModelConfig& c) {
-  const int64_t E = c.n_routed_experts, K = c.num_experts_per_tok, per_group = E / c.n_group;
-  if (static_cast<int64_t>(logits.size()) != tokens * E ||
-      static_cast<int64_t>(correction_bias.size()) != E)
-    fail("internal: routing {} logits and {} biases for {} tokens of {} experts", logits.size(),
-         correction_bias.size(), tokens, E);
+  // The layer's own expert count (a pruned view of a layer has fewer than the config says).
+  const int64_t E = static_cast<int64_t>(correction_bias.size()), K = c.num_experts_per_tok;
+  if (static_cast<int64_t>(logits.size()) != tokens * E || E % c.n_group != 0 ||
+      (c.n_group > 1 && E / c.n_group < 2) || K > E)
+    fail("internal: routing {} logits for {} tokens of {} experts in {} groups, top-{}",
+         logits.size(), tokens, E, c.n_group, K);
+  const int64_t per_group = E / c.n_group;
   Routing r;
   r.tokens = tokens;
   r.experts = E;

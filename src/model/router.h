@@ -21,7 +21,8 @@ struct Routing {
   std::vector<float> weights;   // [tokens, k], what multiplies each chosen expert's output
 };
 
-// Routes `tokens` rows of router logits [tokens, n_routed_experts].
+// Routes `tokens` rows of router logits [tokens, E]; E is the layer's expert count, the size of
+// `correction_bias` (config.n_routed_experts, or fewer in a pruned view of the layer).
 Routing route(std::vector<float> logits, int64_t tokens, std::span<const float> correction_bias,
               const ModelConfig& config);
 

@@ -52,9 +52,27 @@ void ReapObserver::expert(int64_t layer, int64_t expert, std::span<const int64_t
   }
 }
 
+MoeWeights keep_experts(const MoeWeights& w, std::span<const int32_t> kept) {
+  const int64_t E = static_cast<int64_t>(w.experts.size()), H = w.router.cols();
+  MoeWeights out;
+  out.shared = w.shared;
+  std::vector<float> router(kept.size() * static_cast<size_t>(H));
+  for (size_t i = 0; i < kept.size(); ++i) {
+    const int64_t e = kept[i];
+    if (e < 0 || e >= E || (i > 0 && e <= kept[i - 1]))
+      fail("internal: kept experts must be ascending indices below {}", E);
+    w.router.rows_to_f32(e, e + 1, &router[i * static_cast<size_t>(H)]);
+    out.correction_bias.push_back(w.correction_bias[static_cast<size_t>(e)]);
+    out.experts.push_back(w.experts[static_cast<size_t>(e)]);
+  }
+  out.router =
+      Weight::owned_f32(w.router.module(), std::move(router), static_cast<int64_t>(kept.size()), H);
+  return out;
+}
+
 std::vector<std::vector<ExpertStats>> collect_reap_stats(
     const GlmMoeDsa& model, std::span<const std::vector<int32_t>> samples, int64_t batch,
-    Progress* progress) {
+    Progress* progress, const KeepExperts& prune_as_you_go) {
   const ModelConfig& c = model.config();
   if (samples.empty()) fail("no calibration samples");
   if (batch < 1) fail("internal: batch {}", batch);
@@ -67,15 +85,35 @@ std::vector<std::vector<ExpertStats>> collect_reap_stats(
       seqs.push_back({samples[i], &caches[i], false});
     batches.push_back(model.embed(std::move(seqs)));
   }
+  auto drop_cache = [](Batch& b, int64_t L) {
+    for (int64_t s = 0; s < b.sequences(); ++s) b.sequence(s).cache->layers[L] = LayerCache{};
+  };
   const WeightSource& source = model.weights();
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
     const LayerWeights& w = source.acquire(L);
     source.prefetch(L + 1);
-    for (Batch& b : batches) {
-      model.forward_layer(L, w, b, c.layer_is_moe[L] ? &observer : nullptr);
-      // Nothing reads layer L's cache again: free it now.
-      for (int64_t s = 0; s < b.sequences(); ++s) b.sequence(s).cache->layers[L] = LayerCache{};
-      if (progress) progress->advance(b.rows());
+    const bool moe = c.layer_is_moe[L];
+    if (moe && prune_as_you_go) {
+      // Observe the unpruned layer on copies of the inputs, then run the pruned layer on them.
+      for (Batch& b : batches) {
+        Batch observed = b;
+        model.forward_layer(L, w, observed, &observer);
+        drop_cache(b, L);
+      }
+      LayerWeights pruned = w;
+      pruned.moe = keep_experts(*w.moe, prune_as_you_go(L, observer.stats()[L]));
+      for (Batch& b : batches) {
+        model.forward_layer(L, pruned, b);
+        drop_cache(b, L);
+        if (progress) progress->advance(b.rows());
+      }
+    } else {
+      for (Batch& b : batches) {
+        model.forward_layer(L, w, b, moe ? &observer : nullptr);
+        // Nothing reads layer L's cache again: free it now.
+        drop_cache(b, L);
+        if (progress) progress->advance(b.rows());
+      }
     }
     source.release(L);
   }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -41,14 +42,29 @@ class ReapObserver : public ForwardObserver {
   int64_t last_layer_ = -1;
 };
 
+// Picks the experts a layer keeps (ascending original indices) from its statistics.
+using KeepExperts =
+    std::function<std::vector<int32_t>(int64_t layer, const std::vector<ExpertStats>&)>;
+
 // Runs the calibration samples through the model layer-major — every sample through layer L, then
 // L + 1, with only layer L's weights acquired from the source — and returns the REAP statistics of
-// every MoE layer. The model is not pruned as it goes: each layer sees the unpruned model's
-// hidden states (the reference's default). Samples are grouped `batch` at a time into one Batch;
-// a layer's KV cache is dropped as soon as the layer is done, so memory is the samples' hidden
-// states plus one layer's cache and weights.
+// every MoE layer. Samples are grouped `batch` at a time into one Batch; a layer's KV cache is
+// dropped as soon as the layer is done, so memory is the samples' hidden states plus one layer's
+// cache and weights.
+//
+// Without `prune_as_you_go`, each layer sees the unpruned model's hidden states (the reference's
+// default and the paper's). With it (llm-compressor's sequential pipeline), a MoE layer is observed
+// on the outputs of the layers before it already pruned: after layer L's statistics are gathered,
+// `prune_as_you_go(L, stats)` picks its survivors and layer L runs again with only those experts
+// (router rows and correction bias sliced, as the pruned checkpoint will have them) to produce
+// layer L + 1's input. That costs a second pass over each MoE layer.
 std::vector<std::vector<ExpertStats>> collect_reap_stats(
     const GlmMoeDsa& model, std::span<const std::vector<int32_t>> samples, int64_t batch,
-    Progress* progress = nullptr);
+    Progress* progress = nullptr, const KeepExperts& prune_as_you_go = nullptr);
+
+// The layer as the pruned checkpoint has it: only the `kept` experts (ascending original indices),
+// renumbered, with the router's rows and the correction bias sliced to match. Views of `w`'s
+// expert weights; the sliced router is a small fp32 copy.
+MoeWeights keep_experts(const MoeWeights& w, std::span<const int32_t> kept);
 
 }  // namespace whittle

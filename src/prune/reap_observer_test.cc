@@ -15,6 +15,8 @@
 #include "model/golden_models_test_helpers.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
+#include "prune/checkpoint_surgery.h"
+#include "util/testing.h"
 
 namespace whittle {
 namespace {
@@ -139,6 +141,42 @@ TEST_P(ReapStats, BatchingDoesNotChangeTheStatistics) {
       EXPECT_NEAR(one[L][e].sum_gate_norm, three[L][e].sum_gate_norm,
                   1e-5 * std::max(1.0, one[L][e].sum_gate_norm));
     }
+}
+
+// keep_experts (what --sequential runs) is the layer of the pruned checkpoint: the first expert of
+// every group dropped, the view over the unpruned weights and the checkpoint written by
+// write_pruned_checkpoint give the same hidden states, bit for bit.
+TEST_P(ReapStats, KeptExpertsViewRunsLikeThePrunedCheckpoint) {
+  ScratchDir tmp;
+  ThreadPool pool(2);
+  const fs::path in = kGoldenModels / GetParam(), out = tmp.path() / "pruned";
+  GlmMoeDsa model = GlmMoeDsa::load(in, pool);
+  const ModelConfig& c = model.config();
+  const int64_t per_group = c.n_routed_experts / c.n_group;
+  std::vector<int32_t> kept;
+  for (int32_t e = 0; e < c.n_routed_experts; ++e)
+    if (e % per_group != 0) kept.push_back(e);
+  ExpertKeep keep;
+  for (int64_t L = 0; L < c.num_hidden_layers; ++L)
+    keep.kept_per_layer.push_back(c.layer_is_moe[L] ? kept : std::vector<int32_t>{});
+  write_pruned_checkpoint(in, out, c, keep, {});
+  GlmMoeDsa pruned = GlmMoeDsa::load(out, pool);
+
+  const std::vector<int32_t> ids = golden_ids(GetParam());
+  KvCache cache_a(c), cache_b(pruned.config());
+  Batch a = model.embed({{ids, &cache_a, false}}), b = pruned.embed({{ids, &cache_b, false}});
+  for (int64_t L = 0; L < c.num_hidden_layers; ++L) {
+    LayerWeights view = model.weights().weights().layers[static_cast<size_t>(L)];
+    if (view.moe) view.moe = keep_experts(*view.moe, kept);
+    model.forward_layer(L, view, a);
+    pruned.forward_layer(L, b);
+  }
+  EXPECT_EQ(a.hidden, b.hidden);
+  // And dropping experts changes the output (the comparison can fail).
+  KvCache cache_c(c);
+  Batch full = model.embed({{ids, &cache_c, false}});
+  for (int64_t L = 0; L < c.num_hidden_layers; ++L) model.forward_layer(L, full);
+  EXPECT_NE(full.hidden, a.hidden);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, ReapStats, ::testing::Values("dsa_long", "multi_moe", "grouped"),
