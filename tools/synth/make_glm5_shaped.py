@@ -82,7 +82,9 @@ class Dims:
     shared: int
 
 
-def make_dims(scale: int, min_vocab: int) -> Dims:
+def make_dims(scale: int, min_vocab: int, experts: int | None = None) -> Dims:
+    """GLM-5's dimensions divided by `scale`; `experts`, when given, is n_routed_experts as is
+    (not divided by `scale`): a deliberate difference from GLM-5 to fit a size."""
     g = GLM5
     d = Dims(
         hidden=g["hidden_size"] // scale,
@@ -95,7 +97,7 @@ def make_dims(scale: int, min_vocab: int) -> Dims:
         index_heads=g["index_n_heads"] // scale,
         index_dim=g["index_head_dim"] // scale,
         index_topk=g["index_topk"] // scale,
-        experts=g["n_routed_experts"] // scale,
+        experts=g["n_routed_experts"] // scale if experts is None else experts,
         moe_inter=g["moe_intermediate_size"] // scale,
         inter=g["intermediate_size"] // scale,
         # The embedding may have more rows than the tokenizer has ids, never fewer.
@@ -424,6 +426,10 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=1, choices=ALLOWED_SCALES,
                     help="divide every GLM-5 dimension (widths, heads, experts, index_topk, vocab) "
                          "by this; 8 gives ~160 MB")
+    ap.add_argument("--experts", type=int, default=None,
+                    help="n_routed_experts per MoE layer, not divided by --scale (default: GLM-5's "
+                         "256 / scale); a deliberate difference from GLM-5 to fit a size: at "
+                         "--scale 1 each expert is 75.5 MB")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"),
                     help="max shard size as transformers' max_shard_size (default 5GB = 5e9 bytes); "
@@ -441,6 +447,8 @@ def main() -> int:
 
     if args.layers < 1 or not 0 <= args.dense_layers <= args.layers:
         ap.error("need --layers >= 1 and 0 <= --dense-layers <= --layers")
+    if args.experts is not None and args.experts < 1:
+        ap.error("--experts must be at least 1")
     if args.max_position_embeddings < 1:
         ap.error("--max-position-embeddings must be positive")
     src = args.tokenizer_from
@@ -448,7 +456,7 @@ def main() -> int:
     if not tok_json.is_file():
         ap.error(f"{tok_json}: missing (--tokenizer-from)")
 
-    d = make_dims(args.scale, tokenizer_vocab(tok_json))
+    d = make_dims(args.scale, tokenizer_vocab(tok_json), args.experts)
     ids = special_ids(tok_json)
     eos, pad = ids if ids else ([154820, 154827, 154829], 154820)
     tensors = tensor_list(d, args.layers, args.dense_layers)
@@ -523,10 +531,11 @@ def main() -> int:
     atomic_write_bytes(out / "README.md", (
         "# Synthetic GLM-5-shaped checkpoint (random weights)\n\n"
         f"Written by whittle's `tools/synth/make_glm5_shaped.py` (`{cmd}`).\n"
-        "GLM-5 dimensions at scale 1/{scale}, {layers} layers ({dense} dense, {moe} MoE), seed {seed}; "
+        "GLM-5 dimensions at scale 1/{scale}, {layers} layers ({dense} dense, {moe} MoE), "
+        "{experts} routed experts per MoE layer, seed {seed}; "
         "weights are slices of pre-drawn Gaussian pools: meaningless text, for load / memory "
         "benchmarks only. Tokenizer and generation_config copied from {src}.\n"
-    ).format(scale=args.scale, layers=args.layers, dense=args.dense_layers, moe=moe,
+    ).format(scale=args.scale, layers=args.layers, dense=args.dense_layers, moe=moe, experts=d.experts,
              seed=args.seed, src=src.name).encode())
 
     t0 = time.monotonic()
