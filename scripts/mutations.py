@@ -79,6 +79,19 @@ MUTATIONS = [
      "row[c] *= scale_at(scales_, scale_dtype_, block_row * bc + c / kFp8Block);",
      "row[c] *= 1.0f;",
      "block-FP8 weight_scale_inv ignored"),
+    ("reap-gate-unweighted", "src/prune/reap_observer.cc",
+     "s.sum_gate_norm += gate * norm;", "s.sum_gate_norm += norm;",
+     "REAP's numerator without the gate (REAP becomes EAN)"),
+    ("reap-norm-squared", "src/prune/reap_observer.cc",
+     "const double norm = std::sqrt(sq);", "const double norm = sq;",
+     "the expert output's squared norm taken for its L2 norm"),
+    ("sequential-not-pruned", "src/prune/reap_observer.cc",
+     "model.forward_layer(L, pruned, b);", "model.forward_layer(L, w, b);",
+     "--sequential feeds the next layer from the unpruned layer"),
+    ("kept-view-bias-unsliced", "src/prune/reap_observer.cc",
+     "out.correction_bias.push_back(w.correction_bias[static_cast<size_t>(e)]);",
+     "out.correction_bias.push_back(w.correction_bias[i]);",
+     "the kept-experts view keeps the first K correction biases instead of the survivors'"),
 ]
 
 TEST_FILTER = "-BundledModel.*"
@@ -97,11 +110,12 @@ def failed_tests(output):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="", help="run the mutations whose name contains this")
+    ap.add_argument("--only", default="",
+                    help="run the mutations whose name contains this (a comma list: any of them)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = ap.parse_args()
     repo = pathlib.Path(__file__).resolve().parent.parent
-    chosen = [m for m in MUTATIONS if args.only in m[0]]
+    chosen = [m for m in MUTATIONS if any(part in m[0] for part in args.only.split(","))]
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="whittle-mutations-"))
     log = scratch / "log.txt"
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo,

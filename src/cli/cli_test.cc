@@ -704,11 +704,15 @@ TEST(Cli, PruneRefusesBadStatisticsFiles) {
   EXPECT_FALSE(fs::exists(never_written()));
 }
 
-// Root ignores folder permissions, so as root the command runs as nobody (setpriv).
+// Root ignores folder permissions, so as root the command runs as nobody (setpriv), on copies of
+// the binary, a model and a calibration text that nobody can read wherever the build lives.
 TEST(Cli, PruneRefusesAReadOnlyDestinationBeforeCalibrating) {
   ScratchDir tmp;
-  const fs::path ro = tmp.path() / "ro", calib = tmp.path() / "calib.txt";
-  write_file_atomic(calib, std::string(20000, 'a'));
+  const fs::path ro = tmp.path() / "ro", calib = tmp.path() / "calib.txt",
+                 model = tmp.path() / "model", binary = tmp.path() / "whittle";
+  fs::copy_file(kRoot / "README.md", calib);
+  fs::copy(kRoot / "models/tiny-glm5-random", model);
+  fs::copy_file(WHITTLE_BINARY, binary);
   fs::create_directories(ro);
   fs::permissions(tmp.path(), fs::perms::all);
   fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::others_read |
@@ -718,16 +722,15 @@ TEST(Cli, PruneRefusesAReadOnlyDestinationBeforeCalibrating) {
     if (!fs::exists("/usr/bin/setpriv")) GTEST_SKIP() << "root without setpriv";
     cmd = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
   }
-  for (const std::string& a :
-       {std::string(WHITTLE_BINARY), std::string("prune"), (kRoot / "models/tiny-glm5").string(),
-        (ro / "out").string(), std::string("--ratio"), std::string("0.25"), std::string("--calib"),
-        calib.string()})
-    cmd.push_back(a);
+  for (const fs::path& a :
+       {binary, fs::path("prune"), model, ro / "out", fs::path("--ratio"), fs::path("0.25"),
+        fs::path("--calib"), calib, fs::path("--seqlen"), fs::path("64")})
+    cmd.push_back(a.string());
   CommandOutcome r = run_command(cmd, "2>&1");
   EXPECT_NE(r.status, 0);
   EXPECT_THAT(r.output, HasSubstr((ro / "out").string()));
   EXPECT_THAT(r.output, HasSubstr("Permission denied"));
-  EXPECT_THAT(r.output, Not(HasSubstr("calibration")));  // refused before calibrating
+  EXPECT_THAT(r.output, Not(HasSubstr("calibration:")));  // refused before calibrating
   EXPECT_TRUE(fs::is_empty(ro));
 }
 
