@@ -62,7 +62,7 @@ MUTATIONS = [
      "return (dot(q_abs.data(), &lc.latent[k * Rkv], Rkv) +\n                          0.0f * dot(qh + Dn, &lc.k_pe[k * Dr], Dr)) *",
      "the absorbed (decode) form drops the RoPE part of the score"),
     ("dsa-keeps-everything", "src/model/glm_moe_dsa.cc",
-     "if (visible <= c.index_topk) continue;", "if (true) continue;",
+     "std::clamp<int64_t>(c.index_topk - past, 0, T);", "T;",
      "DSA attends to every visible key (no top-k)"),
     ("gptq-v1-zero-offset", "src/tensor/weight.cc",
      "const uint32_t v1_add = gptq_.v2_zeros ? 0u : (bits == 4 ? 0x11111111u : 0x01010101u);",

@@ -324,34 +324,32 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
     // Scores of a block of tokens against every key they can see as one matrix product
     // [tokens * IH, ID] x [keys, ID]^T, then I[t,s] = sum_h w_h * ReLU(q_h . k_s / sqrt(ID)).
     // Blocks are sized to keep the product near 4 MB however long the context.
-    const int64_t first = std::max<int64_t>(0, c.index_topk - past);  // first token that selects
+    // Tokens that see at most index_topk keys keep them all (dense causal attention).
+    const int64_t first = std::clamp<int64_t>(c.index_topk - past, 0, T);
     const int64_t block = std::max<int64_t>(1, (int64_t{1} << 20) / (IH * (past + T)));
     const int64_t blocks = (T - first + block - 1) / block;
-    pool_.parallel_for(static_cast<size_t>(std::max<int64_t>(0, blocks)),
-                       [&](size_t b0, size_t b1) {
-                         Vec qk, scores;
-                         for (size_t bi = b0; bi < b1; ++bi) {
-                           const int64_t t0 = first + static_cast<int64_t>(bi) * block,
-                                         t1 = std::min(T, t0 + block), keys = past + t1;
-                           qk.resize(static_cast<size_t>((t1 - t0) * IH * keys));
-                           matmul_nt(&q[(r0 + t0) * IH * ID], lc.index_keys.data(), qk.data(),
-                                     (t1 - t0) * IH, ID, keys);
-                           for (int64_t t = t0; t < t1; ++t) {
-                             const int64_t visible = past + t + 1, row = r0 + t;
-                             if (visible <= c.index_topk)
-                               continue;  // every visible key kept: dense attention
-                             scores.assign(static_cast<size_t>(visible), 0.0f);
-                             for (int64_t hd = 0; hd < IH; ++hd) {
-                               const float hw = head_w[row * IH + hd];
-                               const float* dots = &qk[((t - t0) * IH + hd) * keys];
-                               for (int64_t key = 0; key < visible; ++key)
-                                 scores[key] += hw * std::max(0.0f, dots[key] * qk_scale);
-                             }
-                             sel[t].all_visible = false;
-                             sel[t].keys = top_k(scores.data(), visible, c.index_topk);
-                           }
-                         }
-                       });
+    pool_.parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
+      Vec qk, scores;
+      for (size_t bi = b0; bi < b1; ++bi) {
+        const int64_t t0 = first + static_cast<int64_t>(bi) * block;
+        const int64_t t1 = std::min(T, t0 + block), keys = past + t1;
+        qk.resize(static_cast<size_t>((t1 - t0) * IH * keys));
+        matmul_nt(&q[(r0 + t0) * IH * ID], lc.index_keys.data(), qk.data(), (t1 - t0) * IH, ID,
+                  keys);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t visible = past + t + 1, row = r0 + t;
+          scores.assign(static_cast<size_t>(visible), 0.0f);
+          for (int64_t hd = 0; hd < IH; ++hd) {
+            const float hw = head_w[row * IH + hd];
+            const float* dots = &qk[((t - t0) * IH + hd) * keys];
+            for (int64_t key = 0; key < visible; ++key)
+              scores[key] += hw * std::max(0.0f, dots[key] * qk_scale);
+          }
+          sel[t].all_visible = false;
+          sel[t].keys = top_k(scores.data(), visible, c.index_topk);
+        }
+      }
+    });
   }
   return selections;
 }
