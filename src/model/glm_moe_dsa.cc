@@ -328,6 +328,8 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
     const int64_t first = std::clamp<int64_t>(c.index_topk - past, 0, T);
     const int64_t block = std::max<int64_t>(1, (int64_t{1} << 20) / (IH * (past + T)));
     const int64_t blocks = (T - first + block - 1) / block;
+    const bool keep_scores = observer && observer->wants_indexer_scores();
+    std::vector<Vec> kept(keep_scores ? static_cast<size_t>(T) : 0);
     pool_.parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
       Vec qk, scores;
       for (size_t bi = b0; bi < b1; ++bi) {
@@ -347,9 +349,12 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
           }
           sel[t].all_visible = false;
           sel[t].keys = top_k(scores.data(), visible, c.index_topk);
+          if (keep_scores) kept[t] = scores;
         }
       }
     });
+    for (int64_t t = first; keep_scores && t < T; ++t)
+      observer->indexer_scores(layer, s, t, kept[t]);
   }
   return selections;
 }

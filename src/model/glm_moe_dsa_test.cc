@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 
 #include "io/npy.h"
 #include "model/demo_model_test_fixture.h"
@@ -22,9 +23,11 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr float kLogitTolerance = 3e-5f;
-// Achieved: hidden states <= 9.2e-7 x max |h| (multi_moe layer 4), router weights <= 4.8e-7.
+// Achieved: hidden states <= 9.2e-7 x max |h| (multi_moe layer 4), router weights <= 4.8e-7,
+// indexer scores <= 4.5e-6 x the row's max |score| (deepseek_v32).
 constexpr float kHiddenTolerance = 2.5e-5f;      // x max |h| of the layer
 constexpr float kRouterWeightTolerance = 1e-5f;  // absolute; they sum to routed_scaling_factor
+constexpr float kIndexerScoreTolerance = 1e-4f;  // x max |score| of the row
 const fs::path kGoldenModels = fs::path(WHITTLE_SOURCE_DIR) / "tests/golden/models";
 
 std::vector<std::string> golden_models() {
@@ -141,12 +144,17 @@ struct StageRecorder : ForwardObserver {
   std::vector<std::vector<float>> hidden;            // per layer: its output [rows, H]
   std::vector<Routing> routing;                      // per MoE layer, in layer order
   std::vector<std::vector<KeySelection>> selection;  // per layer
+  std::map<std::pair<int64_t, int64_t>, std::vector<float>> index_scores;  // (layer, token)
   void layer_output(int64_t, const Batch& b, const float* h) override {
     hidden.emplace_back(h, h + b.hidden.size());
   }
   void router(int64_t, const Routing& r) override { routing.push_back(r); }
   void dsa_selection(int64_t, int64_t, std::span<const KeySelection> s) override {
     selection.emplace_back(s.begin(), s.end());
+  }
+  bool wants_indexer_scores() const override { return true; }
+  void indexer_scores(int64_t layer, int64_t, int64_t t, std::span<const float> s) override {
+    index_scores[{layer, t}].assign(s.begin(), s.end());
   }
 };
 
@@ -213,6 +221,30 @@ TEST_P(GoldenModel, EveryStageMatchesTransformers) {
         ASSERT_EQ(mine[k], selected.bytes[(l * T + t) * T + k] != std::byte{0})
             << "layer " << l << " query " << t << " key " << k;
     }
+
+  // The indexer's scores themselves, on every row that selects: the keys kept are robust to small
+  // errors, the scores are not (a wrong k_norm eps moves them by ~1e-4 relative).
+  const std::vector<float> scores = read_npy_f32(dir() / "indexer_scores.npy", &shape);
+  ASSERT_EQ(shape, selected_shape);
+  int64_t rows_checked = 0;
+  float worst_score = 0;
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t t = c.index_topk; t < T; ++t) {
+      if (!c.indexer_full[l]) continue;
+      const auto it = seen.index_scores.find({l, t});
+      ASSERT_NE(it, seen.index_scores.end()) << "layer " << l << " query " << t;
+      ASSERT_EQ(static_cast<int64_t>(it->second.size()), t + 1);
+      float row_max = 0, row_worst = 0;
+      for (int64_t k = 0; k <= t; ++k) {
+        row_max = std::max(row_max, std::fabs(scores[(l * T + t) * T + k]));
+        row_worst = std::max(row_worst, std::fabs(scores[(l * T + t) * T + k] - it->second[k]));
+      }
+      worst_score = std::max(worst_score, row_worst / std::max(row_max, 1e-30f));
+      ++rows_checked;
+    }
+  EXPECT_LE(worst_score, kIndexerScoreTolerance) << rows_checked << " rows";
+  std::printf("indexer scores: %lld rows, worst error %.3g of the row's max |score|\n",
+              static_cast<long long>(rows_checked), worst_score);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, GoldenModel, ::testing::ValuesIn(golden_models()),

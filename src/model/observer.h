@@ -36,6 +36,13 @@ class ForwardObserver {
   // IndexShare "shared" layer the previous layer's selection).
   virtual void dsa_selection(int64_t layer, int64_t sequence,
                              std::span<const KeySelection> selection) {}
+  // The DSA indexer's scores I[t, s] = sum_h w_h ReLU(q_h . k_s / sqrt(d)) of new token `token` of
+  // sequence `sequence` over every key it can see, for the tokens that select (those that see more
+  // than index_topk keys). Called only when wants_indexer_scores() says so: keeping them for the
+  // call costs a copy of every such row.
+  virtual bool wants_indexer_scores() const { return false; }
+  virtual void indexer_scores(int64_t layer, int64_t sequence, int64_t token,
+                              std::span<const float> scores) {}
 };
 
 }  // namespace whittle
