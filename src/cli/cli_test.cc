@@ -751,6 +751,15 @@ TEST(Cli, PruneRefusesImpossibleRequestsBeforeCalibrating) {
   EXPECT_THAT(error_of({"--ratio", "0.25", "--calib", "/nonexistent/calib.txt"}),
               HasSubstr("/nonexistent/calib.txt"));
   EXPECT_THAT(error_of({"--ratio", "0.25", "--method", "magic"}), HasSubstr("--method"));
+  // A dense model has nothing to prune.
+  ScratchModel dense(kRoot / "models/tiny-glm5-random");
+  dense.edit_config([](nlohmann::json& j) {
+    j["first_k_dense_replace"] = 2;
+    j["mlp_layer_types"] = {"dense", "dense"};
+  });
+  Outcome r = whittle({"prune", dense.dir().string(), never_written(), "--ratio", "0.25"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("the model has no MoE layers to prune"));
   EXPECT_FALSE(fs::exists(never_written()));
 }
 
