@@ -613,6 +613,10 @@ TEST(Cli, PruneWritesAPrunedCheckpointAndItsReport) {
   for (const auto& e : report["layers"][0]["experts"]) routed += e["count"].get<double>();
   EXPECT_EQ(routed, 4 * 64 * 2);  // every calibration token routed to top-2 experts
   EXPECT_EQ(nlohmann::json::parse(read_file(out / "config.json"))["n_routed_experts"], 6);
+  // The model card says what the checkpoint is, above the source's card, kept unchanged.
+  const std::string card = read_file(out / "README.md");
+  EXPECT_THAT(card, HasSubstr("6 of the 8 routed experts of each of the 1 MoE layers kept (reap"));
+  EXPECT_TRUE(card.ends_with(read_file(model / "README.md")));
   Outcome gen = whittle({"generate", out.string(), "-p", "Hello", "-n", "4", "-t", "0"});
   EXPECT_EQ(gen.status, 0) << gen.output;
   // An existing output is refused without --force, before any calibration runs.
@@ -624,6 +628,17 @@ TEST(Cli, PruneWritesAPrunedCheckpointAndItsReport) {
       {"prune", model.string(), out.string(), "--ratio", "0.5", "--method", "random", "--force"});
   EXPECT_EQ(forced.status, 0) << forced.output;
   EXPECT_EQ(nlohmann::json::parse(read_file(out / "config.json"))["n_routed_experts"], 4);
+  // A card's YAML front matter stays first.
+  ScratchModel front(model);
+  write_file_atomic(front.dir() / "README.md", "---\nlicense: mit\n---\n# Card\n");
+  ASSERT_EQ(whittle({"prune", front.dir().string(), (tmp.path() / "f").string(), "--ratio", "0.5",
+                     "--method", "random"})
+                .status,
+            0);
+  const std::string fronted = read_file(tmp.path() / "f" / "README.md");
+  EXPECT_TRUE(fronted.starts_with("---\nlicense: mit\n---\n\n> **Pruned with")) << fronted;
+  EXPECT_THAT(fronted, HasSubstr("(random, ratio 0.5, no calibration;"));
+  EXPECT_TRUE(fronted.ends_with("before pruning.\n\n# Card\n")) << fronted;
 }
 
 // --stats cuts another ratio from a previous run's statistics, and gives what calibrating again

@@ -40,6 +40,19 @@ std::unique_ptr<Glm5ChatTemplate> chat_template_or_null(const fs::path& model) {
   }
 }
 
+// `card` with `note` at the top of its text: after the YAML front matter (`---` ... `---`) that
+// Hugging Face model cards may start with, which must stay first.
+std::string with_note(const std::string& card, const std::string& note) {
+  if (card.starts_with("---\n")) {
+    const size_t end = card.find("\n---\n", 3);
+    if (end != std::string::npos) {
+      const size_t body = end + 5;
+      return card.substr(0, body) + "\n" + note + card.substr(body);
+    }
+  }
+  return note + card;
+}
+
 }  // namespace
 
 Command add_prune(CLI::App& app) {
@@ -203,6 +216,22 @@ Command add_prune(CLI::App& app) {
     write.overwrite = o->force;
     write.drop_mtp = o->drop_mtp;
     write.extra_files["reap_report.json"] = report.dump(1) + "\n";
+    // The source's model card describes the unpruned model: it is kept, under a note saying what
+    // this checkpoint is.
+    const fs::path card = fs::path(o->model) / "README.md";
+    if (fs::is_regular_file(card))
+      write.extra_files["README.md"] = with_note(
+          read_file(card),
+          fmt::format("> **Pruned with `whittle prune`:** {} of the {} routed experts of each of "
+                      "the {} MoE layers kept ({}, ratio {}, {}; every expert's "
+                      "statistics and the kept and dropped sets are in `reap_report.json`). The "
+                      "model card below is the source model's, unchanged: it describes the model "
+                      "before pruning.\n\n",
+                      config.n_routed_experts - drop, config.n_routed_experts, moe_layers,
+                      o->method, o->ratio,
+                      random          ? "no calibration"
+                      : o->sequential ? "statistics gathered while pruning layer by layer"
+                                      : "statistics from the unpruned model"));
     const PruneWriteResult r = write_pruned_checkpoint(o->model, o->out, config, keep, write);
     fmt::print(stderr,
                "wrote {}: {} of {} routed experts kept in each of {} MoE layers ({}), {} tensors\n",
