@@ -44,10 +44,15 @@ ojson layer_report(int64_t layer, std::span<const ExpertStats> stats,
 
 std::vector<std::vector<ExpertStats>> read_report_stats(const fs::path& path,
                                                         const ModelConfig& config) {
-  const std::string file = path.string();
+  return parse_report_stats(read_file(path), path.string(), config);
+}
+
+std::vector<std::vector<ExpertStats>> parse_report_stats(std::string_view text,
+                                                         const std::string& file,
+                                                         const ModelConfig& config) {
   ojson report;
   try {
-    report = ojson::parse(read_file(path));
+    report = ojson::parse(text);
   } catch (const ojson::exception& e) {
     fail("{}: not valid JSON: {}", file, e.what());
   }

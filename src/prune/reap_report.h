@@ -6,6 +6,8 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "io/model_config.h"
@@ -24,5 +26,9 @@ nlohmann::ordered_json layer_report(int64_t layer, std::span<const ExpertStats> 
 // the file and the field.
 std::vector<std::vector<ExpertStats>> read_report_stats(const std::filesystem::path& path,
                                                         const ModelConfig& config);
+// The same for a report's text; `source` names it in errors. Exposed for the fuzzer.
+std::vector<std::vector<ExpertStats>> parse_report_stats(std::string_view text,
+                                                         const std::string& source,
+                                                         const ModelConfig& config);
 
 }  // namespace whittle
