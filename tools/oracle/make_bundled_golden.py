@@ -63,6 +63,23 @@ def analyse(model, ids):
     return logits, min_gap
 
 
+
+def safe_window(model, all_ids, T, positions, verbose=False):
+    """The first window of T tokens (starts 0, 16, 32, ...) whose logits at `positions` have a top-1/top-2
+    margin > 1e-3 x max|logit| and whose indexer top-k boundaries a relative gap > 1e-4, so that float rounding
+    cannot flip what a golden compares: (start, ids, logits at positions, margin, gap), or None."""
+    for start in range(0, len(all_ids) - T, 16):
+        ids = all_ids[start:start + T]
+        logits, min_gap = analyse(model, ids)
+        rows = logits[positions]
+        top2 = rows.topk(2, dim=1).values
+        margin = float((top2[:, 0] - top2[:, 1]).min() / rows.abs().max())
+        if margin > 1e-3 and min_gap > 1e-4:
+            return start, ids, rows, margin, min_gap
+        if verbose:
+            print(f"start {start}: margin {margin:.2e}, indexer gap {min_gap:.2e} -> next window")
+    return None
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/tiny-glm5")
@@ -84,17 +101,10 @@ def main() -> None:
     T = args.tokens
     assert T > cfg.index_topk, "the golden must exercise DSA selection"
     positions = sorted(set(range(0, T, 4)) | set(range(cfg.index_topk, T)))
-    for start in range(0, len(all_ids) - T, 16):
-        ids = all_ids[start:start + T]
-        logits, min_gap = analyse(model, ids)
-        rows = logits[positions]
-        top2 = rows.topk(2, dim=1).values
-        margin = float((top2[:, 0] - top2[:, 1]).min() / rows.abs().max())
-        if margin > 1e-3 and min_gap > 1e-4:
-            break
-        print(f"start {start}: margin {margin:.2e}, indexer gap {min_gap:.2e} -> next window")
-    else:
+    window = safe_window(model, all_ids, T, positions, verbose=True)
+    if window is None:
         sys.exit("no window of the held-out text has safe margins")
+    start, ids, rows, margin, min_gap = window
 
     os.makedirs(args.out, exist_ok=True)
     np.save(os.path.join(args.out, "input_ids.npy"), np.array(ids, dtype=np.int64))

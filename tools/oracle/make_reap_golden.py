@@ -71,7 +71,7 @@ from transformers import GlmMoeDsaForCausalLM  # noqa: E402
 sys.dont_write_bytecode = True  # keep tools/oracle free of __pycache__
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from make_bundled_golden import analyse  # noqa: E402
+from make_bundled_golden import safe_window  # noqa: E402
 from oracle_common import (  # noqa: E402
     config_rope_parameters,
     indexer_scores,
@@ -505,20 +505,14 @@ def main() -> None:
         T = args.tokens
         assert T > cfg.index_topk
         positions = sorted(set(range(0, T, 6)) | {T - 1})
-        inputs, logits, margins, gaps = [], [], [], []
+        inputs, logits, margins = [], [], []
         for name in ("prose.txt", "chat.txt"):
             with open(os.path.join(args.model, "eval", name), encoding="utf-8") as f:
                 all_ids = tok.encode(f.read(), add_special_tokens=False).ids
-            for start in range(0, len(all_ids) - T, 16):
-                w = all_ids[start:start + T]
-                lg, g = analyse(pm, w)
-                rows = lg[positions]
-                top2 = rows.topk(2, dim=1).values
-                margin = float((top2[:, 0] - top2[:, 1]).min() / rows.abs().max())
-                if margin > 1e-3 and g > 1e-4:
-                    break
-            else:
+            window = safe_window(pm, all_ids, T, positions)
+            if window is None:
                 sys.exit(f"no window of eval/{name} has safe margins")
+            start, w, rows, margin, g = window
             inputs.append(w)
             logits.append(rows.numpy().astype(np.float32))
             margins.append({"text": f"eval/{name}", "start_token": start, "min_top1_top2_margin_rel": margin,
