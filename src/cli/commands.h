@@ -14,5 +14,6 @@ Command add_generate(CLI::App& app);
 Command add_logits(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_prune(CLI::App& app);
+Command add_quantize(CLI::App& app);
 
 }  // namespace whittle::cli

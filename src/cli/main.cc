@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add(whittle::cli::add_logits);
   add(whittle::cli::add_eval);
   add(whittle::cli::add_prune);
+  add(whittle::cli::add_quantize);
   // CLI11 says only "A subcommand is required" for `whittle foo`.
   if (argc > 1 && argv[1][0] != '-') {
     std::vector<std::string> names;

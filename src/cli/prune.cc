@@ -8,8 +8,10 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "io/checkpoint_io.h"
 #include "io/npy.h"
 
+#include "cli/calibration_cli.h"
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "model/glm_moe_dsa.h"
@@ -27,33 +29,6 @@
 namespace whittle::cli {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-// The model's chat template when whittle renders it, for calibration lines holding `messages`;
-// without one such lines are refused by the calibration reader, naming the line.
-std::unique_ptr<Glm5ChatTemplate> chat_template_or_null(const fs::path& model) {
-  try {
-    return std::make_unique<Glm5ChatTemplate>(Glm5ChatTemplate::load(model));
-  } catch (const Error&) {
-    return nullptr;
-  }
-}
-
-// `card` with `note` at the top of its text: after the YAML front matter (`---` ... `---`) that
-// Hugging Face model cards may start with, which must stay first.
-std::string with_note(const std::string& card, const std::string& note) {
-  if (card.starts_with("---\n")) {
-    const size_t end = card.find("\n---\n", 3);
-    if (end != std::string::npos) {
-      const size_t body = end + 5;
-      return card.substr(0, body) + "\n" + note + card.substr(body);
-    }
-  }
-  return note + card;
-}
-
-}  // namespace
 
 Command add_prune(CLI::App& app) {
   auto* cmd = app.add_subcommand(
@@ -142,31 +117,11 @@ Command add_prune(CLI::App& app) {
       stats = read_report_stats(o->stats_from, config);
       calibration = {{"statistics_from", o->stats_from}};
     } else if (!random) {
-      std::vector<fs::path> files(o->calib.begin(), o->calib.end());
-      if (files.empty()) {
-        const fs::path fallback = fs::path(o->model) / "calibration.txt";
-        if (!fs::exists(fallback))
-          fail("--calib: no calibration files given and {} does not exist; pass --calib FILE",
-               fallback.string());
-        files.push_back(fallback);
-      }
-      const int64_t seqlen =
-          o->seqlen > 0 ? o->seqlen : std::min<int64_t>(2048, config.max_position_embeddings);
-      if (seqlen > config.max_position_embeddings)
-        fail("--seqlen: {} tokens exceed the model's context of {} (max_position_embeddings)",
-             seqlen, config.max_position_embeddings);
-      const BpeTokenizer tokenizer = BpeTokenizer::load(fs::path(o->model) / "tokenizer.json");
-      const std::unique_ptr<Glm5ChatTemplate> chat = chat_template_or_null(o->model);
-      const CalibrationSet set =
-          load_calibration(files, tokenizer, chat.get(), {o->samples, seqlen, o->seed});
-      if (!set.warning.empty()) fmt::print(stderr, "whittle: warning: {}\n", set.warning);
-      const int64_t samples = static_cast<int64_t>(set.samples.size());
-      if (!o->save_calibration.empty()) {
-        std::vector<int32_t> ids;
-        for (const std::vector<int32_t>& sample : set.samples)
-          ids.insert(ids.end(), sample.begin(), sample.end());
-        write_npy(o->save_calibration, ids, std::vector<int64_t>{samples, seqlen});
-      }
+      const LoadedCalibration calib = load_cli_calibration(
+          {o->model, o->calib, o->samples, o->seqlen, o->seed, o->save_calibration},
+          config.max_position_embeddings);
+      const CalibrationSet& set = calib.set;
+      const int64_t samples = static_cast<int64_t>(set.samples.size()), seqlen = calib.seqlen;
       GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
       Progress progress("calibration", samples * seqlen * config.num_hidden_layers, "token-layers");
       KeepExperts prune_as_you_go = nullptr;
@@ -176,18 +131,9 @@ Command add_prune(CLI::App& app) {
         };
       stats = collect_reap_stats(model, set.samples, o->batch, &progress, prune_as_you_go);
       progress.finish();
-      nlohmann::ordered_json names = nlohmann::ordered_json::array();
-      for (const fs::path& f : files) names.push_back(f.string());
-      calibration = {{"files", names},
-                     {"samples", samples},
-                     {"seqlen", seqlen},
-                     {"seed", o->seed},
-                     {"documents", set.documents},
-                     {"documents_used", set.documents_used},
-                     {"fingerprint", fmt::format("{:016x}", set.fingerprint)},
-                     {"routing",
-                      "true routing: biased selection, applied (renormalised, scaled) "
-                      "weights"}};
+      calibration = calib.record;
+      calibration["routing"] =
+          "true routing: biased selection, applied (renormalised, scaled) weights";
     }
 
     ExpertKeep keep;
@@ -220,7 +166,7 @@ Command add_prune(CLI::App& app) {
     // this checkpoint is.
     const fs::path card = fs::path(o->model) / "README.md";
     if (fs::is_regular_file(card))
-      write.extra_files["README.md"] = with_note(
+      write.extra_files["README.md"] = card_with_note(
           read_file(card),
           fmt::format("> **Pruned with `whittle prune`:** {} of the {} routed experts of each of "
                       "the {} MoE layers kept ({}, ratio {}, {}; every expert's "

@@ -241,9 +241,15 @@ NpyArray parse_npy(std::span<const std::byte> file, const std::string& src) {
     out.dtype = DType::I32;
   else if (*descr == "|b1")
     out.dtype = DType::BOOL;
+  else if (*descr == "<f2")
+    out.dtype = DType::F16;
+  else if (*descr == "|i1")
+    out.dtype = DType::I8;
   else
-    fail("{}: .npy dtype '{}' is not supported (expected '<f4', '<i8', '<i4' or '|b1')", src,
-         *descr);
+    fail(
+        "{}: .npy dtype '{}' is not supported (expected '<f4', '<i8', '<i4', '<f2', '|i1' or "
+        "'|b1')",
+        src, *descr);
   if (*fortran_order) fail("{}: .npy array is in Fortran order; only C order is supported", src);
   out.shape = std::move(*shape);
 

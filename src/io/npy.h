@@ -13,7 +13,7 @@
 
 namespace whittle {
 
-// A whole .npy array: C order, little-endian elements of `dtype` (F32, I64 or I32).
+// A whole .npy array: C order, little-endian elements of `dtype` (F32, I64, I32, F16, I8, BOOL).
 struct NpyArray {
   DType dtype = DType::F32;
   std::vector<int64_t> shape;  // empty for a 0-d array (one element)
@@ -31,8 +31,9 @@ void write_npy(const std::filesystem::path& path, std::span<const int32_t> value
                std::span<const int64_t> shape);
 
 // Parses a whole .npy file held in memory; `source` names it in errors. Accepts versions 1.0, 2.0
-// and 3.0, descr '<f4', '<i8' or '<i4', fortran_order False, and exactly product(shape) x itemsize
-// data bytes. Everything else throws Error naming the source and the field. Exposed for the fuzzer.
+// and 3.0, descr '<f4', '<i8', '<i4', '<f2', '|i1' or '|b1', fortran_order False, and exactly
+// product(shape) x itemsize data bytes. Everything else throws Error naming the source and the
+// field. Exposed for the fuzzer.
 NpyArray parse_npy(std::span<const std::byte> file, const std::string& source);
 NpyArray read_npy(const std::filesystem::path& path);
 

@@ -39,4 +39,9 @@ void WeightSource::advise(int64_t layer, MemoryAdvice advice) const {
   });
 }
 
+const TensorStore& WeightSource::store() const {
+  if (!store_) fail("internal: these weights do not come from a checkpoint");
+  return *store_;
+}
+
 }  // namespace whittle

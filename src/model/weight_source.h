@@ -29,6 +29,8 @@ class WeightSource {
   explicit WeightSource(ModelWeights weights);
 
   const ModelWeights& weights() const { return weights_; }
+  // The mapped checkpoint (every tensor, by name); an Error for owned weights.
+  const TensorStore& store() const;
   const LayerWeights& acquire(int64_t layer) const;
   void prefetch(int64_t layer) const;
   void release(int64_t layer) const;

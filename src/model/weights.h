@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "io/model_config.h"
@@ -60,6 +61,11 @@ struct LayerWeights {
   // Calls fn for every Linear of the layer, in the order the forward pass uses them.
   template <typename Fn>
   void for_each_linear(Fn&& fn) const;
+  // The same walk with mutable access (a quantizer substituting its own weights).
+  template <typename Fn>
+  void for_each_linear(Fn&& fn) {
+    std::as_const(*this).for_each_linear([&](const Weight& w) { fn(const_cast<Weight&>(w)); });
+  }
 };
 
 struct ModelWeights {

@@ -68,6 +68,63 @@ void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, i
               accumulate ? 1.0f : 0.0f, y, static_cast<int>(N));
 }
 
+namespace {
+
+// Output columns [0, N) split into blocks of a multiple of 16 over the pool (as matmul_nt does),
+// or one call on this thread when the product is small; fn(n0, n1) computes one block.
+template <typename Columns>
+void split_columns(int64_t M, int64_t K, int64_t N, ThreadPool* pool, Columns fn) {
+  if (pool == nullptr || pool->size() < 2 || M * N * K < kParallelMatmulFlops || N < 2) {
+    fn(0, N);
+    return;
+  }
+  const int64_t blocks = static_cast<int64_t>(pool->size()) * 2;
+  const int64_t width = std::max<int64_t>(16, (N + blocks - 1) / blocks + 15) / 16 * 16;
+  const int64_t n_blocks = (N + width - 1) / width;
+  pool->parallel_for(static_cast<size_t>(n_blocks), [&](size_t begin, size_t end) {
+    for (size_t b = begin; b < end; ++b) {
+      const int64_t n0 = static_cast<int64_t>(b) * width;
+      fn(n0, std::min(N, n0 + width));
+    }
+  });
+}
+
+}  // namespace
+
+void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+               bool accumulate, ThreadPool* pool) {
+  if (M == 0 || N == 0) return;
+  split_columns(M, K, N, pool, [&](int64_t n0, int64_t n1) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M),
+                static_cast<int>(n1 - n0), static_cast<int>(K), 1.0f, x, static_cast<int>(K),
+                w + n0, static_cast<int>(N), accumulate ? 1.0f : 0.0f, y + n0, static_cast<int>(N));
+  });
+}
+
+void matmul_tn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+               bool accumulate, ThreadPool* pool) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: sgemm with k = 0 would still scale y by beta, but say it plainly
+    if (!accumulate) std::fill_n(y, M * N, 0.0f);
+    return;
+  }
+  split_columns(M, K, N, pool, [&](int64_t n0, int64_t n1) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(M),
+                static_cast<int>(n1 - n0), static_cast<int>(K), 1.0f, x, static_cast<int>(M),
+                w + n0, static_cast<int>(N), accumulate ? 1.0f : 0.0f, y + n0, static_cast<int>(N));
+  });
+}
+
+void matmul_tn_reference(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+                         bool accumulate) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = accumulate ? y[m * N + n] : 0.0;
+      for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(x[k * M + m]) * w[k * N + n];
+      y[m * N + n] = static_cast<float>(acc);
+    }
+}
+
 void matmul_nt_reference(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
                          bool accumulate) {
   for (int64_t m = 0; m < M; ++m)

@@ -33,4 +33,19 @@ void matmul_nt_reference(const float* x, const float* w, float* y, int64_t M, in
 void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
                bool accumulate = false);
 
+// The same product split by output column over a pool's workers (products of at least
+// kParallelMatmulFlops): the input gradient dx = dy · W of a Linear, W [out, in] as stored.
+void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+               bool accumulate, ThreadPool* pool);
+
+// y = xᵀ · W (+ y when accumulate). x: [K, M] row-major, W: [K, N] row-major, y: [M, N]: the weight
+// gradient dW [out, in] = dyᵀ · x of a Linear over K rows (dy [K, out], x [K, in]). With a pool,
+// split by output column like matmul_nt.
+void matmul_tn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+               bool accumulate = false, ThreadPool* pool = nullptr);
+
+// Same contract as matmul_tn, plain loops with double accumulation; slow, for tests.
+void matmul_tn_reference(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+                         bool accumulate = false);
+
 }  // namespace whittle

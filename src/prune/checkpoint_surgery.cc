@@ -9,6 +9,7 @@
 #include <set>
 #include <string_view>
 
+#include "io/checkpoint_io.h"
 #include "io/safetensors.h"
 #include "io/safetensors_writer.h"
 #include "util/atomic_file.h"
@@ -20,30 +21,7 @@ using nlohmann::ordered_json;
 
 namespace {
 
-// More than the kernel's read-around window for a faulting mapped read (128 KiB by default).
-constexpr size_t kReadAround = size_t{2} << 20;
-constexpr std::string_view kLayerPrefix = "model.layers.";
 constexpr std::string_view kExpertsPrefix = "mlp.experts.";
-constexpr std::string_view kIndexName = "model.safetensors.index.json";
-
-// "<digits>" at the start of `s` (no sign, no leading '+'); nullopt when there are none.
-std::optional<int64_t> leading_int(std::string_view s, size_t* used) {
-  int64_t v = 0;
-  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || p == s.data() || v < 0) return std::nullopt;
-  *used = static_cast<size_t>(p - s.data());
-  return v;
-}
-
-// `model.layers.L.<rest>` -> (L, rest).
-std::optional<std::pair<int64_t, std::string_view>> split_layer(std::string_view name) {
-  if (!name.starts_with(kLayerPrefix)) return std::nullopt;
-  std::string_view tail = name.substr(kLayerPrefix.size());
-  size_t used = 0;
-  auto layer = leading_int(tail, &used);
-  if (!layer || used >= tail.size() || tail[used] != '.') return std::nullopt;
-  return std::pair{*layer, tail.substr(used + 1)};
-}
 
 // One layer's plan: kept original ids (ascending) and original id -> new id.
 struct LayerPlan {
@@ -277,18 +255,6 @@ void rewrite_quantization_config(ordered_json& q, int64_t E, int64_t K, const st
   }
 }
 
-std::string dump_json(const ordered_json& j) {
-  // transformers' layout: json.dumps(..., indent=2) + "\n" (ensure_ascii).
-  return j.dump(2, ' ', /*ensure_ascii=*/true) + "\n";
-}
-
-ordered_json parse_json(const fs::path& path) {
-  try {
-    return ordered_json::parse(read_file(path));
-  } catch (const ordered_json::exception& e) {
-    fail("{}: not valid JSON: {}", path.string(), e.what());
-  }
-}
 }  // namespace
 
 PruneWriteResult write_pruned_checkpoint(const fs::path& in, const fs::path& out,
@@ -302,7 +268,7 @@ PruneWriteResult write_pruned_checkpoint(const fs::path& in, const fs::path& out
   for (const auto& [name, text] : opts.extra_files) {
     const fs::path p(name);
     if (name.empty() || p.has_parent_path() || name == "." || name == ".." ||
-        name == "config.json" || name == kIndexName || name.ends_with(".safetensors"))
+        name == "config.json" || name == kSafetensorsIndex || name.ends_with(".safetensors"))
       fail("{}: extra file name '{}' is not a plain file name the checkpoint does not use",
            out.string(), name);
   }
@@ -319,25 +285,14 @@ PruneWriteResult write_pruned_checkpoint(const fs::path& in, const fs::path& out
   int64_t K = 0;
   std::map<int64_t, LayerPlan> plans = make_plans(c, keep, mtp_moe_layers, opts.drop_mtp, in, &K);
 
-  ordered_json cfg = parse_json(in / "config.json");
+  ordered_json cfg = read_json_file(in / "config.json");
   if (!cfg.is_object()) fail("{}: not a JSON object", (in / "config.json").string());
   cfg["n_routed_experts"] = K;
   if (opts.drop_mtp) cfg["num_nextn_predict_layers"] = 0;
   if (cfg.contains("quantization_config"))
     rewrite_quantization_config(cfg["quantization_config"], E, K, (in / "config.json").string());
 
-  uint64_t max_shard = opts.max_shard_bytes;
-  if (max_shard == 0) {
-    if (store.file_count() <= 1) {
-      max_shard = std::numeric_limits<uint64_t>::max();
-    } else {
-      for (size_t f = 0; f < store.file_count(); ++f) {
-        uint64_t bytes = 0;
-        for (const TensorInfo& t : store.file(f).tensors()) bytes += t.nbytes;
-        max_shard = std::max(max_shard, std::max<uint64_t>(bytes, 1));
-      }
-    }
-  }
+  const uint64_t max_shard = opts.max_shard_bytes ? opts.max_shard_bytes : shard_bytes_like(store);
 
   AtomicDir dir(out, opts.overwrite);
   PruneWriteResult result;
@@ -405,10 +360,7 @@ PruneWriteResult write_pruned_checkpoint(const fs::path& in, const fs::path& out
         // fault maps the whole read-around block, which reaches back into tensors already copied
         // (up to 15 pages each, ~1.5 GB over GLM-5's 57,600 expert tensors), so the drop starts
         // 2 MiB before the tensor: everything before it in the file is done.
-        const std::span<const std::byte> mapped = file.mapping().bytes();
-        const size_t back = std::min<size_t>(kReadAround, view.bytes.data() - mapped.data());
-        file.mapping().advise({view.bytes.data() - back, view.bytes.size() + back},
-                              MemoryAdvice::kDontNeed);
+        drop_copied_pages(file, view.bytes);
       }
     }
     for (const auto& [L, plan] : plans) {
@@ -422,26 +374,24 @@ PruneWriteResult write_pruned_checkpoint(const fs::path& in, const fs::path& out
     result.files = writer.finish();
   }
 
-  write_file_atomic(dir.path() / "config.json", dump_json(cfg));
-  for (const auto& entry : fs::directory_iterator(in)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_regular_file() || name == "config.json" || name == kIndexName ||
-        name.ends_with(".safetensors") || opts.extra_files.contains(name) ||
-        name == "reap_report.json")  // a previous pruning's report describes another model
-      continue;
-    if (name == "quantization_config.json") {
-      // auto-round's copy of quantization_config: kept consistent with config.json's.
-      ordered_json q = parse_json(entry.path());
-      const ordered_json before = q;
-      rewrite_quantization_config(q, E, K, entry.path().string());
-      if (q != before) {  // else copied byte for byte below
-        write_file_atomic(dir.path() / name, dump_json(q));
-        continue;
-      }
+  write_file_atomic(dir.path() / "config.json", dump_hf_json(cfg));
+  // auto-round's copy of quantization_config is kept consistent with config.json's.
+  const fs::path sidecar = in / "quantization_config.json";
+  bool sidecar_rewritten = false;
+  if (fs::is_regular_file(sidecar) && !opts.extra_files.contains(sidecar.filename().string())) {
+    ordered_json q = read_json_file(sidecar);
+    const ordered_json before = q;
+    rewrite_quantization_config(q, E, K, sidecar.string());
+    if (q != before) {  // else copied byte for byte below
+      write_file_atomic(dir.path() / sidecar.filename(), dump_hf_json(q));
+      sidecar_rewritten = true;
     }
-    fs::copy_file(entry.path(), dir.path() / name, ec);
-    if (ec) fail("{}: cannot copy to {}: {}", entry.path().string(), out.string(), ec.message());
   }
+  copy_side_files(in, dir.path(), [&](const std::string& name) {
+    // A previous pruning's report describes another model.
+    return opts.extra_files.contains(name) || name == "reap_report.json" ||
+           (sidecar_rewritten && name == "quantization_config.json");
+  });
   for (const auto& [name, text] : opts.extra_files) write_file_atomic(dir.path() / name, text);
   dir.commit();
 

@@ -51,6 +51,7 @@ std::string Progress::line() const {
   } else if (total_ > 0 && rate > 0) {
     text += fmt::format(" | ETA {}", format_duration((total_ - done_) / rate));
   }
+  if (!note_.empty()) text += " | " + note_;
   return text;
 }
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <utility>
 
 namespace whittle {
 
@@ -31,6 +32,8 @@ class Progress {
   Progress& operator=(const Progress&) = delete;
 
   void advance(int64_t n = 1);
+  // Text shown after the counts from the next report on ("loss 1.2e-3"); empty: none.
+  void set_note(std::string note) { note_ = std::move(note); }
   // Prints the final line (terminal: ends the redrawn line with '\n'). Idempotent.
   void finish();
 
@@ -42,7 +45,7 @@ class Progress {
   double now() const;
   void report(bool final);
 
-  std::string label_, unit_;
+  std::string label_, unit_, note_;
   int64_t total_, done_ = 0;
   ProgressOptions options_;
   bool terminal_ = false, finished_ = false;
