@@ -18,16 +18,18 @@
 
 namespace whittle {
 
-std::vector<QuantizedLinear> autoround_layer(
-    const ModelConfig& config, int64_t layer, const LayerWeights& w,
-    const std::vector<LinearPlan>& plan, std::span<const float* const> inputs,
-    std::span<const float* const> targets, int64_t T, const QuantSpec& spec,
-    const AutoRoundOptions& opts, ThreadPool& pool, Progress* progress, LayerTuning* stats) {
+std::vector<QuantizedLinear> autoround_layer(const ModelConfig& config, int64_t layer,
+                                             const LayerWeights& w,
+                                             const std::vector<LinearPlan>& plan,
+                                             const SampleStore& inputs, const SampleStore& targets,
+                                             const QuantSpec& spec, const AutoRoundOptions& opts,
+                                             ThreadPool& pool, Progress* progress,
+                                             LayerTuning* stats) {
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t H = config.hidden_size;
-  const int64_t n = static_cast<int64_t>(inputs.size());
-  if (n == 0 || static_cast<int64_t>(targets.size()) != n)
-    fail("internal: AutoRound needs as many targets as inputs ({} vs {})", targets.size(), n);
+  const int64_t n = inputs.samples(), T = inputs.rows();
+  if (n == 0 || targets.samples() != n || targets.rows() != T)
+    fail("internal: AutoRound needs as many targets as inputs ({} vs {})", targets.samples(), n);
   if (opts.iters < 1) fail("--iters: at least 1 (use --method rtn for none)");
   if (!w.attn.indexer)
     fail("layer {}: AutoRound on an IndexShare layer (no indexer of its own) is not supported",
@@ -74,15 +76,16 @@ std::vector<QuantizedLinear> autoround_layer(
   BlockGrad block(config, pool);
   LinearGrads grads;
   const double numel_sample = static_cast<double>(T * H);
-  std::vector<float> y(static_cast<size_t>(T * H)), dy(y.size());
+  std::vector<float> x(static_cast<size_t>(T * H)), target(x.size()), y(x.size()), dy(x.size());
   // Mean squared error of the layer over `which` samples; with grads, also the backward of
   // 1000 x that loss (auto-round scales it before backward) into `grads`.
   auto run = [&](const LayerWeights& lw, std::span<const int64_t> which, bool backward) {
     double sum = 0.0;
     const double numel = numel_sample * static_cast<double>(which.size());
     for (int64_t i : which) {
-      block.forward(layer, lw, inputs[static_cast<size_t>(i)], T, y.data());
-      const float* target = targets[static_cast<size_t>(i)];
+      inputs.get(i, x.data());
+      targets.get(i, target.data());
+      block.forward(layer, lw, x.data(), T, y.data());
       const float scale = static_cast<float>(2.0 * 1000.0 / numel);
       for (size_t j = 0; j < y.size(); ++j) {
         const float d = y[j] - target[j];

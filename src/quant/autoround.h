@@ -11,13 +11,13 @@
 #pragma once
 
 #include <cstdint>
-#include <span>
 #include <vector>
 
 #include "io/model_config.h"
 #include "model/weights.h"
 #include "quant/int_quant.h"
 #include "quant/quant_plan.h"
+#include "quant/sample_store.h"
 #include "util/thread_pool.h"
 
 namespace whittle {
@@ -41,12 +41,14 @@ struct LayerTuning {
 };
 
 // Tunes the Linears of `plan` marked quantize, of decoder layer `layer` with weights `w`, and
-// returns their codes and scales (in plan order). inputs[i] and targets[i] are sample i's
-// [T, hidden] layer input (quantized chain) and full-precision output.
-std::vector<QuantizedLinear> autoround_layer(
-    const ModelConfig& config, int64_t layer, const LayerWeights& w,
-    const std::vector<LinearPlan>& plan, std::span<const float* const> inputs,
-    std::span<const float* const> targets, int64_t T, const QuantSpec& spec,
-    const AutoRoundOptions& opts, ThreadPool& pool, Progress* progress, LayerTuning* stats);
+// returns their codes and scales (in plan order). Sample i of `inputs` and of `targets` is its
+// [T, hidden] layer input (the quantized chain) and full-precision output.
+std::vector<QuantizedLinear> autoround_layer(const ModelConfig& config, int64_t layer,
+                                             const LayerWeights& w,
+                                             const std::vector<LinearPlan>& plan,
+                                             const SampleStore& inputs, const SampleStore& targets,
+                                             const QuantSpec& spec, const AutoRoundOptions& opts,
+                                             ThreadPool& pool, Progress* progress,
+                                             LayerTuning* stats);
 
 }  // namespace whittle

@@ -193,9 +193,12 @@ TEST(Gptq, MatchesPytorchReference) {
         static_cast<long long>(c.spec.group_size), loss, ref_loss,
         100.0 * (loss - ref_loss) / ref_loss, stats.rtn_loss, 100.0 * code_share,
         100.0 * scale_share);
-    // Float order (float64 factor, BLAS) flips a few rounding decisions; error feedback carries
-    // each flip along its row, so the share is high but need not be 1.
-    EXPECT_GE(code_share, 0.97);
+    // Float order (float64 factor, BLAS) may flip a rounding decision, and error feedback
+    // carries a flip along its row, so the share need not be 1; all four cases gave 100 %. The
+    // scales of `awkward` differ in 4 of 640 by an fp16 ulp: there the float32 reference differs
+    // from its own float64 run in the same 4 (ORACLE.json float64_run_scales_equal), and whittle's
+    // loss is the float64 run's.
+    EXPECT_GE(code_share, 0.99);
   }
 }
 

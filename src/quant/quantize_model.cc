@@ -12,6 +12,7 @@
 #include "io/safetensors_writer.h"
 #include "model/glm_moe_dsa.h"
 #include "quant/gptq_pack.h"
+#include "quant/sample_store.h"
 #include "util/atomic_file.h"
 #include "util/error.h"
 #include "util/progress.h"
@@ -45,49 +46,63 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// The calibration samples as batches of hidden states, run through the layers in order; a layer's
-// KV cache is dropped once every batch has been through it.
+// The calibration samples run through the layers in order: their hidden states live in a
+// SampleStore (memory or scratch file) between layers, and one batch at a time is in a Batch. A
+// layer's KV cache is dropped once every batch has been through it.
 class Chain {
  public:
-  Chain(const GlmMoeDsa& model, std::span<const std::vector<int32_t>> samples, int64_t batch)
-      : caches_(samples.size(), KvCache(model.config())) {
+  Chain(const GlmMoeDsa& model, std::span<const std::vector<int32_t>> samples, int64_t batch,
+        uint64_t budget, const fs::path& scratch_dir)
+      : hidden_(model.config().hidden_size),
+        caches_(samples.size(), KvCache(model.config())),
+        store_(static_cast<int64_t>(samples.size()), static_cast<int64_t>(samples[0].size()),
+               model.config().hidden_size, budget, scratch_dir) {
     for (size_t first = 0; first < samples.size(); first += static_cast<size_t>(batch)) {
       std::vector<SequenceInput> seqs;
-      for (size_t i = first; i < std::min(samples.size(), first + static_cast<size_t>(batch)); ++i)
+      for (size_t i = first; i < std::min(samples.size(), first + static_cast<size_t>(batch));
+           ++i) {
+        if (samples[i].size() != samples[0].size())
+          fail("internal: calibration samples of different lengths");
         seqs.push_back({samples[i], &caches_[i], false});
+      }
       batches_.push_back(model.embed(std::move(seqs)));
+      first_sample_.push_back(static_cast<int64_t>(first));
+      save(batches_.size() - 1);
     }
   }
-  // Runs layer L on every batch (in place, or on copies when observe_only).
+  // Runs layer L on every batch (the result kept, or only observed).
   void run(const GlmMoeDsa& model, int64_t L, const LayerWeights& w, ForwardObserver* observer,
            bool observe_only = false) {
-    for (Batch& b : batches_) {
-      if (observe_only) {
-        Batch copy = b;
-        model.forward_layer(L, w, copy, observer);
-      } else {
-        model.forward_layer(L, w, b, observer);
-      }
+    for (size_t i = 0; i < batches_.size(); ++i) {
+      Batch& b = batches_[i];
+      load(i);
+      model.forward_layer(L, w, b, observer);
+      if (!observe_only) save(i);
+      b.hidden = {};
       for (int64_t s = 0; s < b.sequences(); ++s) b.sequence(s).cache->layers[L] = LayerCache{};
     }
   }
-  // Each sample's hidden states [T, hidden].
-  std::vector<const float*> samples(int64_t hidden) const {
-    std::vector<const float*> out;
-    for (const Batch& b : batches_)
-      for (int64_t s = 0; s < b.sequences(); ++s)
-        out.push_back(b.hidden.data() + b.first_row(s) * hidden);
-    return out;
-  }
-  int64_t rows() const {
-    int64_t n = 0;
-    for (const Batch& b : batches_) n += b.rows();
-    return n;
-  }
+  const SampleStore& store() const { return store_; }
 
  private:
+  void load(size_t i) {
+    Batch& b = batches_[i];
+    b.hidden.resize(static_cast<size_t>(b.rows() * hidden_));
+    for (int64_t s = 0; s < b.sequences(); ++s)
+      store_.get(first_sample_[i] + s, b.hidden.data() + b.first_row(s) * hidden_);
+  }
+  void save(size_t i) {
+    Batch& b = batches_[i];
+    for (int64_t s = 0; s < b.sequences(); ++s)
+      store_.put(first_sample_[i] + s, b.hidden.data() + b.first_row(s) * hidden_);
+    b.hidden = {};
+  }
+
+  int64_t hidden_;
   std::vector<KvCache> caches_;
   std::vector<Batch> batches_;
+  std::vector<int64_t> first_sample_;
+  SampleStore store_;
 };
 
 // Linears that read the same input share one Hessian: named by the group of their input.
@@ -145,7 +160,7 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
   const ModelConfig& c = model.config();
   const WeightSource& source = model.weights();
   const TensorStore& store = source.store();
-  const int64_t N = c.num_hidden_layers, H = c.hidden_size;
+  const int64_t N = c.num_hidden_layers;
 
   ordered_json cfg = read_json_file(in / "config.json");
   if (cfg.contains("quantization_config") && cfg["quantization_config"].is_object()) {
@@ -186,7 +201,8 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
   const ordered_json qc =
       quantization_config(plan, opts.plan.spec, quant_method_name(opts.method), extra);
   check_quantization_config(plan, qc, opts.plan.vllm_rules);
-  for (const std::string& w : plan.warnings) fmt::print(stderr, "whittle: warning: {}\n", w);
+  if (opts.show_progress)
+    for (const std::string& w : plan.warnings) fmt::print(stderr, "whittle: warning: {}\n", w);
 
   // The checkpoint's tensors by layer (MTP layers and the rest go with "other").
   std::map<int64_t, std::vector<std::string>> by_layer;
@@ -285,10 +301,13 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
 
     const bool calibrated = opts.method != QuantMethod::kRtn;
     std::unique_ptr<Chain> q_chain, fp_chain;
-    if (calibrated) q_chain = std::make_unique<Chain>(model, opts.samples, opts.batch);
+    const uint64_t budget = opts.method == QuantMethod::kAutoRound
+                                ? opts.activation_budget_bytes / 2
+                                : opts.activation_budget_bytes;
+    if (calibrated)
+      q_chain = std::make_unique<Chain>(model, opts.samples, opts.batch, budget, dir.path());
     if (opts.method == QuantMethod::kAutoRound)
-      fp_chain = std::make_unique<Chain>(model, opts.samples, opts.batch);
-    const int64_t T = opts.samples.empty() ? 0 : static_cast<int64_t>(opts.samples[0].size());
+      fp_chain = std::make_unique<Chain>(model, opts.samples, opts.batch, budget, dir.path());
 
     for (int64_t L = 0; L < N; ++L) {
       const auto t0 = std::chrono::steady_clock::now();
@@ -376,8 +395,8 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
           progress = std::make_unique<Progress>(fmt::format("layer {}/{}", L + 1, N),
                                                 opts.autoround.iters, "iters");
         std::vector<QuantizedLinear> tuned =
-            autoround_layer(c, L, w, lp, q_chain->samples(H), fp_chain->samples(H), T,
-                            opts.plan.spec, opts.autoround, pool, progress.get(), &tuning);
+            autoround_layer(c, L, w, lp, q_chain->store(), fp_chain->store(), opts.plan.spec,
+                            opts.autoround, pool, progress.get(), &tuning);
         if (progress) progress->finish();
         for (QuantizedLinear& q : tuned) packed[q.module] = pack_gptq(q);
         report.loss_rtn = tuning.full_rtn_loss;

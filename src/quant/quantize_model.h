@@ -6,12 +6,12 @@
 //   (inputs from the already-quantized layers before it), then GPTQ (quant/gptq.h).
 // - autoround: per layer, the full-precision layer's outputs on full-precision inputs are the
 //   targets, the layer is tuned on the quantized chain's inputs (quant/autoround.h).
-// Calibration activations live in memory as the samples' hidden states (one chain for gptq, two
-// for autoround); the weights stream from the mapped checkpoint (WeightSource acquire/release),
-// so one layer's weights are resident. Every tensor the quantizer does not replace is copied byte
-// for byte, except FP8 block tensors, which are dequantized to BF16 (auto-round does the same: a
-// GPTQ checkpoint cannot also declare FP8). The output is written under a temporary name and
-// renamed when complete.
+// Calibration activations are the samples' hidden states (one chain for gptq, two for autoround),
+// in memory up to a budget and in a scratch file past it (quant/sample_store.h); the weights stream
+// from the mapped checkpoint (WeightSource acquire/release), so one layer's weights are resident.
+// Every tensor the quantizer does not replace is copied byte for byte, except FP8 block tensors,
+// which are dequantized to BF16 (auto-round does the same: a GPTQ checkpoint cannot also declare
+// FP8). The output is written under a temporary name and renamed when complete.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +39,9 @@ struct QuantizeOptions {
   GptqOptions gptq;
   AutoRoundOptions autoround;
   uint64_t hessian_budget_bytes = uint64_t{4} << 30;  // GPTQ Hessians held at once per layer
+  // Calibration hidden states kept in memory (all chains together); past it they go to a scratch
+  // file in the output folder.
+  uint64_t activation_budget_bytes = uint64_t{8} << 30;
   bool overwrite = false;
   uint64_t max_shard_bytes = 0;                  // 0: like the input (see PruneWriteOptions)
   nlohmann::ordered_json calibration = nullptr;  // recorded in quantization_config
