@@ -778,5 +778,53 @@ TEST(Cli, PruneRefusesImpossibleRequestsBeforeCalibrating) {
   EXPECT_FALSE(fs::exists(never_written()));
 }
 
+// `whittle quantize` end to end on the small random model: every method writes a GPTQ checkpoint
+// that whittle loads and runs, the shapes vLLM cannot serve are named in warnings, and the usual
+// refusals come before any work.
+TEST(Cli, QuantizeWritesACheckpointWhittleRuns) {
+  const fs::path model = kRoot / "models/tiny-glm5-random";
+  ScratchDir tmp;
+  for (const char* method : {"rtn", "gptq", "autoround"}) {
+    const fs::path out = tmp.path() / method;
+    Outcome r =
+        whittle({"quantize", model.string(), out.string(), "--method", method, "--group-size", "32",
+                 "--no-vllm-rules", "--calib", (kRoot / "README.md").string(), "--samples", "4",
+                 "--seqlen", "32", "--iters", "3"});
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_THAT(r.output,
+                HasSubstr(fmt::format("Linear modules quantized ({}, int4 g32)", method)));
+    const nlohmann::json cfg = nlohmann::json::parse(read_file(out / "config.json"));
+    EXPECT_EQ(cfg["quantization_config"]["quant_method"], "gptq");
+    EXPECT_EQ(cfg["quantization_config"]["whittle_method"], method);
+    EXPECT_TRUE(fs::exists(out / "quantization_config.json"));
+    EXPECT_THAT(read_file(out / "README.md"), HasSubstr("Quantized with `whittle quantize"));
+    Outcome gen = whittle({"generate", out.string(), "-p", "Hello", "-n", "4", "-t", "0"});
+    EXPECT_EQ(gen.status, 0) << gen.output;
+  }
+  // With vLLM's rules (the default) every 64-wide layer stays 16-bit, and the refusal says why.
+  Outcome vllm = whittle({"quantize", model.string(), (tmp.path() / "v").string(), "--method",
+                          "rtn", "--group-size", "32"});
+  EXPECT_EQ(vllm.status, 1);
+  EXPECT_THAT(vllm.output, HasSubstr("no Linear is left to quantize"));
+  EXPECT_THAT(vllm.output, HasSubstr("vLLM's Marlin kernels need outputs % 64 == 0"));
+  // Refusals: an existing output, unsupported bits and group sizes, a quantized input.
+  const fs::path out = tmp.path() / "rtn";
+  Outcome again = whittle({"quantize", model.string(), out.string(), "--method", "rtn"});
+  EXPECT_EQ(again.status, 1);
+  EXPECT_THAT(again.output, HasSubstr("already exists; pass --force"));
+  Outcome bits = whittle(
+      {"quantize", model.string(), (tmp.path() / "b").string(), "--method", "rtn", "--bits", "3"});
+  EXPECT_EQ(bits.status, 1);
+  EXPECT_THAT(bits.output, HasSubstr("--bits: 3 is not supported"));
+  Outcome twice = whittle({"quantize", out.string(), (tmp.path() / "t").string(), "--method", "rtn",
+                           "--group-size", "32", "--no-vllm-rules"});
+  EXPECT_EQ(twice.status, 1);
+  EXPECT_THAT(twice.output, HasSubstr("already quantized"));
+  Outcome lr = whittle({"quantize", model.string(), (tmp.path() / "l").string(), "--lr", "fast"});
+  EXPECT_EQ(lr.status, 1);
+  EXPECT_THAT(lr.output, HasSubstr("--lr: 'fast' is not a positive number or auto"));
+  for (const char* name : {"b", "t", "l", "v"}) EXPECT_FALSE(fs::exists(tmp.path() / name)) << name;
+}
+
 }  // namespace
 }  // namespace whittle

@@ -1,6 +1,7 @@
 #include "quant/quantize_model.h"
 
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 #include <map>
@@ -145,8 +146,33 @@ LayerWeights substitute(const LayerWeights& w, const std::map<std::string, GptqP
   return q;
 }
 
-std::vector<float> read_f32(const Weight& w) {
-  return w.to_f32();
+// quantize_report.json: what was done to every layer, and why each kept module was kept.
+ordered_json report_json(const QuantizeResult& r, const ordered_json& qc) {
+  ordered_json layers = ordered_json::array();
+  for (const LayerReport& l : r.layers) {
+    ordered_json j = {
+        {"layer", l.layer}, {"quantized", l.quantized}, {"kept", l.kept}, {"seconds", l.seconds}};
+    if (l.loss_rtn > 0 || l.loss > 0) {
+      j["loss_rtn"] = l.loss_rtn;
+      j["loss"] = l.loss;
+    }
+    if (l.best_iter >= 0) j["best_iter"] = l.best_iter;
+    layers.push_back(j);
+  }
+  ordered_json kept = ordered_json::object();
+  for (const auto& layer : r.plan.layers)
+    for (const LinearPlan& p : layer)
+      if (!p.quantize) kept[p.module] = p.kept_because;
+  return {{"quantization_config", qc},
+          {"quantized_modules", r.plan.quantized()},
+          {"kept_modules", kept},
+          {"warnings", r.plan.warnings},
+          {"layers", layers},
+          {"loss",
+           "gptq: sum over the layer's Linears of tr((W - Q) H (W - Q)^T) with GPTQ's and with "
+           "RTN's codes; autoround: the layer's output mean squared error over every calibration "
+           "sample (quantized-chain inputs, full-precision targets) with RTN's and with the tuned "
+           "codes"}};
 }
 
 }  // namespace
@@ -183,7 +209,8 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
   result.plan = plan_quantization(c, source.weights(), opts.plan);
   const QuantPlan& plan = result.plan;
   if (plan.quantized() == 0)
-    fail("{}: no Linear is left to quantize under these rules", in.string());
+    fail("{}: no Linear is left to quantize under these rules{}", in.string(),
+         plan.warnings.empty() ? "" : fmt::format(" ({})", fmt::join(plan.warnings, "; ")));
   if (opts.method != QuantMethod::kRtn && opts.samples.empty())
     fail("--method {}: needs calibration samples", quant_method_name(opts.method));
 
@@ -323,7 +350,7 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
       if (opts.method == QuantMethod::kRtn) {
         for (const LinearPlan& p : lp) {
           if (!p.quantize) continue;
-          const std::vector<float> f = read_f32(*weight_of.at(p.module));
+          const std::vector<float> f = weight_of.at(p.module)->to_f32();
           packed[p.module] =
               pack_gptq(quantize_rtn(p.module, f.data(), p.rows, p.cols, opts.plan.spec));
         }
@@ -365,7 +392,7 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
               // No calibration token reached it (a routed expert never chosen): RTN, as
               // AutoRound leaves such an expert.
               for (const LinearPlan* p : ms) {
-                const std::vector<float> f = read_f32(*weight_of.at(p->module));
+                const std::vector<float> f = weight_of.at(p->module)->to_f32();
                 packed[p->module] =
                     pack_gptq(quantize_rtn(p->module, f.data(), p->rows, p->cols, opts.plan.spec));
               }
@@ -374,7 +401,7 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
             const std::vector<float> h = a->hessian();
             const GptqFactor factor = gptq_factor(group, h, a->cols(), opts.gptq);
             for (const LinearPlan* p : ms) {
-              const std::vector<float> f = read_f32(*weight_of.at(p->module));
+              const std::vector<float> f = weight_of.at(p->module)->to_f32();
               const QuantizedLinear q = gptq_quantize(p->module, f.data(), p->rows, p->cols, factor,
                                                       opts.plan.spec, opts.gptq, nullptr, &pool);
               const QuantizedLinear r =
@@ -426,6 +453,7 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
   cfg["torch_dtype"] = "float16";
   write_file_atomic(dir.path() / "config.json", dump_hf_json(cfg));
   write_file_atomic(dir.path() / "quantization_config.json", dump_hf_json(qc));
+  write_file_atomic(dir.path() / "quantize_report.json", report_json(result, qc).dump(1) + "\n");
   const fs::path card = in / "README.md";
   if (fs::is_regular_file(card))
     write_file_atomic(

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Quantization results on the bundled model (issue 10): RTN, GPTQ and AutoRound int4 of models/tiny-glm5,
+# the full recipe (REAP 25 % then AutoRound), and auto-round's own AutoRound export when it is there; then
+# every model evaluated as docs/RESULTS.md does.
+#
+#   WHITTLE=/work/results_q/whittle JOBS=2 nice -n 5 scripts/quant_results.sh          # everything, resumable
+#   scripts/quant_results.sh list                                                      # the runs, in order
+#   scripts/quant_results.sh one RUN                                                   # one run
+#   .venv/bin/python tools/results/quant_results.py                                    # the tables
+#
+# Resumable: every output is written under a temporary name and renamed when done, and skipped when there.
+#
+# Environment:
+#   WHITTLE   binary (default build/whittle; copy it elsewhere if build/ may be rebuilt meanwhile)
+#   MODEL     model folder (default models/tiny-glm5)
+#   RESULTS   output folder (default /work/results_q): models/<run>/ (checkpoints with quantize_report.json),
+#             <run>/{ppl,arith,loops08,loops0}.json (evals, as scripts/reap_results.sh makes them), logs/
+#   THREADS   --threads of every evaluation (default 1); quantization uses QTHREADS (default 2)
+#   JOBS      evaluations run in parallel (default 1)
+#
+# Quantization settings (every calibrated method): MODEL/calibration.txt, --samples 128 --seqlen 256 (the
+# model's context) --seed 42; AutoRound --iters 200 --batch 8 (lr 1/200), the defaults. Group 128 unless the
+# run's name says g-1 (one scale per output row, the harsher setting of the AutoRound paper's second table).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+WHITTLE=${WHITTLE:-build/whittle}
+MODEL=${MODEL:-models/tiny-glm5}
+RESULTS=${RESULTS:-/work/results_q}
+THREADS=${THREADS:-1}
+QTHREADS=${QTHREADS:-2}
+JOBS=${JOBS:-1}
+export WHITTLE MODEL RESULTS THREADS QTHREADS
+
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+# quantize RUN SOURCE METHOD GROUP: RESULTS/models/RUN from SOURCE.
+quantize() {
+  local run=$1 src=$2 method=$3 group=$4 out="$RESULTS/models/$1"
+  [[ -s $out/quantize_report.json ]] && return 0
+  mkdir -p "$RESULTS/models" "$RESULTS/logs"
+  log "quantize $run"
+  local t0=$SECONDS
+  "$WHITTLE" quantize "$src" "$out" --method "$method" --group-size "$group" --calib "$MODEL/calibration.txt" \
+    --samples 128 --seqlen 256 --seed 42 --threads "$QTHREADS" --force >"$RESULTS/logs/quantize-$run.log" 2>&1
+  echo "$((SECONDS - t0))" >"$out/seconds"
+  log "quantized $run in $((SECONDS - t0)) s"
+}
+
+prune_reap25() {
+  local out="$RESULTS/models/reap25"
+  [[ -s $out/reap_report.json ]] && return 0
+  mkdir -p "$RESULTS/models" "$RESULTS/logs"
+  log "prune reap25"
+  "$WHITTLE" prune "$MODEL" "$out" --ratio 0.25 --method reap --calib "$MODEL/calibration.txt" --samples 128 \
+    --seqlen 256 --seed 42 --threads "$QTHREADS" --force >"$RESULTS/logs/prune-reap25.log" 2>&1
+}
+
+step() {  # step NAME MODEL DIR ARGS...: whittle eval MODEL ARGS... > DIR/NAME.json unless done
+  local name=$1 model=$2 dir=$3; shift 3
+  [[ -s $dir/$name.json ]] && return 0
+  local t0=$SECONDS
+  if "$WHITTLE" eval "$model" "$@" --threads "$THREADS" --json -q >"$dir/$name.json.tmp" 2>"$dir/$name.err"; then
+    mv "$dir/$name.json.tmp" "$dir/$name.json"
+    echo "$((SECONDS - t0))" >"$dir/$name.seconds"
+  else
+    log "FAILED eval $name of $model: $(tail -1 "$dir/$name.err")"; return 1
+  fi
+}
+
+# The same evaluations as scripts/reap_results.sh (docs/RESULTS.md): held-out perplexity per domain, the 400
+# arithmetic problems greedy, loop probes at T 0.8 and greedy.
+evaluate() {
+  local run=$1 model=$2 dir="$RESULTS/$1" ev="$MODEL/eval"
+  mkdir -p "$dir"
+  local -a txt=("$ev/arith.txt" "$ev/chat.txt" "$ev/code.txt" "$ev/prose.txt")
+  local -a loops=(--task loops --data "${txt[@]}" --prompts 40 --max-tokens 224 --seed 0)
+  step ppl "$model" "$dir" --task ppl --data "${txt[@]}" --ctx 256 --stride 255 --doc-start '<|endoftext|>'
+  step arith "$model" "$dir" --task arith --data "$ev/arith_one_step.jsonl" "$ev/arith_two_step.jsonl" \
+    --max-tokens 256
+  step loops08 "$model" "$dir" "${loops[@]}" -t 0.8
+  step loops0 "$model" "$dir" "${loops[@]}" -t 0
+  log "evaluated $run"
+}
+
+runs() {
+  printf '%s\n' bf16 rtn-g128 gptq-g128 autoround-g128 reap25 reap25-autoround-g128 autoround_ref-g128 \
+    rtn-g-1 gptq-g-1 autoround-g-1
+}
+
+run_one() {
+  local run=$1 model
+  case $run in
+    bf16) model=$MODEL ;;
+    reap25) prune_reap25; model="$RESULTS/models/reap25" ;;
+    reap25-autoround-g128) prune_reap25; quantize "$run" "$RESULTS/models/reap25" autoround 128
+      model="$RESULTS/models/$run" ;;
+    autoround_ref-g128)  # auto-round 0.16.1's own export (bench/autoround_reference.py), when it was made
+      model="$RESULTS/autoround_ref/export"
+      [[ -s $model/config.json ]] || { log "no $model: skipped"; return 0; } ;;
+    *) local method=${run%%-*} group=${run#*-g}
+      quantize "$run" "$MODEL" "$method" "$group"; model="$RESULTS/models/$run" ;;
+  esac
+  evaluate "$run" "$model"
+}
+export -f log quantize prune_reap25 step evaluate run_one
+
+case "${1:-all}" in
+  list) runs ;;
+  one) shift; run_one "$@" ;;
+  all)
+    mkdir -p "$RESULTS/logs"
+    # Quantizations first, one at a time (each uses QTHREADS cores), then the evaluations JOBS at a time.
+    for r in $(runs); do
+      case $r in
+        bf16|autoround_ref-g128) ;;
+        reap25) prune_reap25 ;;
+        reap25-*) prune_reap25; quantize "$r" "$RESULTS/models/reap25" autoround 128 ;;
+        *) quantize "$r" "$MODEL" "${r%%-*}" "${r#*-g}" ;;
+      esac
+    done
+    runs | xargs -P "$JOBS" -I{} bash -c 'run_one "$1" || log "FAILED $1"' _ {}
+    ;;
+  *) echo "usage: $0 [all|list|one RUN]" >&2; exit 2 ;;
+esac
