@@ -17,21 +17,36 @@ build: setup $(BUILD)/build.ninja
 	cmake --build $(BUILD) -j $(JOBS)
 
 # The bundled trained model: what it is, how well it predicts held-out text and solves held-out
-# arithmetic (50 one-step + 50 two-step problems), what it can and cannot do, then one chat turn.
+# arithmetic, then the recipe this project exists for: prune 25 % of every MoE layer's experts with
+# REAP, quantize what is left to int4 with AutoRound (W4A16, group 128, 200 steps per layer), evaluate
+# the result the same way, and chat one turn with it. About 15 minutes on 2 cores, most of it
+# AutoRound (DEMO_ITERS=50 for a quicker look); the outputs go to out/ (git-ignored).
+DEMO_OUT ?= out
+DEMO_ITERS ?= 200
+DEMO_EVAL = $(wildcard $(DEMO_MODEL)/eval/*.txt)
+DEMO_ARITH = $(DEMO_MODEL)/eval/arith_one_step.jsonl $(DEMO_MODEL)/eval/arith_two_step.jsonl
 demo: build
 	$(BUILD)/whittle info $(DEMO_MODEL)
+	@echo '# Before: held-out perplexity, and the first 50 problems of each held-out arithmetic file'
+	@echo '# (with 50 problems a score moves by about 7 points from sample to sample; docs/RESULTS.md'
+	@echo '# has all 400).'
 	$(BUILD)/whittle eval $(DEMO_MODEL) --task ppl --doc-start '<|endoftext|>'
-	@echo '# The first 50 problems of each held-out file, to keep the demo short. With 50 problems a'
-	@echo '# score moves by about 7 points (binomial standard error) from sample to sample:'
-	@echo '# docs/RESULTS.md has all 200 of each (54% one-step, 45% two-step).'
 	$(BUILD)/whittle eval $(DEMO_MODEL) --task arith --limit 50
 	@echo '# tiny-glm5: 21.6M parameters trained 3.75 h on 2 CPU cores. It can continue prose, code and'
-	@echo '# chats in the style of its training text, solve about half of small arithmetic word problems'
-	@echo '# posed as above, and give the chat answers it saw often. It cannot state facts reliably (its'
-	@echo '# word definitions are mostly invented), follow new instructions, or do sums in a chat turn'
-	@echo '# as well as in the question form it was trained on. One chat turn, sampled with the'
-	@echo '# defaults of its generation_config.json (temperature 0.8, top-k 50, top-p 0.95):'
-	$(BUILD)/whittle generate $(DEMO_MODEL) --chat -p 'What can you do?' --seed 1
+	@echo '# chats in the style of its training text and solve about half of small arithmetic word'
+	@echo '# problems; it cannot state facts reliably or follow new instructions.'
+	@echo '# The recipe, step 1: REAP drops 8 of the 32 routed experts of every MoE layer.'
+	$(BUILD)/whittle prune $(DEMO_MODEL) $(DEMO_OUT)/tiny-glm5-reap25 --ratio 0.25 --force
+	@echo '# Step 2: AutoRound int4 (the 5 attention + 2 indexer + 75 expert Linears of each MoE layer;'
+	@echo '# the dense MLP, the indexer weights_proj, routers and lm_head stay 16-bit), GPTQ format.'
+	$(BUILD)/whittle quantize $(DEMO_OUT)/tiny-glm5-reap25 $(DEMO_OUT)/tiny-glm5-reap25-w4g128 --iters $(DEMO_ITERS) --force
+	$(BUILD)/whittle info $(DEMO_OUT)/tiny-glm5-reap25-w4g128
+	@echo '# After: the same evaluations on the pruned int4 model.'
+	$(BUILD)/whittle eval $(DEMO_OUT)/tiny-glm5-reap25-w4g128 --task ppl --doc-start '<|endoftext|>' --data $(DEMO_EVAL)
+	$(BUILD)/whittle eval $(DEMO_OUT)/tiny-glm5-reap25-w4g128 --task arith --limit 50 --data $(DEMO_ARITH)
+	@echo '# One chat turn with it, sampled with the defaults of its generation_config.json'
+	@echo '# (temperature 0.8, top-k 50, top-p 0.95):'
+	$(BUILD)/whittle generate $(DEMO_OUT)/tiny-glm5-reap25-w4g128 --chat -p 'What can you do?' --seed 1
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600

@@ -92,6 +92,22 @@ MUTATIONS = [
      "out.correction_bias.push_back(w.correction_bias[static_cast<size_t>(e)]);",
      "out.correction_bias.push_back(w.correction_bias[i]);",
      "the kept-experts view keeps the first K correction biases instead of the survivors'"),
+    ("rtn-round-half-away", "src/quant/int_quant.cc",
+     "const float r = std::nearbyint(w / scale + v);", "const float r = std::round(w / scale + v);",
+     "quantization rounds half away from zero instead of half to even (torch.round)"),
+    ("scale-ties-positive", "src/quant/int_quant.cc",
+     "(a > b ? a : -b) / levels", "(a >= b ? a : -b) / levels",
+     "a group whose clipped extremes tie gets a positive scale (auto-round: negative)"),
+    ("gptq-v2-zeros", "src/quant/gptq_pack.cc",
+     "zeros |= static_cast<uint32_t>(offset - 1)", "zeros |= static_cast<uint32_t>(offset)",
+     "qzeros written as GPTQ v2 (the zero) while the config says v1 (zero - 1)"),
+    ("ste-clamp-ends-pass", "src/quant/fake_quant.cc",
+     "in_range_[i] = r > spec_.qmin() && r < spec_.qmax();",
+     "in_range_[i] = r >= spec_.qmin() && r <= spec_.qmax();",
+     "the rounding gradient passes at the grid's ends (torch.clamp's does not)"),
+    ("autoround-no-lr-decay", "src/quant/autoround.h",
+     "lr * (1.0 - static_cast<double>(it) / static_cast<double>(iters))", "lr",
+     "AutoRound's learning rate does not decay linearly to 0"),
 ]
 
 TEST_FILTER = "-BundledModel.*"

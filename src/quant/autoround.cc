@@ -134,9 +134,9 @@ std::vector<QuantizedLinear> autoround_layer(const ModelConfig& config, int64_t 
     }
     // The last step's result would never be evaluated: skip it.
     if (it + 1 == opts.iters) break;
-    const float decay = 1.0f - static_cast<float>(it) / static_cast<float>(opts.iters);
     for (FakeQuant& t : tuned)
-      t.sign_step(grads.find(t.module())->data(), lr * decay, minmax_lr * decay, &pool);
+      t.sign_step(grads.find(t.module())->data(), autoround_step_lr(lr, it, opts.iters),
+                  autoround_step_lr(minmax_lr, it, opts.iters), &pool);
   }
   st.best_loss = best;
 

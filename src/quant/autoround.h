@@ -24,6 +24,12 @@ namespace whittle {
 
 class Progress;
 
+// The step size of SignSGD step `it` (0-based) of `iters`: lr·(1 − it/iters), torch's LinearLR from
+// 1 to 0 stepped after every step, so the last step uses lr/iters, not 0.
+inline float autoround_step_lr(double lr, int64_t it, int64_t iters) {
+  return static_cast<float>(lr * (1.0 - static_cast<double>(it) / static_cast<double>(iters)));
+}
+
 struct AutoRoundOptions {
   int64_t iters = 200;
   double lr = 0.0;         // 0: 1 / iters (auto-round's default)

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "io/npy.h"
+#include "quant/autoround.h"
 #include "quant/fake_quant.h"
 #include "quant/gptq_pack.h"
 #include "quant/int_quant.h"
@@ -188,6 +189,17 @@ TEST(FakeQuant, StartsAtRtnAndStepsBySign) {
     EXPECT_TRUE(fq.v()[i] == (s > 0 ? -0.25f : 0.25f) || fq.v()[i] == 0.0f) << i;
   }
   for (float a : fq.alpha()) EXPECT_LE(a, 1.0f);
+}
+
+// SignSGD's schedule: lr·(1 − i/T); the steps add up to (T + 1)/(2T) for lr = 1/T (0.5025 at 200:
+// the most any V can move, which is why it stays near ±0.5).
+TEST(AutoRound, LearningRateDecaysLinearlyToLrOverIters) {
+  EXPECT_FLOAT_EQ(autoround_step_lr(0.005, 0, 200), 0.005f);
+  EXPECT_FLOAT_EQ(autoround_step_lr(0.005, 100, 200), 0.0025f);
+  EXPECT_FLOAT_EQ(autoround_step_lr(0.005, 199, 200), 0.005f / 200);
+  double sum = 0;
+  for (int i = 0; i < 200; ++i) sum += autoround_step_lr(1.0 / 200, i, 200);
+  EXPECT_NEAR(sum, 201.0 / 400, 1e-6);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -16,6 +17,7 @@
 #include "io/npy.h"
 #include "io/quant_config.h"
 #include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 #include "model/glm_moe_dsa.h"
 #include "quant/gptq_pack.h"
 #include "quant/quantize_model.h"
@@ -224,6 +226,46 @@ TEST(Quantize, GptqBeatsRtnOnItsOwnObjective) {
   const std::vector<int32_t> ids = {1, 2, 3, 4};
   EXPECT_EQ(model.prefill(ids, cache, false).size(), 32u);
   fs::remove_all(out);
+}
+
+// transformers' fused expert tensors (gate_up_proj [E, 2I, H], down_proj [E, H, I]) quantize to
+// the same per-expert GPTQ tensors as the per-expert layout GLM-5 ships.
+TEST(Quantize, FusedExpertsQuantizeLikePerExpertOnes) {
+  ThreadPool pool(1);
+  const fs::path fused = temp_dir("fused_src"), a = temp_dir("fused_a"), b = temp_dir("fused_b");
+  {
+    TensorStore src(kGolden / "source");
+    fs::create_directories(fused);
+    fs::copy_file(kGolden / "source/config.json", fused / "config.json");
+    SafeTensorsWriter w(fused, std::numeric_limits<uint64_t>::max());
+    const int64_t E = 4;
+    std::vector<std::byte> gate_up, down;
+    std::vector<int64_t> gu_shape, down_shape;
+    for (int64_t e = 0; e < E; ++e) {
+      const std::string m = fmt::format("model.layers.1.mlp.experts.{}.", e);
+      for (const char* proj : {"gate_proj", "up_proj"}) {
+        const TensorView v = src.get(m + proj + ".weight");
+        gate_up.insert(gate_up.end(), v.bytes.begin(), v.bytes.end());
+        gu_shape = {E, 2 * v.shape()[0], v.shape()[1]};
+      }
+      const TensorView d = src.get(m + "down_proj.weight");
+      down.insert(down.end(), d.bytes.begin(), d.bytes.end());
+      down_shape = {E, d.shape()[0], d.shape()[1]};
+    }
+    for (const std::string& n : src.names())
+      if (n.find(".mlp.experts.") == std::string::npos) {
+        const TensorView v = src.get(n);
+        w.add(n, v.dtype(), v.shape(), v.bytes);
+      }
+    w.add("model.layers.1.mlp.experts.gate_up_proj", DType::BF16, gu_shape, gate_up);
+    w.add("model.layers.1.mlp.experts.down_proj", DType::BF16, down_shape, down);
+    w.finish();
+  }
+  quantize_checkpoint(kGolden / "source", a, rtn_options(32, false), pool);
+  quantize_checkpoint(fused, b, rtn_options(32, false), pool);
+  EXPECT_TRUE(tensors(a) == tensors(b));
+  EXPECT_TRUE(tensors(b).contains("model.layers.1.mlp.experts.3.up_proj.qweight"));
+  for (const fs::path& p : {fused, a, b}) fs::remove_all(p);
 }
 
 TEST(Quantize, RefusesBadRequestsAndLeavesNothing) {

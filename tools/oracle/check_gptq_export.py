@@ -128,7 +128,7 @@ def key_check(file_t: dict, model, loader_report: dict | None, qmods: list) -> d
     # values: every file tensor that is not a GPTQ tensor of a quantized module, compared with the loaded one
     qset = set(qmods)
     differ, compared, meta, cast_inexact = [], 0, [], {}
-    raw_differ = []
+    raw_differ, scales_bf16 = [], []
     for k, v in file_t.items():
         mod, _, suf = k.rpartition(".")
         if k not in sd:
@@ -140,7 +140,10 @@ def key_check(file_t: dict, model, loader_report: dict | None, qmods: list) -> d
         if mod in qset and suf in QSUF:
             # packed tensors: qweight and scales must be the file's (qzeros may be converted v1 -> v2 in memory)
             if suf in ("qweight", "scales") and lt.shape == v.shape and not torch.equal(lt.to(v.dtype), v):
-                raw_differ.append(k)
+                if suf == "scales" and torch.equal(lt.float(), v.to(torch.bfloat16).float()):
+                    scales_bf16.append(k)
+                else:
+                    raw_differ.append(k)
             continue
         compared += 1
         if lt.shape != v.shape or not torch.equal(lt, v.to(lt.dtype)):
@@ -159,6 +162,7 @@ def key_check(file_t: dict, model, loader_report: dict | None, qmods: list) -> d
         tensors_left_on_meta=meta,
         unquantized_tensors_compared=compared, unquantized_tensors_differing=differ,
         packed_tensors_differing=raw_differ,
+        scales_rounded_to_bf16_by_loader=len(scales_bf16),
         unquantized_dtypes_loaded=sorted({str(sd[k].dtype)[6:] for k in file_t
                                           if k in sd and k.rpartition(".")[0] not in qset}),
         cast_not_exact=cast_inexact,
@@ -226,7 +230,14 @@ def compare_dequant(lib_w: dict, ref: dict, dtype_note: str) -> dict:
 
 def runtime_identity_dequant(model, qmods: list, ref: dict, dtype) -> dict:
     """Forward of each quantized module on the identity in `dtype` vs whittle's weight rounded to `dtype`."""
+    from torch import _dynamo
+
     mods = dict(model.named_modules())
+    with _dynamo.config.patch(disable=True):  # eager: a compiled forward would recompile for every shape
+        return _identity_loop(mods, qmods, ref, dtype)
+
+
+def _identity_loop(mods, qmods, ref, dtype):
     bad, failed, maxrel = 0, {}, 0.0
     for m in qmods:
         w = torch.from_numpy(ref[m])
@@ -311,7 +322,11 @@ def worker_gptqmodel(a: dict) -> dict:
         r["qzero_format_in_memory"] = sorted({int(mm.qzero_format()) for mm in mods.values()
                                               if is_q(mm) and hasattr(mm, "qzero_format")})
         # exact dequantization (scales -> fp32 first), where the class has dequantize_weight()
-        lib_w = {}
+        from torch import _dynamo
+
+        dyn = _dynamo.config.patch(disable=True)
+        dyn.__enter__()
+        lib_w, scales_changed = {}, {}
         for m in qmods:
             mm = mods.get(m)
             if mm is None or not is_q(mm):
@@ -320,6 +335,12 @@ def worker_gptqmodel(a: dict) -> dict:
                 lib_w[m] = f"{type(mm).__name__} has no dequantize_weight()"
                 continue
             s = mm.scales
+            if not torch.equal(s.float(), file_t[m + ".scales"].float()):
+                # the loader changed the scales (gptqmodel's bf16 default casts every float tensor to bf16 at
+                # load): whittle's codes / zero points / g_idx with the loader's scales, to tell the two apart
+                scales_changed[m] = oc.gptq_dequantize(
+                    file_t[m + ".qweight"].numpy(), file_t[m + ".qzeros"].numpy(), s.float().numpy(),
+                    file_t[m + ".g_idx"].numpy(), checkpoint_format=qcfg.get("checkpoint_format", "gptq"))
             try:
                 mm.scales = s.float()
                 with torch.no_grad():
@@ -329,10 +350,15 @@ def worker_gptqmodel(a: dict) -> dict:
                 lib_w[m] = f"{type(e).__name__}: {e}"[:300]
             finally:
                 mm.scales = s
+        dyn.__exit__(None, None, None)
         r["dequant_exact"] = compare_dequant(lib_w, ref, "module.dequantize_weight() with scales converted to "
                                              "float32 (exact products), vs oracle_common.gptq_dequantize")
-        act_dtype = hf.dtype
-        r["dequant_runtime_dtype"] = runtime_identity_dequant(hf, qmods, ref, act_dtype)
+        if scales_changed:
+            r["dequant_exact"]["loader_changed_scales_modules"] = len(scales_changed)
+            r["dequant_exact"]["exact_with_loader_scales"] = compare_dequant(
+                lib_w, {m: scales_changed.get(m, w) for m, w in ref.items()},
+                "vs whittle's codes, zero points and g_idx with the scales as the loader holds them")["exact"]
+        # the logits (after the dequantization: some CPU kernels repack a module on its first forward)
         t0 = time.time()
         try:
             logits = forward_logits(hf, ids)
@@ -341,6 +367,7 @@ def worker_gptqmodel(a: dict) -> dict:
         except Exception as e:  # noqa: BLE001
             r["forward_failed"] = f"{type(e).__name__}: {e}"[:2000]
         r["forward_s"] = round(time.time() - t0, 1)
+        r["dequant_runtime_dtype"] = runtime_identity_dequant(hf, qmods, ref, hf.dtype)
         info[tag] = r
         del model, hf, mods
     accelerate.load_checkpoint_in_model = orig
@@ -385,6 +412,14 @@ def worker_autoround(a: dict) -> dict:
         mods = dict(model.named_modules())
         moe = [type(mm).__name__ for n, mm in mods.items() if re.fullmatch(r"model\.layers\.\d+\.mlp", n)]
         r["mlp_classes"] = sorted(set(moe))
+        t0 = time.time()
+        try:
+            logits = forward_logits(model, ids)
+            r["activation_dtype"] = str(logits.dtype)[6:]
+            np.save(os.path.join(out, f"logits_autoround_{tag}.npy"), logits.float().numpy())
+        except Exception as e:  # noqa: BLE001
+            r["forward_failed"] = f"{type(e).__name__}: {e}"[:2000]
+        r["forward_s"] = round(time.time() - t0, 1)
         if tag == "fp32":
             # auto-round's own dequantization: module forward on the fp32 identity with fp32 scales
             lib_w = {}
@@ -407,14 +442,6 @@ def worker_autoround(a: dict) -> dict:
                                                  "converted to float32 (exact products), vs "
                                                  "oracle_common.gptq_dequantize")
         r["dequant_runtime_dtype"] = runtime_identity_dequant(model, qmods, ref, model.dtype)
-        t0 = time.time()
-        try:
-            logits = forward_logits(model, ids)
-            r["activation_dtype"] = str(logits.dtype)[6:]
-            np.save(os.path.join(out, f"logits_autoround_{tag}.npy"), logits.float().numpy())
-        except Exception as e:  # noqa: BLE001
-            r["forward_failed"] = f"{type(e).__name__}: {e}"[:2000]
-        r["forward_s"] = round(time.time() - t0, 1)
         info[tag] = r
         del model, mods
     return info
@@ -457,6 +484,20 @@ def default_ids(export: str, text: str, n: int) -> list:
     tk = Tokenizer.from_file(os.path.join(export, "tokenizer.json"))
     with open(text) as f:
         return tk.encode(f.read(), add_special_tokens=False).ids[:n]
+
+
+def disagreements(wl: np.ndarray, ll: np.ndarray) -> list:
+    """Positions where the arg-max differs: whittle's top-1 minus top-2 logit and the library's logit of its own
+    arg-max minus its logit of whittle's arg-max, both relative to max|whittle logit| (0 = a tie in the library)."""
+    scale = float(np.abs(wl).max())
+    top2 = np.sort(wl, -1)[:, -2:]
+    out = []
+    for p in np.where(wl.argmax(-1) != ll.argmax(-1))[0]:
+        a, b = int(wl[p].argmax()), int(ll[p].argmax())
+        out.append(dict(pos=int(p), whittle_argmax=a, library_argmax=b,
+                        whittle_margin_rel=float((top2[p, 1] - top2[p, 0]) / scale),
+                        library_margin_rel=float((ll[p, b] - ll[p, a]) / scale)))
+    return out
 
 
 def whittle_binary(given: str | None) -> str:
@@ -534,7 +575,7 @@ def main():
         loaders={},
     )
 
-    fails = []
+    fails, warnings = [], []
     libs = args.only or ["gptqmodel", "autoround"]
     for lib in libs:
         print(f"== {lib}", flush=True)
@@ -554,6 +595,7 @@ def main():
                 ll = np.load(lp)
                 r["logits_vs_whittle"] = kl_and_argmax(wl, ll)
                 r["logits_vs_reference_fp32"] = kl_and_argmax(ref, ll)
+                r["argmax_disagreements"] = disagreements(wl, ll)
                 agree = float(r["logits_vs_whittle"]["argmax_agree"].split("/")[0]) / len(ids)
                 if agree < args.min_argmax:
                     fails.append(f"{key}: arg-max agreement {r['logits_vs_whittle']['argmax_agree']}")
@@ -570,7 +612,14 @@ def main():
             if (mo["file_quantized_modules_not_quantized_in_model"] or mo["model_quantized_modules_not_in_file"]
                     or mo["bits_group_size_differing"] or mo["dynamic_minus_rule_modules_not_plain_linear"]):
                 fails.append(f"{key}: module mismatch")
-            if "dequant_exact" in r and not r["dequant_exact"]["exact"]:
+            de = r.get("dequant_exact")
+            if de and not de["exact"] and de.get("exact_with_loader_scales") and not de["modules_failed_count"]:
+                warnings.append(f"{key}: dequantized weights differ from whittle's in {de['modules_differing']} "
+                                f"modules only because the loader changed {de['loader_changed_scales_modules']} "
+                                f"modules' fp16 scales (rounded to bf16 at load: "
+                                f"{r['keys']['scales_rounded_to_bf16_by_loader']} scales tensors); with the loader's "
+                                f"scales they are exact")
+            elif "dequant_exact" in r and not r["dequant_exact"]["exact"]:
                 fails.append(f"{key}: dequantized weights differ in {r['dequant_exact']['modules_differing']} "
                              f"modules, failed in {r['dequant_exact']['modules_failed_count']}")
             report["loaders"][key] = r
@@ -578,6 +627,7 @@ def main():
         shutil.rmtree(os.path.join(work, "logs"), ignore_errors=True)
 
     report["failures"] = fails
+    report["warnings"] = warnings
     report["ok"] = not fails
     summary = {}
     for key, r in report["loaders"].items():
@@ -597,6 +647,8 @@ def main():
     oc.write_json(path, report)
     print(json.dumps(report, indent=1, sort_keys=True))
     print(f"report: {path}")
+    if warnings:
+        print("WARNINGS:\n  " + "\n  ".join(warnings))
     print("OK" if report["ok"] else "FAIL:\n  " + "\n  ".join(fails))
     sys.exit(0 if report["ok"] else 1)
 
