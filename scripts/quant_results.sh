@@ -30,7 +30,8 @@ RESULTS=${RESULTS:-/work/results_q}
 THREADS=${THREADS:-1}
 QTHREADS=${QTHREADS:-2}
 JOBS=${JOBS:-1}
-export WHITTLE MODEL RESULTS THREADS QTHREADS
+PROMPTS=40 LOOP_TOKENS=224 ARITH_LIMIT=0
+export WHITTLE MODEL RESULTS THREADS QTHREADS PROMPTS LOOP_TOKENS ARITH_LIMIT
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
@@ -56,32 +57,9 @@ prune_reap25() {
     --seqlen 256 --seed 42 --threads "$QTHREADS" --force >"$RESULTS/logs/prune-reap25.log" 2>&1
 }
 
-step() {  # step NAME MODEL DIR ARGS...: whittle eval MODEL ARGS... > DIR/NAME.json unless done
-  local name=$1 model=$2 dir=$3; shift 3
-  [[ -s $dir/$name.json ]] && return 0
-  local t0=$SECONDS
-  if "$WHITTLE" eval "$model" "$@" --threads "$THREADS" --json -q >"$dir/$name.json.tmp" 2>"$dir/$name.err"; then
-    mv "$dir/$name.json.tmp" "$dir/$name.json"
-    echo "$((SECONDS - t0))" >"$dir/$name.seconds"
-  else
-    log "FAILED eval $name of $model: $(tail -1 "$dir/$name.err")"; return 1
-  fi
-}
-
-# The same evaluations as scripts/reap_results.sh (docs/RESULTS.md): held-out perplexity per domain, the 400
-# arithmetic problems greedy, loop probes at T 0.8 and greedy.
-evaluate() {
-  local run=$1 model=$2 dir="$RESULTS/$1" ev="$MODEL/eval"
-  mkdir -p "$dir"
-  local -a txt=("$ev/arith.txt" "$ev/chat.txt" "$ev/code.txt" "$ev/prose.txt")
-  local -a loops=(--task loops --data "${txt[@]}" --prompts 40 --max-tokens 224 --seed 0)
-  step ppl "$model" "$dir" --task ppl --data "${txt[@]}" --ctx 256 --stride 255 --doc-start '<|endoftext|>'
-  step arith "$model" "$dir" --task arith --data "$ev/arith_one_step.jsonl" "$ev/arith_two_step.jsonl" \
-    --max-tokens 256
-  step loops08 "$model" "$dir" "${loops[@]}" -t 0.8
-  step loops0 "$model" "$dir" "${loops[@]}" -t 0
-  log "evaluated $run"
-}
+# step / evaluate: the same evaluations as scripts/reap_results.sh (scripts/eval_steps.sh).
+# shellcheck source=scripts/eval_steps.sh
+source scripts/eval_steps.sh
 
 runs() {
   printf '%s\n' bf16 rtn-g128 gptq-g128 autoround-g128 reap25 reap25-autoround-g128 autoround_ref-g128 \
