@@ -391,16 +391,19 @@ def dir_files(d: str):
 # Independent reference forward pass, straight from the files (a Python model of what the C++ loader
 # and forward must do). Used only to cross-check transformers' goldens.
 # ----------------------------------------------------------------------------------------------
-def load_checkpoint_tensors(d: str) -> dict:
-    """All tensors of a checkpoint folder as fp32 (shards via the index; block-FP8 dequantized)."""
+def checkpoint_files(d: str) -> list:
+    """The safetensors files of a checkpoint folder (its shards via the index, else model.safetensors)."""
     idx = os.path.join(d, "model.safetensors.index.json")
     if os.path.exists(idx):
         with open(idx) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
+            return sorted(set(json.load(f)["weight_map"].values()))
+    return ["model.safetensors"]
+
+
+def load_checkpoint_tensors(d: str) -> dict:
+    """All tensors of a checkpoint folder as fp32 (shards via the index; block-FP8 dequantized)."""
     raw = {}
-    for fn in files:
+    for fn in checkpoint_files(d):
         raw.update(load_file(os.path.join(d, fn)))
     out = {}
     qmods = gptq_modules(raw)
