@@ -350,9 +350,14 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
       if (opts.method == QuantMethod::kRtn) {
         for (const LinearPlan& p : lp) {
           if (!p.quantize) continue;
-          const std::vector<float> f = weight_of.at(p.module)->to_f32();
+          const Weight& w16 = *weight_of.at(p.module);
+          const std::vector<float> f = w16.to_f32();
           packed[p.module] =
               pack_gptq(quantize_rtn(p.module, f.data(), p.rows, p.cols, opts.plan.spec));
+          // Nothing reads it again: its pages leave now, not at the end of the layer (a GLM-5
+          // MoE layer is 12 GB of bf16).
+          w16.for_each_range(
+              [&](std::span<const std::byte> r) { store.advise(r, MemoryAdvice::kDontNeed); });
         }
       } else if (opts.method == QuantMethod::kGptq) {
         // Hessian groups: a leader Linear (the first of the group in the layer) per input.
