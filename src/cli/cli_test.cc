@@ -255,9 +255,8 @@ TEST(Cli, TokenIdOutsideVocabulary) {
 TEST(Cli, UnknownSubcommandIsNamed) {
   Outcome r = whittle({"foo"});
   EXPECT_EQ(r.status, 2);
-  EXPECT_THAT(
-      r.output,
-      HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, logits, eval, prune)"));
+  EXPECT_THAT(r.output, HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, "
+                                  "logits, eval, prune, quantize)"));
 }
 
 TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOptionAndRange) {
