@@ -40,38 +40,11 @@ void matmul_nt_strided(const float* x, const float* w, float* y, int64_t M, int6
               static_cast<int>(ldy));
 }
 
-void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
-               bool accumulate, ThreadPool* pool) {
-  if (M == 0 || N == 0) return;
-  if (pool == nullptr || pool->size() < 2 || M * N * K < kParallelMatmulFlops || N < 2) {
-    matmul_nt_columns(x, w, y, M, K, N, accumulate, 0, N);
-    return;
-  }
-  // Column blocks of a multiple of 16 (whole cache lines of y and SIMD widths of the BLAS kernel),
-  // about two per worker so an uneven split costs little.
-  const int64_t blocks = static_cast<int64_t>(pool->size()) * 2;
-  const int64_t width = std::max<int64_t>(16, (N + blocks - 1) / blocks + 15) / 16 * 16;
-  const int64_t n_blocks = (N + width - 1) / width;
-  pool->parallel_for(static_cast<size_t>(n_blocks), [&](size_t begin, size_t end) {
-    for (size_t b = begin; b < end; ++b) {
-      const int64_t n0 = static_cast<int64_t>(b) * width;
-      matmul_nt_columns(x, w, y, M, K, N, accumulate, n0, std::min(N, n0 + width));
-    }
-  });
-}
-
-void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
-               bool accumulate) {
-  if (M == 0 || N == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
-              static_cast<int>(K), 1.0f, x, static_cast<int>(K), w, static_cast<int>(N),
-              accumulate ? 1.0f : 0.0f, y, static_cast<int>(N));
-}
-
 namespace {
 
-// Output columns [0, N) split into blocks of a multiple of 16 over the pool (as matmul_nt does),
-// or one call on this thread when the product is small; fn(n0, n1) computes one block.
+// Output columns [0, N) split over the pool in blocks of a multiple of 16 (whole cache lines of y
+// and SIMD widths of the BLAS kernel), about two per worker so an uneven split costs little; one
+// call on this thread when the product is small. fn(n0, n1) computes one block.
 template <typename Columns>
 void split_columns(int64_t M, int64_t K, int64_t N, ThreadPool* pool, Columns fn) {
   if (pool == nullptr || pool->size() < 2 || M * N * K < kParallelMatmulFlops || N < 2) {
@@ -90,6 +63,19 @@ void split_columns(int64_t M, int64_t K, int64_t N, ThreadPool* pool, Columns fn
 }
 
 }  // namespace
+
+void matmul_nt(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+               bool accumulate, ThreadPool* pool) {
+  if (M == 0 || N == 0) return;
+  split_columns(M, K, N, pool, [&](int64_t n0, int64_t n1) {
+    matmul_nt_columns(x, w, y, M, K, N, accumulate, n0, n1);
+  });
+}
+
+void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
+               bool accumulate) {
+  matmul_nn(x, w, y, M, K, N, accumulate, nullptr);
+}
 
 void matmul_nn(const float* x, const float* w, float* y, int64_t M, int64_t K, int64_t N,
                bool accumulate, ThreadPool* pool) {

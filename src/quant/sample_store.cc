@@ -30,25 +30,32 @@ SampleStore::~SampleStore() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+namespace {
+// pwrite / pread of `bytes` at `at`, retried until done; an Error saying `what` otherwise.
+template <typename Io, typename Ptr>
+void transfer(Io io, int fd, Ptr p, size_t bytes, off_t at, const std::filesystem::path& dir,
+              const char* what) {
+  while (bytes > 0) {
+    const ssize_t n = io(fd, p, bytes, at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      fail("{}: cannot {} calibration activations: {}", dir.string(), what,
+           n == 0 ? "short file" : std::strerror(errno));
+    p += n;
+    at += n;
+    bytes -= static_cast<size_t>(n);
+  }
+}
+}  // namespace
+
 void SampleStore::put(int64_t sample, const float* x) {
   const size_t n = static_cast<size_t>(rows_ * hidden_);
   if (fd_ < 0) {
     std::memcpy(&memory_[static_cast<size_t>(sample) * n], x, n * sizeof(float));
     return;
   }
-  const char* p = reinterpret_cast<const char*>(x);
-  size_t left = n * sizeof(float);
-  off_t at = static_cast<off_t>(sample) * static_cast<off_t>(n * sizeof(float));
-  while (left > 0) {
-    const ssize_t w = ::pwrite(fd_, p, left, at);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0)
-      fail("{}: cannot write calibration activations (disk full?): {}", dir_.string(),
-           std::strerror(errno));
-    p += w;
-    at += w;
-    left -= static_cast<size_t>(w);
-  }
+  transfer(::pwrite, fd_, reinterpret_cast<const char*>(x), n * sizeof(float),
+           static_cast<off_t>(sample * n * sizeof(float)), dir_, "write (disk full?)");
 }
 
 void SampleStore::get(int64_t sample, float* x) const {
@@ -57,19 +64,8 @@ void SampleStore::get(int64_t sample, float* x) const {
     std::memcpy(x, &memory_[static_cast<size_t>(sample) * n], n * sizeof(float));
     return;
   }
-  char* p = reinterpret_cast<char*>(x);
-  size_t left = n * sizeof(float);
-  off_t at = static_cast<off_t>(sample) * static_cast<off_t>(n * sizeof(float));
-  while (left > 0) {
-    const ssize_t r = ::pread(fd_, p, left, at);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0)
-      fail("{}: cannot read calibration activations back: {}", dir_.string(),
-           r == 0 ? "short file" : std::strerror(errno));
-    p += r;
-    at += r;
-    left -= static_cast<size_t>(r);
-  }
+  transfer(::pread, fd_, reinterpret_cast<char*>(x), n * sizeof(float),
+           static_cast<off_t>(sample * n * sizeof(float)), dir_, "read back");
 }
 
 }  // namespace whittle
