@@ -169,7 +169,9 @@ TEST(Gptq, MatchesPytorchReference) {
         gptq_quantize(name, c.w.data(), c.rows, c.cols, c.h, c.spec, c.opt, &stats);
     const double loss = loss_of(c, q);
     EXPECT_DOUBLE_EQ(stats.loss, loss);
-    EXPECT_NEAR(loss, ref_loss, 0.01 * ref_loss);
+    // The criterion is 1 %; achieved at most 6.5e-5 (the awkward case), so the bound is
+    // ~30x that.
+    EXPECT_NEAR(loss, ref_loss, 2e-3 * ref_loss);
     EXPECT_NEAR(stats.rtn_loss, c.info.at("rtn_loss").get<double>(), 1e-9 * stats.rtn_loss);
     EXPECT_NEAR(stats.damped_loss, c.info.at("damped_loss").get<double>(),
                 0.01 * stats.damped_loss);
