@@ -55,7 +55,10 @@ std::vector<int32_t> top_k(const float* x, int64_t n, int64_t k) {
   std::vector<int32_t> idx(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
   auto greater = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), greater);
+  // `greater` is a strict total order (ties go to the lower index), so selecting the k first and
+  // sorting them gives exactly what partial_sort gives, in about half the comparisons.
+  std::nth_element(idx.begin(), idx.begin() + k, idx.end(), greater);
+  std::sort(idx.begin(), idx.begin() + k, greater);
   // A fresh k-long vector, not idx.resize(k): resize keeps capacity n, and the DSA indexer keeps
   // one selection per token, which made its memory O(T^2) (80 GB per layer at a 200k context).
   return std::vector<int32_t>(idx.begin(), idx.begin() + k);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <random>
 
@@ -73,27 +74,74 @@ std::vector<QuantizedLinear> autoround_layer(const ModelConfig& config, int64_t 
     return lw;
   };
 
-  BlockGrad block(config, pool);
-  LinearGrads grads;
+  // Sample lanes: a mini-batch's samples are split over kLanes lanes (lane l takes the l-th,
+  // (l+kLanes)-th, ... sample), each with its own BlockGrad, gradients and thread pool, run side by
+  // side; their gradients are added in lane order. A lane runs its samples through BlockGrad
+  // `per_call` sequences at a time, so that products see per_call·T rows. On a small layer both
+  // beat splitting every product over the threads (most are too small to split well). Neither the
+  // partition nor per_call depends on --threads, and BlockGrad gives the same bits on any pool, so
+  // the result does not either.
+  constexpr size_t kLanes = 2;
+  const size_t lane_count =
+      std::min<size_t>(kLanes, static_cast<size_t>(std::max<int64_t>(1, opts.batch)));
+  // The attention probabilities dominate a call's tape: heads·T² floats per sequence. Up to
+  // kTapeBytes of them (GLM-5 at T = 2048: one sequence per call).
+  constexpr double kTapeBytes = 512.0 * 1024 * 1024;
+  const double probs_bytes =
+      4.0 * static_cast<double>(config.num_attention_heads) * static_cast<double>(T * T);
+  const int64_t per_lane =
+      (std::max<int64_t>(1, opts.batch) + static_cast<int64_t>(lane_count) - 1) /
+      static_cast<int64_t>(lane_count);
+  const int64_t per_call =
+      std::clamp<int64_t>(static_cast<int64_t>(kTapeBytes / probs_bytes), 1, per_lane);
+  struct Lane {
+    std::unique_ptr<ThreadPool> pool;
+    std::unique_ptr<BlockGrad> block;
+    LinearGrads grads;
+    std::vector<float> x, target, y, dy;
+    double sum = 0.0;
+  };
+  std::vector<Lane> lanes(lane_count);
+  for (Lane& ln : lanes) {
+    ln.pool = std::make_unique<ThreadPool>(std::max<size_t>(1, pool.size() / lane_count));
+    ln.block = std::make_unique<BlockGrad>(config, *ln.pool);
+    for (auto* v : {&ln.x, &ln.target, &ln.y, &ln.dy})
+      v->resize(static_cast<size_t>(per_call * T * H));
+  }
+  LinearGrads& grads = lanes[0].grads;  // where the lanes' gradients are added up
   const double numel_sample = static_cast<double>(T * H);
-  std::vector<float> x(static_cast<size_t>(T * H)), target(x.size()), y(x.size()), dy(x.size());
-  // Mean squared error of the layer over `which` samples; with grads, also the backward of
+  // Mean squared error of the layer over `which` samples; with backward, also the gradient of
   // 1000 x that loss (auto-round scales it before backward) into `grads`.
   auto run = [&](const LayerWeights& lw, std::span<const int64_t> which, bool backward) {
-    double sum = 0.0;
     const double numel = numel_sample * static_cast<double>(which.size());
-    for (int64_t i : which) {
-      inputs.get(i, x.data());
-      targets.get(i, target.data());
-      block.forward(layer, lw, x.data(), T, y.data());
-      const float scale = static_cast<float>(2.0 * 1000.0 / numel);
-      for (size_t j = 0; j < y.size(); ++j) {
-        const float d = y[j] - target[j];
-        sum += static_cast<double>(d) * d;
-        dy[j] = scale * d;
+    const float scale = static_cast<float>(2.0 * 1000.0 / numel);
+    pool.parallel_for(lanes.size(), [&](size_t begin, size_t end) {
+      for (size_t l = begin; l < end; ++l) {
+        Lane& ln = lanes[l];
+        ln.sum = 0.0;
+        std::vector<int64_t> mine;  // this lane's samples
+        for (size_t j = l; j < which.size(); j += lanes.size()) mine.push_back(which[j]);
+        for (size_t first = 0; first < mine.size(); first += static_cast<size_t>(per_call)) {
+          const int64_t seqs =
+              std::min<int64_t>(per_call, static_cast<int64_t>(mine.size() - first));
+          for (int64_t q = 0; q < seqs; ++q) {
+            inputs.get(mine[first + q], &ln.x[q * T * H]);
+            targets.get(mine[first + q], &ln.target[q * T * H]);
+          }
+          ln.block->forward(layer, lw, ln.x.data(), T, ln.y.data(), nullptr, seqs);
+          for (int64_t k = 0; k < seqs * T * H; ++k) {
+            const float d = ln.y[k] - ln.target[k];
+            ln.sum += static_cast<double>(d) * d;
+            ln.dy[k] = scale * d;
+          }
+          if (backward) ln.block->backward(ln.dy.data(), ln.grads, nullptr);
+        }
       }
-      if (backward) block.backward(dy.data(), grads, nullptr);
-    }
+    });
+    double sum = 0.0;
+    for (const Lane& ln : lanes) sum += ln.sum;
+    if (backward)
+      for (size_t l = 1; l < lanes.size(); ++l) grads.add(lanes[l].grads);
     return sum / numel;
   };
   std::vector<int64_t> all(static_cast<size_t>(n));
@@ -119,8 +167,9 @@ std::vector<QuantizedLinear> autoround_layer(const ModelConfig& config, int64_t 
     next += static_cast<size_t>(batch);
     const LayerWeights lw = quantized_layer();
     if (it == 0)
-      for (const FakeQuant& t : tuned) grads.track(*source.at(t.module()));
-    grads.zero();
+      for (Lane& ln : lanes)
+        for (const FakeQuant& t : tuned) ln.grads.track(*source.at(t.module()));
+    for (Lane& ln : lanes) ln.grads.zero();
     const double loss = run(lw, idx, true);
     if (it == 0) st.rtn_loss = loss;
     if (loss < best) {  // NaN never becomes best

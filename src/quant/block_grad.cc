@@ -111,6 +111,16 @@ void LinearGrads::zero() {
   for (auto& [name, g] : grads_) std::fill(g.begin(), g.end(), 0.0f);
 }
 
+void LinearGrads::add(const LinearGrads& other) {
+  for (auto& [name, g] : grads_) {
+    const std::vector<float>* o = other.find(name);
+    if (!o) continue;
+    if (o->size() != g.size())
+      fail("internal: gradient of {} has {} values here, {} there", name, g.size(), o->size());
+    for (size_t i = 0; i < g.size(); ++i) g[i] += (*o)[i];
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tape: what the forward keeps for the backward, and the backward's scratch. Buffers only grow.
 // ---------------------------------------------------------------------------------------------
@@ -143,7 +153,8 @@ struct Scratch {
 struct BlockGrad::Tape {
   explicit Tape(const ModelConfig& c) : rope(c.rope, c.qk_rope_head_dim) {}
   RopeTable rope;
-  int64_t T = 0;
+  int64_t T = 0;  // tokens per sequence
+  int64_t S = 1;  // sequences in the last forward: rows are [S·T, ...]
   const LayerWeights* w = nullptr;
 
   Vec x, a1, h, a2;  // [T, H]: input, input_layernorm(x), x + attention, post_attention_layernorm
@@ -235,9 +246,9 @@ void mlp_backward(const MlpWeights& w, const MlpTape& m, const float* x, const f
 // (same products on the same blocks of tokens), so that the same keys win, ties to the lower index.
 void select_keys(const ModelConfig& c, const IndexerWeights& w, const RopeTable& rope,
                  const float* a1, const float* qn, int64_t T, IndexerTape& tp, ThreadPool& pool,
-                 std::vector<Scratch>& scratch) {
+                 std::vector<Scratch>& scratch, KeySelection* out) {
   const int64_t IH = c.index_n_heads, ID = c.index_head_dim;
-  tp.selection.assign(static_cast<size_t>(T), KeySelection{});
+  std::fill_n(out, T, KeySelection{});
   // No token sees more than index_topk keys (GLM-5: 2048, a whole calibration sequence): every
   // row attends to all it sees, and the indexer's products would choose nothing.
   if (T <= c.index_topk) return;
@@ -278,8 +289,8 @@ void select_keys(const ModelConfig& c, const IndexerWeights& w, const RopeTable&
         for (int64_t key = 0; key < visible; ++key)
           scores[key] += hw * std::max(0.0f, dots[key] * qk_scale);
       }
-      tp.selection[t].all_visible = false;
-      tp.selection[t].keys = top_k(scores.data(), visible, c.index_topk);
+      out[t].all_visible = false;
+      out[t].keys = top_k(scores.data(), visible, c.index_topk);
     }
   });
 }
@@ -293,17 +304,22 @@ void check_grad_size(const std::vector<float>* g, const Weight& w) {
 }  // namespace
 
 void BlockGrad::forward(int64_t layer, const LayerWeights& w, const float* x, int64_t T, float* y,
-                        const std::vector<KeySelection>* selection) {
+                        const std::vector<KeySelection>* selection, int64_t sequences) {
   const ModelConfig& c = config_;
   if (layer < 0 || layer >= c.num_hidden_layers)
     fail("internal: layer {} of a model with {} layers", layer, c.num_hidden_layers);
   if (T <= 0) fail("no tokens to run");
+  if (sequences <= 0) fail("internal: {} sequences", sequences);
   if (T > c.max_position_embeddings)
     fail("{} tokens exceed the model's context of {} (max_position_embeddings)", T,
          c.max_position_embeddings);
   Tape& tp = *tape_;
   tp.w = &w;
   tp.T = T;
+  tp.S = sequences;
+  // Row-wise steps (norms, projections, router, experts) run on all N rows at once; attention and
+  // the indexer per sequence, position t of row s·T + t being t.
+  const int64_t S = sequences, N = S * T;
   const int64_t H = c.hidden_size, NH = c.num_attention_heads, Dn = c.qk_nope_head_dim,
                 Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, Dqk = c.qk_head_dim(),
                 Rkv = c.kv_lora_rank, Qr = c.q_lora_rank, KV = Dn + Dv;
@@ -312,83 +328,90 @@ void BlockGrad::forward(int64_t layer, const LayerWeights& w, const float* x, in
   const RopeTable& rope = tp.rope;
   const AttentionWeights& aw = w.attn;
 
-  fit(tp.x, T * H);
-  std::copy_n(x, T * H, tp.x.data());
-  fit(tp.a1, T * H);
-  rms_norm_rows(x, w.input_layernorm.data(), tp.a1.data(), T, H, eps);
+  fit(tp.x, N * H);
+  std::copy_n(x, N * H, tp.x.data());
+  fit(tp.a1, N * H);
+  rms_norm_rows(x, w.input_layernorm.data(), tp.a1.data(), N, H, eps);
 
   // MLA projections, as GlmMoeDsa::attention computes them.
-  fit(tp.qa, T * Qr);
-  fit(tp.qn, T * Qr);
-  linear(aw.q_a_proj, tp.a1.data(), T, tp.qa.data(), false, &pool_);
-  rms_norm_rows(tp.qa.data(), aw.q_a_layernorm.data(), tp.qn.data(), T, Qr, latent_eps);
-  fit(tp.q, T * NH * Dqk);
-  linear(aw.q_b_proj, tp.qn.data(), T, tp.q.data(), false, &pool_);
-  fit(tp.ckv, T * (Rkv + Dr));
-  linear(aw.kv_a_proj_with_mqa, tp.a1.data(), T, tp.ckv.data(), false, &pool_);
-  fit(tp.lat, T * Rkv);
-  fit(tp.kpe, T * Dr);
-  for (int64_t t = 0; t < T; ++t) {
+  fit(tp.qa, N * Qr);
+  fit(tp.qn, N * Qr);
+  linear(aw.q_a_proj, tp.a1.data(), N, tp.qa.data(), false, &pool_);
+  rms_norm_rows(tp.qa.data(), aw.q_a_layernorm.data(), tp.qn.data(), N, Qr, latent_eps);
+  fit(tp.q, N * NH * Dqk);
+  linear(aw.q_b_proj, tp.qn.data(), N, tp.q.data(), false, &pool_);
+  fit(tp.ckv, N * (Rkv + Dr));
+  linear(aw.kv_a_proj_with_mqa, tp.a1.data(), N, tp.ckv.data(), false, &pool_);
+  fit(tp.lat, N * Rkv);
+  fit(tp.kpe, N * Dr);
+  for (int64_t row = 0; row < N; ++row) {
+    const int64_t t = row % T;
     for (int64_t hd = 0; hd < NH; ++hd)
-      rope.rotate(&tp.q[(t * NH + hd) * Dqk + Dn], t, c.rope_interleave);
-    const float* row = &tp.ckv[t * (Rkv + Dr)];
-    rms_norm(row, aw.kv_a_layernorm.data(), &tp.lat[t * Rkv], Rkv, latent_eps);
-    std::copy_n(row + Rkv, Dr, &tp.kpe[t * Dr]);
-    rope.rotate(&tp.kpe[t * Dr], t, c.rope_interleave);
+      rope.rotate(&tp.q[(row * NH + hd) * Dqk + Dn], t, c.rope_interleave);
+    const float* ckv = &tp.ckv[row * (Rkv + Dr)];
+    rms_norm(ckv, aw.kv_a_layernorm.data(), &tp.lat[row * Rkv], Rkv, latent_eps);
+    std::copy_n(ckv + Rkv, Dr, &tp.kpe[row * Dr]);
+    rope.rotate(&tp.kpe[row * Dr], t, c.rope_interleave);
   }
 
   // DSA key selection: a fixed mask for the backward.
+  std::vector<KeySelection>& sel = tp.indexer.selection;
   if (aw.indexer) {
-    select_keys(c, *aw.indexer, rope, tp.a1.data(), tp.qn.data(), T, tp.indexer, pool_, tp.scratch);
+    sel.resize(static_cast<size_t>(N));
+    for (int64_t q = 0; q < S; ++q)
+      select_keys(c, *aw.indexer, rope, &tp.a1[q * T * H], &tp.qn[q * T * Qr], T, tp.indexer, pool_,
+                  tp.scratch, &sel[static_cast<size_t>(q * T)]);
   } else {
-    if (selection == nullptr || static_cast<int64_t>(selection->size()) != T)
+    if (selection == nullptr || static_cast<int64_t>(selection->size()) != N)
       fail(
           "internal: layer {} has no indexer (IndexShare \"shared\") and needs the selection of {} "
           "tokens, got {}",
-          layer, T, selection ? selection->size() : 0);
-    tp.indexer.selection = *selection;
+          layer, N, selection ? selection->size() : 0);
+    sel = *selection;
   }
-  tp.mask.assign(static_cast<size_t>(T * T), 0);
-  for (int64_t t = 0; t < T; ++t) {
-    const KeySelection& sel = tp.indexer.selection[t];
-    uint8_t* m = &tp.mask[t * T];
-    if (sel.all_visible) {
+  tp.mask.assign(static_cast<size_t>(N * T), 0);  // [S, T, T]
+  for (int64_t row = 0; row < N; ++row) {
+    const int64_t t = row % T;
+    uint8_t* m = &tp.mask[row * T];
+    if (sel[row].all_visible) {
       std::fill_n(m, t + 1, uint8_t{1});
       continue;
     }
-    for (int32_t k : sel.keys) {
+    for (int32_t k : sel[row].keys) {
       if (k < 0 || k > t) fail("internal: token {} selects key {}, outside [0, {}]", t, k, t);
       m[k] = 1;
     }
   }
 
   // Expanded form: per-head keys [k_nope | k_pe] and values from kv_b_proj over the sequence.
-  fit(tp.kv, T * NH * KV);
-  linear(aw.kv_b_proj, tp.lat.data(), T, tp.kv.data(), false, &pool_);
-  fit(tp.qh, NH * T * Dqk);
-  fit(tp.kh, NH * T * Dqk);
-  fit(tp.vh, NH * T * Dv);
-  fit(tp.probs, NH * T * T);
-  fit(tp.attn, T * NH * Dv);
+  fit(tp.kv, N * NH * KV);
+  linear(aw.kv_b_proj, tp.lat.data(), N, tp.kv.data(), false, &pool_);
+  fit(tp.qh, N * NH * Dqk);
+  fit(tp.kh, N * NH * Dqk);
+  fit(tp.vh, N * NH * Dv);
+  fit(tp.probs, N * NH * T);
+  fit(tp.attn, N * NH * Dv);
   const float scale = static_cast<float>(c.softmax_scale());
-  for_each_item(pool_, NH, [&](size_t slot, int64_t hd) {
-    float* Q = &tp.qh[hd * T * Dqk];
-    float* K = &tp.kh[hd * T * Dqk];
-    float* V = &tp.vh[hd * T * Dv];
+  // One item per (sequence, head); head-major blocks [S, heads, T, ...].
+  for_each_item(pool_, S * NH, [&](size_t slot, int64_t item) {
+    const int64_t hd = item % NH, r0 = (item / NH) * T;  // r0: the sequence's first row
+    float* Q = &tp.qh[item * T * Dqk];
+    float* K = &tp.kh[item * T * Dqk];
+    float* V = &tp.vh[item * T * Dv];
     for (int64_t t = 0; t < T; ++t) {
-      std::copy_n(&tp.q[(t * NH + hd) * Dqk], Dqk, &Q[t * Dqk]);
-      const float* kvr = &tp.kv[(t * NH + hd) * KV];
+      std::copy_n(&tp.q[((r0 + t) * NH + hd) * Dqk], Dqk, &Q[t * Dqk]);
+      const float* kvr = &tp.kv[((r0 + t) * NH + hd) * KV];
       std::copy_n(kvr, Dn, &K[t * Dqk]);
-      std::copy_n(&tp.kpe[t * Dr], Dr, &K[t * Dqk + Dn]);
+      std::copy_n(&tp.kpe[(r0 + t) * Dr], Dr, &K[t * Dqk + Dn]);
       std::copy_n(kvr + Dn, Dv, &V[t * Dv]);
     }
     // Scores of every query against every key, then a softmax over each row's selected keys (a
     // causal row never selects a later key, so the upper triangle is always 0).
-    float* P = &tp.probs[hd * T * T];
+    float* P = &tp.probs[item * T * T];
     matmul_nt(Q, K, P, T, Dqk, T);
     for (int64_t t = 0; t < T; ++t) {
       float* p = &P[t * T];
-      const uint8_t* m = &tp.mask[t * T];
+      const uint8_t* m = &tp.mask[(r0 + t) * T];
       float mx = -std::numeric_limits<float>::infinity();
       for (int64_t s = 0; s <= t; ++s)
         if (m[s]) mx = std::max(mx, p[s] * scale);
@@ -404,29 +427,30 @@ void BlockGrad::forward(int64_t layer, const LayerWeights& w, const float* x, in
     Scratch& sc = tp.scratch[slot];
     fit(sc.a, T * Dv);
     matmul_nn(P, V, sc.a.data(), T, T, Dv);
-    for (int64_t t = 0; t < T; ++t) std::copy_n(&sc.a[t * Dv], Dv, &tp.attn[(t * NH + hd) * Dv]);
+    for (int64_t t = 0; t < T; ++t)
+      std::copy_n(&sc.a[t * Dv], Dv, &tp.attn[((r0 + t) * NH + hd) * Dv]);
   });
-  fit(tp.delta, T * H);
-  linear(aw.o_proj, tp.attn.data(), T, tp.delta.data(), false, &pool_);
+  fit(tp.delta, N * H);
+  linear(aw.o_proj, tp.attn.data(), N, tp.delta.data(), false, &pool_);
 
-  fit(tp.h, T * H);
-  for (int64_t i = 0; i < T * H; ++i) tp.h[i] = x[i] + tp.delta[i];
-  fit(tp.a2, T * H);
-  rms_norm_rows(tp.h.data(), w.post_attention_layernorm.data(), tp.a2.data(), T, H, eps);
+  fit(tp.h, N * H);
+  for (int64_t i = 0; i < N * H; ++i) tp.h[i] = x[i] + tp.delta[i];
+  fit(tp.a2, N * H);
+  rms_norm_rows(tp.h.data(), w.post_attention_layernorm.data(), tp.a2.data(), N, H, eps);
 
   if (w.moe) {
     const MoeWeights& mw = *w.moe;
     const int64_t E = static_cast<int64_t>(mw.experts.size());
-    std::vector<float> logits(static_cast<size_t>(T * E));
-    linear(mw.router, tp.a2.data(), T, logits.data(), false, &pool_);
-    tp.routing = route(std::move(logits), T, mw.correction_bias, c);
+    std::vector<float> logits(static_cast<size_t>(N * E));
+    linear(mw.router, tp.a2.data(), N, logits.data(), false, &pool_);
+    tp.routing = route(std::move(logits), N, mw.correction_bias, c);
     const Routing& r = tp.routing;
     tp.experts.resize(static_cast<size_t>(E));
     for (MlpTape& m : tp.experts) {
       m.rows.clear();
       m.slot.clear();
     }
-    for (int64_t t = 0; t < T; ++t)
+    for (int64_t t = 0; t < N; ++t)
       for (int64_t j = 0; j < r.k; ++j) {
         MlpTape& m = tp.experts[r.chosen[t * r.k + j]];
         m.rows.push_back(t);
@@ -457,12 +481,12 @@ void BlockGrad::forward(int64_t layer, const LayerWeights& w, const float* x, in
       }
     }
     if (mw.shared)
-      mlp_forward(*mw.shared, tp.a2.data(), T, tp.delta.data(), true, tp.shared, &pool_);
+      mlp_forward(*mw.shared, tp.a2.data(), N, tp.delta.data(), true, tp.shared, &pool_);
   } else {
     if (!w.dense) fail("internal: layer {} has neither a dense MLP nor experts", layer);
-    mlp_forward(*w.dense, tp.a2.data(), T, tp.delta.data(), false, tp.dense, &pool_);
+    mlp_forward(*w.dense, tp.a2.data(), N, tp.delta.data(), false, tp.dense, &pool_);
   }
-  for (int64_t i = 0; i < T * H; ++i) y[i] = tp.h[i] + tp.delta[i];
+  for (int64_t i = 0; i < N * H; ++i) y[i] = tp.h[i] + tp.delta[i];
 }
 
 void BlockGrad::backward(const float* dy, LinearGrads& grads, float* dx) {
@@ -471,9 +495,9 @@ void BlockGrad::backward(const float* dy, LinearGrads& grads, float* dx) {
   const ModelConfig& c = config_;
   const LayerWeights& w = *tp.w;
   const AttentionWeights& aw = w.attn;
-  const int64_t T = tp.T, H = c.hidden_size, NH = c.num_attention_heads, Dn = c.qk_nope_head_dim,
-                Dr = c.qk_rope_head_dim, Dv = c.v_head_dim, Dqk = c.qk_head_dim(),
-                Rkv = c.kv_lora_rank, Qr = c.q_lora_rank, KV = Dn + Dv;
+  const int64_t T = tp.T, N = tp.S * tp.T, H = c.hidden_size, NH = c.num_attention_heads,
+                Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim, Dv = c.v_head_dim,
+                Dqk = c.qk_head_dim(), Rkv = c.kv_lora_rank, Qr = c.q_lora_rank, KV = Dn + Dv;
   const float eps = static_cast<float>(c.rms_norm_eps);
   const float latent_eps = static_cast<float>(c.latent_norm_eps);
   const RopeTable& rope = tp.rope;
@@ -489,7 +513,7 @@ void BlockGrad::backward(const float* dy, LinearGrads& grads, float* dx) {
   };
 
   // ---- feed-forward: y = h + mlp(a2) ----
-  fit(tp.da2, T * H);
+  fit(tp.da2, N * H);
   std::fill(tp.da2.begin(), tp.da2.end(), 0.0f);
   if (w.moe) {
     const MoeWeights& mw = *w.moe;
@@ -498,7 +522,7 @@ void BlockGrad::backward(const float* dy, LinearGrads& grads, float* dx) {
     std::vector<int64_t> hit;
     for (int64_t e = 0; e < E; ++e)
       if (!tp.experts[e].rows.empty()) hit.push_back(e);
-    fit(tp.dcombine, T * K);  // dL/d(routing weight) of each (token, chosen expert)
+    fit(tp.dcombine, N * K);  // dL/d(routing weight) of each (token, chosen expert)
     for_each_item(pool_, static_cast<int64_t>(hit.size()), [&](size_t slot, int64_t i) {
       const int64_t e = hit[i];
       MlpTape& m = tp.experts[e];
@@ -532,10 +556,10 @@ void BlockGrad::backward(const float* dy, LinearGrads& grads, float* dx) {
     // Routing weights w_j = f · s_j / (Σ_i s_i + 1e-20) (or f · s_j), s = sigmoid(logit): back to
     // the router logits, then through the frozen router weight into a2. The top-k choice itself
     // is piecewise constant and has no gradient.
-    fit(tp.dlogits, T * E);
+    fit(tp.dlogits, N * E);
     std::fill(tp.dlogits.begin(), tp.dlogits.end(), 0.0f);
     const float f = static_cast<float>(c.routed_scaling_factor);
-    for (int64_t t = 0; t < T; ++t) {
+    for (int64_t t = 0; t < N; ++t) {
       const int32_t* chosen = &r.chosen[t * K];
       const float* dw = &tp.dcombine[t * K];
       double sum = 0.0, dws = 0.0;
@@ -551,39 +575,41 @@ void BlockGrad::backward(const float* dy, LinearGrads& grads, float* dx) {
         tp.dlogits[t * E + chosen[j]] = static_cast<float>(ds) * s * (1.0f - s);
       }
     }
-    matmul_nn(tp.dlogits.data(), f32_rows(mw.router, tp.wbuf), tp.da2.data(), T, E, H, true,
+    matmul_nn(tp.dlogits.data(), f32_rows(mw.router, tp.wbuf), tp.da2.data(), N, E, H, true,
               &pool_);
     if (mw.shared)
-      mlp_backward(*mw.shared, tp.shared, tp.a2.data(), dy, T, tp.da2.data(), grads, &pool_,
+      mlp_backward(*mw.shared, tp.shared, tp.a2.data(), dy, N, tp.da2.data(), grads, &pool_,
                    tp.scratch[0]);
   } else {
-    mlp_backward(*w.dense, tp.dense, tp.a2.data(), dy, T, tp.da2.data(), grads, &pool_,
+    mlp_backward(*w.dense, tp.dense, tp.a2.data(), dy, N, tp.da2.data(), grads, &pool_,
                  tp.scratch[0]);
   }
   // dh = dy + the post-attention RMSNorm's backward.
-  fit(tp.dh, T * H);
-  std::copy_n(dy, T * H, tp.dh.data());
-  for (int64_t t = 0; t < T; ++t)
+  fit(tp.dh, N * H);
+  std::copy_n(dy, N * H, tp.dh.data());
+  for (int64_t t = 0; t < N; ++t)
     rms_norm_backward(&tp.h[t * H], w.post_attention_layernorm.data(), &tp.da2[t * H],
                       &tp.dh[t * H], H, eps);
 
   // ---- attention: h = x + o_proj(attn) ----
-  fit(tp.dattn, T * NH * Dv);
-  linear_backward(aw.o_proj, tp.attn.data(), tp.dh.data(), T, tp.dattn.data(), false);
-  fit(tp.dq_heads, NH * T * Dqk);
-  fit(tp.dk_heads, NH * T * Dqk);
-  fit(tp.dv_heads, NH * T * Dv);
+  fit(tp.dattn, N * NH * Dv);
+  linear_backward(aw.o_proj, tp.attn.data(), tp.dh.data(), N, tp.dattn.data(), false);
+  fit(tp.dq_heads, N * NH * Dqk);
+  fit(tp.dk_heads, N * NH * Dqk);
+  fit(tp.dv_heads, N * NH * Dv);
   const float scale = static_cast<float>(c.softmax_scale());
-  for_each_item(pool_, NH, [&](size_t slot, int64_t hd) {
+  for_each_item(pool_, tp.S * NH, [&](size_t slot, int64_t item) {
+    const int64_t hd = item % NH, r0 = (item / NH) * T;  // as in forward
     Scratch& s = tp.scratch[slot];
-    const float* Q = &tp.qh[hd * T * Dqk];
-    const float* K = &tp.kh[hd * T * Dqk];
-    const float* V = &tp.vh[hd * T * Dv];
-    const float* P = &tp.probs[hd * T * T];
+    const float* Q = &tp.qh[item * T * Dqk];
+    const float* K = &tp.kh[item * T * Dqk];
+    const float* V = &tp.vh[item * T * Dv];
+    const float* P = &tp.probs[item * T * T];
     fit(s.a, T * Dv);  // dO of this head
-    for (int64_t t = 0; t < T; ++t) std::copy_n(&tp.dattn[(t * NH + hd) * Dv], Dv, &s.a[t * Dv]);
-    matmul_tn(P, s.a.data(), &tp.dv_heads[hd * T * Dv], T, T, Dv);  // dV = Pᵀ dO
-    fit(s.b, T * T);                                                // dP = dO Vᵀ, then dS
+    for (int64_t t = 0; t < T; ++t)
+      std::copy_n(&tp.dattn[((r0 + t) * NH + hd) * Dv], Dv, &s.a[t * Dv]);
+    matmul_tn(P, s.a.data(), &tp.dv_heads[item * T * Dv], T, T, Dv);  // dV = Pᵀ dO
+    fit(s.b, T * T);                                                  // dP = dO Vᵀ, then dS
     matmul_nt(s.a.data(), V, s.b.data(), T, Dv, T);
     // Softmax backward: dS = P ⊙ (dP − Σ_s P dP), times the score scale.
     for (int64_t t = 0; t < T; ++t) {
@@ -595,54 +621,56 @@ void BlockGrad::backward(const float* dy, LinearGrads& grads, float* dx) {
       for (int64_t k = 0; k <= t; ++k) d[k] = p[k] * (d[k] - row) * scale;
       std::fill(d + t + 1, d + T, 0.0f);
     }
-    matmul_nn(s.b.data(), K, &tp.dq_heads[hd * T * Dqk], T, T, Dqk);  // dQ = dS K
-    matmul_tn(s.b.data(), Q, &tp.dk_heads[hd * T * Dqk], T, T, Dqk);  // dK = dSᵀ Q
+    matmul_nn(s.b.data(), K, &tp.dq_heads[item * T * Dqk], T, T, Dqk);  // dQ = dS K
+    matmul_tn(s.b.data(), Q, &tp.dk_heads[item * T * Dqk], T, T, Dqk);  // dK = dSᵀ Q
   });
   // Back to the projections' layouts: q rows [heads × (nope | rope)], kv rows [heads × (nope | v)],
   // and the shared rope key summed over heads; RoPE undone by its transpose.
-  fit(tp.dq, T * NH * Dqk);
-  fit(tp.dkv, T * NH * KV);
-  fit(tp.dckv, T * (Rkv + Dr));
+  fit(tp.dq, N * NH * Dqk);
+  fit(tp.dkv, N * NH * KV);
+  fit(tp.dckv, N * (Rkv + Dr));
   std::fill(tp.dckv.begin(), tp.dckv.end(), 0.0f);
-  for (int64_t t = 0; t < T; ++t) {
-    float* dkpe = &tp.dckv[t * (Rkv + Dr) + Rkv];
+  for (int64_t row = 0; row < N; ++row) {
+    const int64_t t = row % T, head0 = (row / T) * NH;  // head0: the sequence's first item
+    float* dkpe = &tp.dckv[row * (Rkv + Dr) + Rkv];
     for (int64_t hd = 0; hd < NH; ++hd) {
-      float* dq = &tp.dq[(t * NH + hd) * Dqk];
-      std::copy_n(&tp.dq_heads[(hd * T + t) * Dqk], Dqk, dq);
+      const int64_t at = (head0 + hd) * T + t;  // this row in the head-major blocks
+      float* dq = &tp.dq[(row * NH + hd) * Dqk];
+      std::copy_n(&tp.dq_heads[at * Dqk], Dqk, dq);
       rotate_back(rope, dq + Dn, t, c.rope_interleave);
-      const float* dk = &tp.dk_heads[(hd * T + t) * Dqk];
-      float* dkv = &tp.dkv[(t * NH + hd) * KV];
+      const float* dk = &tp.dk_heads[at * Dqk];
+      float* dkv = &tp.dkv[(row * NH + hd) * KV];
       std::copy_n(dk, Dn, dkv);
-      std::copy_n(&tp.dv_heads[(hd * T + t) * Dv], Dv, dkv + Dn);
+      std::copy_n(&tp.dv_heads[at * Dv], Dv, dkv + Dn);
       for (int64_t d = 0; d < Dr; ++d) dkpe[d] += dk[Dn + d];
     }
     rotate_back(rope, dkpe, t, c.rope_interleave);
   }
   // kv_b_proj, then kv_a_layernorm on the latent part of kv_a_proj_with_mqa's output.
-  fit(tp.dlat, T * Rkv);
-  linear_backward(aw.kv_b_proj, tp.lat.data(), tp.dkv.data(), T, tp.dlat.data(), false);
-  for (int64_t t = 0; t < T; ++t)
+  fit(tp.dlat, N * Rkv);
+  linear_backward(aw.kv_b_proj, tp.lat.data(), tp.dkv.data(), N, tp.dlat.data(), false);
+  for (int64_t t = 0; t < N; ++t)
     rms_norm_backward(&tp.ckv[t * (Rkv + Dr)], aw.kv_a_layernorm.data(), &tp.dlat[t * Rkv],
                       &tp.dckv[t * (Rkv + Dr)], Rkv, latent_eps);
   // q_b_proj, q_a_layernorm, q_a_proj. The indexer reads qn and a1 too, but its selection is a
   // fixed mask: no gradient goes back through it.
-  fit(tp.dqn, T * Qr);
-  linear_backward(aw.q_b_proj, tp.qn.data(), tp.dq.data(), T, tp.dqn.data(), false);
-  fit(tp.dqa, T * Qr);
+  fit(tp.dqn, N * Qr);
+  linear_backward(aw.q_b_proj, tp.qn.data(), tp.dq.data(), N, tp.dqn.data(), false);
+  fit(tp.dqa, N * Qr);
   std::fill(tp.dqa.begin(), tp.dqa.end(), 0.0f);
-  for (int64_t t = 0; t < T; ++t)
+  for (int64_t t = 0; t < N; ++t)
     rms_norm_backward(&tp.qa[t * Qr], aw.q_a_layernorm.data(), &tp.dqn[t * Qr], &tp.dqa[t * Qr], Qr,
                       latent_eps);
   float* da1 = nullptr;  // only dx needs the gradient of the attention's input
   if (dx) {
-    fit(tp.da1, T * H);
+    fit(tp.da1, N * H);
     da1 = tp.da1.data();
   }
-  linear_backward(aw.kv_a_proj_with_mqa, tp.a1.data(), tp.dckv.data(), T, da1, false);
-  linear_backward(aw.q_a_proj, tp.a1.data(), tp.dqa.data(), T, da1, true);
+  linear_backward(aw.kv_a_proj_with_mqa, tp.a1.data(), tp.dckv.data(), N, da1, false);
+  linear_backward(aw.q_a_proj, tp.a1.data(), tp.dqa.data(), N, da1, true);
   if (dx) {
-    std::copy_n(tp.dh.data(), T * H, dx);
-    for (int64_t t = 0; t < T; ++t)
+    std::copy_n(tp.dh.data(), N * H, dx);
+    for (int64_t t = 0; t < N; ++t)
       rms_norm_backward(&tp.x[t * H], w.input_layernorm.data(), &tp.da1[t * H], dx + t * H, H, eps);
   }
 }

@@ -33,6 +33,8 @@ class LinearGrads {
   std::vector<float>* find(const std::string& module);
   const std::vector<float>* find(const std::string& module) const;
   void zero();  // every tracked gradient to 0
+  // Adds `other`'s gradient of every module both track into this one's.
+  void add(const LinearGrads& other);
 
  private:
   std::unordered_map<std::string, std::vector<float>> grads_;
@@ -49,12 +51,16 @@ class BlockGrad {
   // on an IndexShare "shared" layer (no indexer) from `selection` (one KeySelection per token,
   // as selection() returned for the source layer). Keeps what backward needs; `w` must stay alive
   // and unchanged until backward.
+  // With `sequences` S > 1, x and y are S independent sequences of T tokens one after the other
+  // ([S·T, H], selection S·T long): the same results as S separate calls up to summation order
+  // (the products run on all S·T rows at once, the reason to batch), and backward adds the S
+  // sequences' gradients.
   void forward(int64_t layer, const LayerWeights& w, const float* x, int64_t T, float* y,
-               const std::vector<KeySelection>* selection = nullptr);
+               const std::vector<KeySelection>* selection = nullptr, int64_t sequences = 1);
   // The key selection of the last forward, per token.
   const std::vector<KeySelection>& selection() const;
-  // Backward of the last forward for dL/dy [T, H]: adds dL/dW into every Linear `grads` tracks
-  // and writes dL/dx [T, H] when dx is not null.
+  // Backward of the last forward for dL/dy [S·T, H]: adds dL/dW into every Linear `grads` tracks
+  // and writes dL/dx [S·T, H] when dx is not null.
   void backward(const float* dy, LinearGrads& grads, float* dx);
 
  private:

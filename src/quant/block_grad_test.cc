@@ -4,6 +4,7 @@
 // MoE layer 1 with 6 experts top-2 + 1 shared, T = 20 > index_topk = 6 so the DSA mask drops keys).
 #include "quant/block_grad.h"
 
+#include <fmt/core.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -349,6 +350,47 @@ TEST(BlockGrad, ResultsDoNotDependOnThreadCount) {
   EXPECT_EQ(ys[0], ys[1]);
   EXPECT_EQ(dxs[0], dxs[1]);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(gs[i], gs[i + 3]) << i;
+}
+
+// Several sequences in one call (what AutoRound's mini-batches use) give what one call per
+// sequence gives: outputs and dL/dx row for row, and the sum of the gradients. Only summation order
+// differs (products over all rows at once), so the check is relative, at float32 noise. The two
+// sequences differ, and T = 96 > index_topk, so a mixed-up position, mask or head block shows.
+TEST(BlockGrad, SequencesInOneCallEqualOneCallEach) {
+  ThreadPool pool(2);
+  const GlmMoeDsa model = GlmMoeDsa::load(kTinyGlm5, pool);
+  const ModelConfig& c = model.config();
+  const int64_t T = 96, H = c.hidden_size, S = 2;
+  for (int64_t layer : {0, 1}) {
+    const LayerWeights& w = model.weights().weights().layers[layer];
+    std::mt19937 rng(11 + static_cast<unsigned>(layer));
+    std::normal_distribution<float> normal;
+    std::vector<float> x(static_cast<size_t>(S * T * H)), dy(x.size());
+    for (float& v : x) v = normal(rng);
+    for (float& v : dy) v = normal(rng);
+    BlockGrad both(c, pool), each(c, pool);
+    LinearGrads g_both, g_each;
+    track_all(w, g_both);
+    track_all(w, g_each);
+    std::vector<float> y(x.size()), dx(x.size()), y1(x.size()), dx1(x.size());
+    both.forward(layer, w, x.data(), T, y.data(), nullptr, S);
+    both.backward(dy.data(), g_both, dx.data());
+    EXPECT_EQ(both.selection().size(), static_cast<size_t>(S * T));
+    for (int64_t q = 0; q < S; ++q) {
+      each.forward(layer, w, &x[q * T * H], T, &y1[q * T * H]);
+      each.backward(&dy[q * T * H], g_each, &dx1[q * T * H]);
+    }
+    EXPECT_LT(compare(y, y1).max_rel, 5e-6) << "layer " << layer;
+    EXPECT_LT(compare(dx, dx1).max_rel, 5e-6) << "layer " << layer;
+    const char* names[] = {"self_attn.q_a_proj", "self_attn.kv_b_proj", "self_attn.o_proj",
+                           layer == 0 ? "mlp.down_proj" : "mlp.experts.5.down_proj",
+                           layer == 0 ? "mlp.gate_proj" : "mlp.shared_experts.up_proj"};
+    for (const char* n : names) {
+      const std::string m = fmt::format("model.layers.{}.{}", layer, n);
+      const Errors e = compare(*g_both.find(m), *g_each.find(m));
+      EXPECT_LT(e.max_rel, 5e-6) << m << " (norm-wise " << e.norm_rel << ")";
+    }
+  }
 }
 
 // The bundled model's first MoE layer (32 experts top-4, 4 heads, index_topk 64) on a full

@@ -14,7 +14,10 @@ codes, whittle beside auto-round), and the seconds each quantization took. Missi
 
 import argparse
 import json
+import re
 from pathlib import Path
+
+import numpy as np
 
 from reap_results import HEADER, load_run, paired, row
 
@@ -27,6 +30,48 @@ RUNS = [("bf16", "bf16 (unquantized)"), ("rtn-g128", "RTN W4G128"), ("gptq-g128"
 def report(results, run):
     p = results / "models" / run / "quantize_report.json"
     return json.loads(p.read_text()) if p.is_file() else None
+
+
+def codes(model_dir):
+    """{module: int4 codes [N, K] as uint8} of a GPTQ v1 checkpoint (qweight packs 8 codes per int32 along K)."""
+    from safetensors import safe_open
+    out = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), "np") as s:
+            for k in s.keys():
+                if k.endswith(".qweight"):
+                    q = s.get_tensor(k).view(np.uint32)  # [K/8, N]
+                    shifts = (4 * np.arange(8, dtype=np.uint32))[None, :, None]
+                    c = (q[:, None, :] >> shifts) & 0xF  # [K/8, 8, N]
+                    out[k[: -len(".qweight")]] = c.reshape(-1, q.shape[1]).T.astype(np.uint8)
+    return out
+
+
+def code_agreement(a, b):
+    """Share of int4 codes that differ between two checkpoints, over the modules both quantize, per layer and in all."""
+    per_layer, total = {}, [0, 0]
+    for name in sorted(set(a) & set(b)):
+        if a[name].shape != b[name].shape:
+            continue
+        layer = int(re.search(r"layers\.(\d+)\.", name).group(1))
+        d, n = int((a[name] != b[name]).sum()), a[name].size
+        cell = per_layer.setdefault(layer, [0, 0])
+        cell[0] += d
+        cell[1] += n
+        total[0] += d
+        total[1] += n
+    return per_layer, total, len(set(a) & set(b)), len(set(a) ^ set(b))
+
+
+def tuning_log(results, run):
+    """Per layer from whittle's quantize log: (best mini-batch loss, iterations/s of the last progress line)."""
+    p = results / "logs" / f"quantize-{run}.log"
+    if not p.is_file():
+        return {}
+    found = {}
+    for m in re.finditer(r"layer (\d+)/\d+: 200/200 iters \| ([\d.]+) iters/s .*?best ([\d.e+-]+) at", p.read_text()):
+        found[int(m.group(1)) - 1] = (float(m.group(3)), float(m.group(2)))
+    return found
 
 
 def main():
@@ -63,9 +108,38 @@ def main():
         print(f"- {name}: " + "; ".join(cells) + f"; total {total:.0f} s")
     if ref_blocks:
         print("- auto-round 0.16.1 (its own log, loss at iteration 0 → best, on its mini-batches): " + "; ".join(
-            f"L{i}: {b.get('loss_iter0', float('nan')):.4g} → {b.get('loss_best', float('nan')):.4g} "
-            f"({b.get('seconds', float('nan')):.0f} s)" for i, b in enumerate(ref_blocks)))
+            f"L{i}: {b['ar_log']['loss_iter0']:.4g} → {b['ar_log']['loss_best']:.4g} ({b.get('block_s', 0):.0f} s)"
+            for i, b in enumerate(ref_blocks) if "ar_log" in b))
 
+    mine = report(res, "autoround-g128")
+    if mine and ref_blocks:
+        logged = tuning_log(res, "autoround-g128")
+        print("\nAutoRound side by side, per decoder block (same model, calibration ids and settings). Loss: the raw"
+              " MSE of the block output on one mini-batch of 8, the best over the 200 iterations (the iterate each"
+              " keeps); time: the whole block (targets, tuning, outputs for the next block).\n")
+        print("| block | whittle best mini-batch MSE | auto-round best mini-batch MSE | whittle s | auto-round s "
+              "(of it tuning) | auto-round / whittle |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for b in ref_blocks:
+            i = b["index"]
+            lw = next((l for l in mine["layers"] if l["layer"] == i), None)
+            if lw is None:
+                continue
+            best = logged.get(i, (float("nan"), 0))[0]
+            print(f"| {i} | {best:.4g} | {b.get('raw_mse_min', float('nan')):.4g} | {lw['seconds']:.1f} | "
+                  f"{b.get('block_s', 0):.1f} ({b.get('tune_s', 0):.1f}) | {b.get('block_s', 0) / lw['seconds']:.2f} |")
+
+    ref_dir = res / "autoround_ref" / "export"
+    if (ref_dir / "config.json").is_file() and (res / "models" / "autoround-g128").is_dir():
+        print("\nShare of int4 codes that differ (modules both quantize):\n")
+        c = {n: codes(d) for n, d in [("whittle AutoRound", res / "models" / "autoround-g128"),
+                                      ("auto-round AutoRound", ref_dir), ("RTN", res / "models" / "rtn-g128")]}
+        for x, y in [("whittle AutoRound", "auto-round AutoRound"), ("whittle AutoRound", "RTN"),
+                     ("auto-round AutoRound", "RTN")]:
+            per_layer, total, common, only = code_agreement(c[x], c[y])
+            layers = "; ".join(f"L{l}: {100 * d / n:.2f} %" for l, (d, n) in sorted(per_layer.items()))
+            print(f"- {x} vs {y}: {100 * total[0] / max(total[1], 1):.2f} % of {total[1]:,} codes "
+                  f"({common} modules; {only} in one only): {layers}")
 
 if __name__ == "__main__":
     main()
