@@ -785,11 +785,14 @@ TEST(Cli, QuantizeWritesACheckpointWhittleRuns) {
   ScratchDir tmp;
   for (const char* method : {"rtn", "gptq", "autoround"}) {
     const fs::path out = tmp.path() / method;
+    const fs::path ids = tmp.path() / fmt::format("{}-ids.npy", method);
     Outcome r =
         whittle({"quantize", model.string(), out.string(), "--method", method, "--group-size", "32",
                  "--no-vllm-rules", "--calib", (kRoot / "README.md").string(), "--samples", "4",
-                 "--seqlen", "32", "--iters", "3"});
+                 "--seqlen", "32", "--iters", "3", "--save-calibration", ids.string()});
     ASSERT_EQ(r.status, 0) << r.output;
+    // The ids are written for every method, RTN (which uses none) included: int32 [4, 32].
+    EXPECT_EQ(fs::file_size(ids), 128 + 4 * 32 * 4) << method;
     EXPECT_THAT(r.output,
                 HasSubstr(fmt::format("Linear modules quantized ({}, int4 g32)", method)));
     const nlohmann::json cfg = nlohmann::json::parse(read_file(out / "config.json"));

@@ -96,12 +96,15 @@ Command add_quantize(CLI::App& app) {
       // A destination that cannot be written is found now, not after the calibration.
       AtomicDir probe(o->out, o->force);
     }
-    if (q.method != QuantMethod::kRtn) {
+    // RTN uses no calibration; it still writes the ids when asked (for outside tools to score).
+    if (q.method != QuantMethod::kRtn || !o->save_calibration.empty()) {
       const LoadedCalibration calib = load_cli_calibration(
           {o->model, o->calib, o->samples, o->seqlen, o->seed, o->save_calibration},
           config.max_position_embeddings);
-      q.samples = calib.set.samples;
-      q.calibration = calib.record;
+      if (q.method != QuantMethod::kRtn) {
+        q.samples = calib.set.samples;
+        q.calibration = calib.record;
+      }
     }
     ThreadPool pool(checked_thread_count(o->threads));
     const QuantizeResult r = quantize_checkpoint(o->model, o->out, q, pool);
