@@ -19,8 +19,9 @@
 #   JOBS      evaluations run in parallel (default 1)
 #
 # Quantization settings (every calibrated method): MODEL/calibration.txt, --samples 128 --seqlen 256 (the
-# model's context) --seed 42; AutoRound --iters 200 --batch 8 (lr 1/200), the defaults. Group 128 unless the
-# run's name says g-1 (one scale per output row, the harsher setting of the AutoRound paper's second table).
+# model's context) --seed 42 (autoround-g128-seedN: N); AutoRound --iters 200 --batch 8 (lr 1/200), the
+# defaults. Group 128 unless the run's name says g-1 (one scale per output row, the harsher setting of the
+# AutoRound paper's second table).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,15 +36,15 @@ export WHITTLE MODEL RESULTS THREADS QTHREADS PROMPTS LOOP_TOKENS ARITH_LIMIT
 
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
-# quantize RUN SOURCE METHOD GROUP: RESULTS/models/RUN from SOURCE.
+# quantize RUN SOURCE METHOD GROUP [SEED]: RESULTS/models/RUN from SOURCE.
 quantize() {
-  local run=$1 src=$2 method=$3 group=$4 out="$RESULTS/models/$1"
+  local run=$1 src=$2 method=$3 group=$4 seed=${5:-42} out="$RESULTS/models/$1"
   [[ -s $out/quantize_report.json ]] && return 0
   mkdir -p "$RESULTS/models" "$RESULTS/logs"
   log "quantize $run"
   local t0=$SECONDS
   "$WHITTLE" quantize "$src" "$out" --method "$method" --group-size "$group" --calib "$MODEL/calibration.txt" \
-    --samples 128 --seqlen 256 --seed 42 --threads "$QTHREADS" --force >"$RESULTS/logs/quantize-$run.log" 2>&1
+    --samples 128 --seqlen 256 --seed "$seed" --threads "$QTHREADS" --force >"$RESULTS/logs/quantize-$run.log" 2>&1
   echo "$((SECONDS - t0))" >"$out/seconds"
   log "quantized $run in $((SECONDS - t0)) s"
 }
@@ -63,7 +64,7 @@ source scripts/eval_steps.sh
 
 runs() {
   printf '%s\n' bf16 rtn-g128 gptq-g128 autoround-g128 reap25 reap25-autoround-g128 autoround_ref-g128 \
-    rtn-g-1 gptq-g-1 autoround-g-1
+    rtn-g-1 gptq-g-1 autoround-g-1 autoround-g128-seed1 autoround-g128-seed2
 }
 
 run_one() {
@@ -76,6 +77,8 @@ run_one() {
     autoround_ref-g128)  # auto-round 0.16.1's own export (bench/autoround_reference.py), when it was made
       model="$RESULTS/autoround_ref/export"
       [[ -s $model/config.json ]] || { log "no $model: skipped"; return 0; } ;;
+    autoround-g128-seed*)  # the same with another --seed (calibration draw and mini-batch order)
+      quantize "$run" "$MODEL" autoround 128 "${run##*-seed}"; model="$RESULTS/models/$run" ;;
     *) local method=${run%%-*} group=${run#*-g}
       quantize "$run" "$MODEL" "$method" "$group"; model="$RESULTS/models/$run" ;;
   esac
@@ -94,6 +97,7 @@ case "${1:-all}" in
         bf16|autoround_ref-g128) ;;
         reap25) prune_reap25 ;;
         reap25-*) prune_reap25; quantize "$r" "$RESULTS/models/reap25" autoround 128 ;;
+        autoround-g128-seed*) quantize "$r" "$MODEL" autoround 128 "${r##*-seed}" ;;
         *) quantize "$r" "$MODEL" "${r%%-*}" "${r#*-g}" ;;
       esac
     done

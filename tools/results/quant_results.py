@@ -24,7 +24,9 @@ from reap_results import HEADER, load_run, paired, row
 RUNS = [("bf16", "bf16 (unquantized)"), ("rtn-g128", "RTN W4G128"), ("gptq-g128", "GPTQ W4G128"),
         ("autoround-g128", "AutoRound W4G128 (whittle)"), ("autoround_ref-g128", "AutoRound W4G128 (auto-round 0.16.1)"),
         ("reap25", "REAP 25 % (bf16)"), ("reap25-autoround-g128", "REAP 25 % + AutoRound W4G128 (the recipe)"),
-        ("rtn-g-1", "RTN W4 per-row"), ("gptq-g-1", "GPTQ W4 per-row"), ("autoround-g-1", "AutoRound W4 per-row")]
+        ("rtn-g-1", "RTN W4 per-row"), ("gptq-g-1", "GPTQ W4 per-row"), ("autoround-g-1", "AutoRound W4 per-row"),
+        ("autoround-g128-seed1", "AutoRound W4G128 (whittle), --seed 1"),
+        ("autoround-g128-seed2", "AutoRound W4G128 (whittle), --seed 2")]
 
 
 def report(results, run):
@@ -92,6 +94,24 @@ def main():
         if "acc_items" in r and "acc_items" in base:
             m, se, up, down = paired(r, base)
             print(f"- {label}: {100 * m:+.1f} ± {100 * se:.1f} ({up} / {down})")
+
+    print("\nPerplexity increase over bf16 (geometric mean of the four files; all tokens), in %:\n")
+    for name, label in RUNS[1:]:
+        r = runs[name]
+        if "ppl_geo" in r and "ppl_geo" in base:
+            ref = runs["reap25"] if name.startswith("reap25-") and "ppl_geo" in runs["reap25"] else base
+            print(f"- {label}: {100 * (r['ppl_geo'] / ref['ppl_geo'] - 1):+.3f} / "
+                  f"{100 * (r['ppl_all'] / ref['ppl_all'] - 1):+.3f}" + (" (over REAP 25 %)" if ref is not base else ""))
+
+    print("\nPaired arithmetic differences between the int4 models (points, ± SE; first better / second better):\n")
+    for a, b in [("autoround-g128", "autoround_ref-g128"), ("autoround-g128", "gptq-g128"), ("gptq-g128", "rtn-g128"),
+                 ("autoround-g128", "rtn-g128"), ("autoround-g-1", "gptq-g-1"), ("gptq-g-1", "rtn-g-1"),
+                 ("reap25-autoround-g128", "reap25"), ("autoround-g128-seed1", "autoround-g128"),
+                 ("autoround-g128-seed2", "autoround-g128"), ("autoround-g128-seed1", "autoround_ref-g128"),
+                 ("autoround-g128-seed2", "autoround_ref-g128")]:
+        if "acc_items" in runs[a] and "acc_items" in runs[b]:
+            m, se, up, down = paired(runs[a], runs[b])
+            print(f"- {a} − {b}: {100 * m:+.1f} ± {100 * se:.1f} ({up} / {down})")
 
     print("\nPer-layer loss (GPTQ: tr((W−Q)H(W−Q)ᵀ) summed over the layer's Linears, GPTQ / RTN on the same H;"
           " AutoRound: the layer output's MSE over the 128 samples, tuned / RTN codes, both on the quantized "
