@@ -74,16 +74,19 @@ std::vector<QuantizedLinear> autoround_layer(const ModelConfig& config, int64_t 
     return lw;
   };
 
-  // Sample lanes: a mini-batch's samples are split over kLanes lanes (lane l takes the l-th,
-  // (l+kLanes)-th, ... sample), each with its own BlockGrad, gradients and thread pool, run side by
+  // Sample lanes: a mini-batch's samples are split over two lanes (lane l takes the l-th,
+  // (l+2)-th, ... sample), each with its own BlockGrad, gradients and thread pool, run side by
   // side; their gradients are added in lane order. A lane runs its samples through BlockGrad
   // `per_call` sequences at a time, so that products see per_call·T rows. On a small layer both
-  // beat splitting every product over the threads (most are too small to split well). Neither the
-  // partition nor per_call depends on --threads, and BlockGrad gives the same bits on any pool, so
+  // beat splitting every product over the threads (most are too small to split well). A layer's
+  // second lane costs a second set of gradients (4 B per tuned weight) and tape: above kLaneWeights
+  // tuned weights (where products are large enough to split well anyway) there is one lane. Neither
+  // the lanes nor per_call depend on --threads, and BlockGrad gives the same bits on any pool, so
   // the result does not either.
-  constexpr size_t kLanes = 2;
-  const size_t lane_count =
-      std::min<size_t>(kLanes, static_cast<size_t>(std::max<int64_t>(1, opts.batch)));
+  constexpr int64_t kLaneWeights = int64_t{64} << 20;  // 256 MiB of second gradients
+  int64_t tuned_weights = 0;
+  for (const FakeQuant& t : tuned) tuned_weights += t.rows() * t.cols();
+  const size_t lane_count = opts.batch >= 2 && tuned_weights <= kLaneWeights ? 2 : 1;
   // The attention probabilities dominate a call's tape: heads·T² floats per sequence. Up to
   // kTapeBytes of them (GLM-5 at T = 2048: one sequence per call).
   constexpr double kTapeBytes = 512.0 * 1024 * 1024;
