@@ -83,12 +83,32 @@ def main():
     res = args.results
     runs = {name: load_run(res, name) for name, _ in RUNS}
 
+    base = runs["bf16"]
+    print("Compact (docs/RESULTS.md): perplexity per held-out file, its geometric mean and change, arithmetic "
+          "accuracy and its paired change, loops.\n")
+    print("| model | ppl prose | code | arith | chat | geo-mean | Δ geo-mean | arith accuracy | Δ arith (paired) "
+          "| loops T 0.8 | loops greedy |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, label in RUNS:
+        r = runs[name]
+        if "ppl_geo" not in r or "acc" not in r:
+            continue
+        d = r["ppl_dom"]
+        dp = "—" if r is base else f"{100 * (r['ppl_geo'] / base['ppl_geo'] - 1):+.2f} %"
+        da = "—"
+        if r is not base and "acc_items" in base:
+            m, se, _, _ = paired(r, base)
+            da = f"{100 * m:+.1f} ± {100 * se:.1f}"
+        print(f"| {label} | {d['prose']:.2f} | {d['code']:.2f} | {d['arith']:.3f} | {d['chat']:.2f} | "
+              f"{r['ppl_geo']:.3f} | {dp} | {100 * r['acc']:.1f} % ± {100 * r['acc_se']:.1f} | {da} | "
+              f"{r['loops08_n'][0]}/{r['loops08_n'][1]} | {r['loops0_n'][0]}/{r['loops0_n'][1]} |")
+    print()
+
     print(HEADER)
     for name, label in RUNS:
         print(row(label, runs[name]))
 
     print("\nPaired arithmetic difference against bf16 (same 400 problems; points, ± SE; better / worse):\n")
-    base = runs["bf16"]
     for name, label in RUNS[1:]:
         r = runs[name]
         if "acc_items" in r and "acc_items" in base:
