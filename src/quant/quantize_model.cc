@@ -373,6 +373,11 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
         });
         for (const LinearPlan& p : lp)
           if (p.quantize) members[input_group(p.module)].push_back(&p);
+        // A GLM-5 MoE layer is ~770 Linears and can take an hour on few cores: progress by Linear.
+        std::unique_ptr<Progress> progress;
+        if (opts.show_progress)
+          progress = std::make_unique<Progress>(fmt::format("layer {}/{}", L + 1, N),
+                                                report.quantized, "modules");
         // Chunks of groups whose Hessians fit the budget; each chunk is one observing pass.
         size_t g = 0;
         while (g < order.size()) {
@@ -400,6 +405,7 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
                 const std::vector<float> f = weight_of.at(p->module)->to_f32();
                 packed[p->module] =
                     pack_gptq(quantize_rtn(p->module, f.data(), p->rows, p->cols, opts.plan.spec));
+                if (progress) progress->advance();
               }
               continue;
             }
@@ -416,9 +422,15 @@ QuantizeResult quantize_checkpoint(const fs::path& in, const fs::path& out,
               report.loss_rtn +=
                   gptq_proxy_loss(f.data(), r.dequantize().data(), p->rows, p->cols, h.data());
               packed[p->module] = pack_gptq(q);
+              if (progress) {
+                progress->set_note(
+                    fmt::format("loss {:.4g} (RTN {:.4g})", report.loss, report.loss_rtn));
+                progress->advance();
+              }
             }
           }
         }
+        if (progress) progress->finish();
       } else {
         fp_chain->run(model, L, w, nullptr);
         LayerTuning tuning;
