@@ -80,12 +80,10 @@ def main() -> int:
     t_start = time.time()
 
     import auto_round
-    import auto_round.special_model_handler as smh
     import transformers
     from auto_round import AutoRound
     from auto_round.algorithms.composer import AlgorithmComposer
     from auto_round.algorithms.quantization.sign_round.quantizer import SignRoundQuantizer
-    from auto_round.special_model_handler import ModelTypeMatcher
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     rec: dict = dict(
@@ -96,17 +94,11 @@ def main() -> int:
         machine=dict(cpus=os.cpu_count(), platform=platform.platform(), loadavg_start=loadavg()),
         blocks=[], log=[], warnings=[])
 
-    # ---- the indexer edit (as tools/oracle/make_quantize_golden.py, variant "recipe") ----
-    rules = [r for r in smh._PRE_DEFINED_IGNORE_LAYERS
-             if any(isinstance(m, ModelTypeMatcher) and m.model_type == "glm_moe_dsa" for m in r.matchers)]
-    assert len(rules) == 1, rules
+    # ---- the indexer edit (tools/oracle/make_quantize_golden.py's, variant "recipe") ----
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "oracle"))
+    from make_quantize_golden import glm_moe_dsa_indexer_edit
 
-    def names(lst):
-        return [x if isinstance(x, str) else getattr(x, "__name__", repr(x)) for x in lst]
-
-    rec["glm_moe_dsa_ignore_rule_as_shipped"] = names(rules[0].ignore_layers)
-    rules[0].ignore_layers = [x for x in rules[0].ignore_layers if x != "indexer"]
-    rec["glm_moe_dsa_ignore_rule_used"] = names(rules[0].ignore_layers)
+    rec["glm_moe_dsa_ignore_rule_as_shipped"], rec["glm_moe_dsa_ignore_rule_used"] = glm_moe_dsa_indexer_edit()
 
     # ---- capture auto-round's log ----
     class Cap(logging.Handler):

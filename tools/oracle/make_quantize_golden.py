@@ -149,16 +149,13 @@ def _observe_pack(QuantLinear, seen: list):
     QuantLinear.pack = pack
 
 
-def worker_quantize(a: dict) -> dict:
-    src, dst, keep_indexer, layer_config = a["src"], a["dst"], a["keep_indexer"], a.get("layer_config")
-    torch.manual_seed(0)
+def glm_moe_dsa_indexer_edit(keep_indexer: bool = False) -> tuple[list, list]:
+    """The recipe's indexer edit, in this process: auto-round's predefined glm_moe_dsa ignore rule loses "indexer"
+    (unless keep_indexer), so the indexer's wq_b / wk are quantized and weights_proj stays 16-bit. Returns the
+    rule's ignore list as shipped and as used (names)."""
     import auto_round.special_model_handler as smh
-    from auto_round import AutoRound
     from auto_round.special_model_handler import ModelTypeMatcher
-    from auto_round_extension.torch.qlinear_torch_zp import QuantLinear
-    from transformers import AutoModelForCausalLM
 
-    info = {}
     rules = [r for r in smh._PRE_DEFINED_IGNORE_LAYERS
              if any(isinstance(m, ModelTypeMatcher) and m.model_type == "glm_moe_dsa" for m in r.matchers)]
     assert len(rules) == 1, rules
@@ -166,11 +163,24 @@ def worker_quantize(a: dict) -> dict:
     def names(lst):
         return [x if isinstance(x, str) else getattr(x, "__name__", repr(x)) for x in lst]
 
-    info["glm_moe_dsa_ignore_rule_as_shipped"] = names(rules[0].ignore_layers)
-    assert info["glm_moe_dsa_ignore_rule_as_shipped"] == ["get_glm_flash_ignore_layers", "weights_proj", "indexer"]
+    shipped = names(rules[0].ignore_layers)
     if not keep_indexer:
         rules[0].ignore_layers = [x for x in rules[0].ignore_layers if x != "indexer"]
-    info["glm_moe_dsa_ignore_rule_used"] = names(rules[0].ignore_layers)
+    return shipped, names(rules[0].ignore_layers)
+
+
+def worker_quantize(a: dict) -> dict:
+    src, dst, keep_indexer, layer_config = a["src"], a["dst"], a["keep_indexer"], a.get("layer_config")
+    torch.manual_seed(0)
+    from auto_round import AutoRound
+    from auto_round_extension.torch.qlinear_torch_zp import QuantLinear
+    from transformers import AutoModelForCausalLM
+
+    info = {}
+    shipped, used = glm_moe_dsa_indexer_edit(keep_indexer)
+    info["glm_moe_dsa_ignore_rule_as_shipped"] = shipped
+    assert shipped == ["get_glm_flash_ignore_layers", "weights_proj", "indexer"]
+    info["glm_moe_dsa_ignore_rule_used"] = used
 
     seen = []
     _observe_pack(QuantLinear, seen)
