@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "ops/dense16_gemv.h"
+#include "ops/int4_linear.h"
 #include "ops/matmul.h"
 #include "util/thread_pool.h"
 
@@ -39,6 +41,15 @@ void linear(const Weight& w, const float* x, int64_t M, float* y, bool accumulat
     pool->parallel_for(static_cast<size_t>(blocks), run);
   else
     run(0, static_cast<size_t>(blocks));
+}
+
+void linear_fast(const Weight& w, const float* x, int64_t M, float* y, bool accumulate,
+                 ThreadPool* pool) {
+  if (M == 0 || w.rows() == 0) return;
+  if (const PackedInt4* packed = w.packed()) return int4_linear(*packed, x, M, y, accumulate, pool);
+  if (M <= kDense16MaxRows && dense16_supported(w))
+    return dense16_gemv(w, x, M, y, accumulate, pool);
+  linear(w, x, M, y, accumulate, pool);
 }
 
 void linear_reference(const Weight& w, const float* x, int64_t M, float* y, bool accumulate) {

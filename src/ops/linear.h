@@ -19,6 +19,13 @@ class ThreadPool;
 void linear(const Weight& w, const float* x, int64_t M, float* y, bool accumulate = false,
             ThreadPool* pool = nullptr);
 
+// The fast path: the int4 kernels for a weight packed at load (ops/int4_linear.h), the
+// widening GEMV for dense BF16 / F16 weights and at most kDense16MaxRows activation rows
+// (ops/dense16_gemv.h), linear() for everything else. Within int8_error_bound of linear() for
+// packed weights, within float rounding for the others.
+void linear_fast(const Weight& w, const float* x, int64_t M, float* y, bool accumulate = false,
+                 ThreadPool* pool = nullptr);
+
 // Rows of W converted per block by linear().
 int64_t linear_block_rows(int64_t cols);
 

@@ -131,6 +131,7 @@ Weight Weight::slice_rows(int64_t r0, int64_t r1, std::string module) const {
   w.module_ = std::move(module);
   w.row0_ = row0_ + r0;
   w.rows_ = r1 - r0;
+  w.packed_ = nullptr;
   return w;
 }
 
@@ -175,46 +176,87 @@ void Weight::rows_to_f32(int64_t r0, int64_t r1, float* dst) const {
   }
 }
 
-void Weight::gptq_rows_to_f32(int64_t n0, int64_t n1, float* dst) const {
+void Weight::gptq_unpack(int64_t r0, int64_t r1, uint8_t* codes, uint8_t* zeros,
+                         void* scales) const {
+  if (format_ != WeightFormat::kGptq) fail("internal: gptq_unpack on {} ({})", module_, describe());
+  if (r0 < 0 || r1 < r0 || r1 > rows_)
+    fail("internal: rows [{}, {}) of {} with {} rows", r0, r1, module_, rows_);
   const int bits = gptq_.bits;
-  const int64_t pack = 32 / bits, N = stored_rows_, K = cols_;
+  const int64_t pack = 32 / bits, N = stored_rows_, K = cols_, n0 = row0_ + r0, R = r1 - r0;
   const uint32_t mask = (1u << bits) - 1;
   const uint32_t v1_add = gptq_.v2_zeros ? 0u : (bits == 4 ? 0x11111111u : 0x01010101u);
   auto word = [](std::span<const std::byte> s, int64_t i) {
     return load_unaligned<uint32_t>(s.data() + 4 * i);
   };
-  // Row n's dequantized value at input k; the group of k from g_idx or k / group_size.
-  std::vector<int32_t> group(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) {
+  if (codes)
+    for (int64_t pr = 0; pr < K / pack; ++pr)
+      for (int64_t n = n0; n < n0 + R; ++n) {
+        const uint32_t q = word(data_, pr * N + n);
+        for (int64_t j = 0; j < pack; ++j)
+          codes[(n - n0) * K + pr * pack + j] = static_cast<uint8_t>((q >> (bits * j)) & mask);
+      }
+  if (zeros)
+    for (int64_t g = 0; g < groups_; ++g)
+      for (int64_t n = n0; n < n0 + R; ++n) {
+        uint8_t z = static_cast<uint8_t>(1 << (bits - 1));
+        if (!gptq_.sym) {
+          // v1 stores zero - 1 per field. Adding 1 to every field of the whole word (carries
+          // included) is how gptqmodel reads v1 (convert_gptq_v1_to_v2_format) and undoes how it
+          // writes it: a zero of 0 is stored as field 15 with a borrow from the next field. It
+          // agrees with adding 1 per field (vLLM's reading) except at such a field.
+          const uint32_t packed = word(qzeros_, g * (N / pack) + n / pack) + v1_add;
+          z = static_cast<uint8_t>((packed >> (bits * (n % pack))) & mask);
+        }
+        zeros[g * R + (n - n0)] = z;
+      }
+  if (scales) {
+    const size_t size = dtype_size(scale_dtype_);
+    for (int64_t g = 0; g < groups_; ++g)
+      std::memcpy(static_cast<std::byte*>(scales) + static_cast<size_t>(g * R) * size,
+                  scales_.data() + static_cast<size_t>(g * N + n0) * size, R * size);
+  }
+}
+
+std::vector<int32_t> Weight::gptq_group_of_input() const {
+  std::vector<int32_t> group(static_cast<size_t>(cols_));
+  for (int64_t k = 0; k < cols_; ++k) {
     group[k] = g_idx_.empty() ? static_cast<int32_t>(k / gptq_.group_size)
                               : load_unaligned<int32_t>(g_idx_.data() + 4 * k);
     if (group[k] < 0 || group[k] >= groups_)
       fail("{}: g_idx[{}] = {} is outside the {} groups of scales", module_, k, group[k], groups_);
   }
-  std::vector<float> scale(static_cast<size_t>(groups_)), zero(static_cast<size_t>(groups_));
-  for (int64_t n = n0; n < n1; ++n) {
-    for (int64_t g = 0; g < groups_; ++g) {
-      scale[g] = scale_at(scales_, scale_dtype_, g * N + n);
-      if (gptq_.sym) {
-        zero[g] = static_cast<float>(1 << (bits - 1));
-        continue;
-      }
-      // v1 stores zero - 1 per field. Adding 1 to every field of the whole word (carries
-      // included) is how gptqmodel reads v1 (convert_gptq_v1_to_v2_format) and undoes how it
-      // writes it: a zero of 0 is stored as field 15 with a borrow from the next field. It agrees
-      // with adding 1 per field (vLLM's reading) except at such a field.
-      const uint32_t packed = word(qzeros_, g * (N / pack) + n / pack) + v1_add;
-      zero[g] = static_cast<float>((packed >> (bits * (n % pack))) & mask);
-    }
+  return group;
+}
+
+bool Weight::gptq_plain_groups() const {
+  if (format_ != WeightFormat::kGptq) return false;
+  if (g_idx_.empty()) return true;
+  if (gptq_.group_size < 1) return false;
+  const std::vector<int32_t> group = gptq_group_of_input();
+  for (int64_t k = 0; k < cols_; ++k)
+    if (group[k] != k / gptq_.group_size) return false;
+  return true;
+}
+
+Weight Weight::with_packed(std::shared_ptr<const PackedInt4> packed) const {
+  Weight w = *this;
+  w.packed_ = std::move(packed);
+  return w;
+}
+
+void Weight::gptq_rows_to_f32(int64_t n0, int64_t n1, float* dst) const {
+  const int64_t K = cols_, R = n1 - n0;
+  const std::vector<int32_t> group = gptq_group_of_input();
+  std::vector<uint8_t> codes(static_cast<size_t>(K)), zeros(static_cast<size_t>(groups_));
+  std::vector<std::byte> scale_bits(static_cast<size_t>(groups_) * dtype_size(scale_dtype_));
+  std::vector<float> scale(static_cast<size_t>(groups_));
+  for (int64_t n = n0; n < n0 + R; ++n) {
+    // n counts from the stored matrix's first row; gptq_unpack from this view's.
+    gptq_unpack(n - row0_, n - row0_ + 1, codes.data(), zeros.data(), scale_bits.data());
+    convert_to_f32(scale_dtype_, scale_bits.data(), static_cast<size_t>(groups_), scale.data());
     float* row = dst + (n - n0) * K;
-    for (int64_t pr = 0; pr < K / pack; ++pr) {
-      const uint32_t q = word(data_, pr * N + n);
-      for (int64_t j = 0; j < pack; ++j) {
-        const int64_t k = pr * pack + j;
-        const float u = static_cast<float>((q >> (bits * j)) & mask);
-        row[k] = scale[group[k]] * (u - zero[group[k]]);
-      }
-    }
+    for (int64_t k = 0; k < K; ++k)
+      row[k] = scale[group[k]] * (static_cast<float>(codes[k]) - static_cast<float>(zeros[group[k]]));
   }
 }
 
@@ -229,6 +271,11 @@ const float* Weight::f32_rows() const {
   const std::byte* p = data_.data() + static_cast<size_t>(row0_ * cols_) * 4;
   if (reinterpret_cast<uintptr_t>(p) % alignof(float) != 0) return nullptr;
   return reinterpret_cast<const float*>(p);
+}
+
+const std::byte* Weight::dense_rows() const {
+  if (format_ != WeightFormat::kDense) return nullptr;
+  return data_.data() + static_cast<size_t>(row0_ * cols_) * dtype_size(dtype_);
 }
 
 void Weight::for_each_range(const std::function<void(std::span<const std::byte>)>& fn) const {

@@ -26,6 +26,8 @@
 
 namespace whittle {
 
+struct PackedInt4;
+
 enum class WeightFormat { kDense, kFp8Block, kGptq };
 
 // Side of the square tiles of block-scaled FP8 (DeepSeek-V3 / GLM-5 `weight_scale_inv`).
@@ -85,6 +87,23 @@ class Weight {
   std::vector<float> to_f32() const;
   // The rows themselves when stored as aligned float32 (used without any copy), else nullptr.
   const float* f32_rows() const;
+  // Dense formats: the bytes of row 0 of this view (rows follow cols * dtype_size apart, any
+  // alignment); nullptr for the others.
+  const std::byte* dense_rows() const;
+
+  // GPTQ only. Rows [r0, r1) as the kernels' packers want them: codes [r1 - r0, cols] (0 .. 2^bits
+  // - 1, row-major), zeros [groups, r1 - r0] (the zero point: 2^(bits-1) when symmetric), scales
+  // [groups, r1 - r0] as stored (16 or 32 bit, scale_dtype()). Any of the three may be null.
+  void gptq_unpack(int64_t r0, int64_t r1, uint8_t* codes, uint8_t* zeros, void* scales) const;
+  // GPTQ only: the group of input k is k / group_size (no g_idx, or one that says so; reads g_idx).
+  bool gptq_plain_groups() const;
+  DType scale_dtype() const { return scale_dtype_; }
+  int64_t groups() const { return groups_; }
+
+  // A copy of the weight repacked for the fast kernels (ops/int4_linear.h), or null. The stored
+  // format stays readable through rows_to_f32 (the oracle); slices drop the packed copy.
+  const PackedInt4* packed() const { return packed_.get(); }
+  Weight with_packed(std::shared_ptr<const PackedInt4> packed) const;
 
   // Every byte range this weight reads (for madvise); ranges may overlap with other weights'.
   void for_each_range(const std::function<void(std::span<const std::byte>)>& fn) const;
@@ -95,6 +114,7 @@ class Weight {
   Weight(std::string module, WeightFormat format, DType dtype, int64_t rows, int64_t cols,
          std::span<const std::byte> data);
   void gptq_rows_to_f32(int64_t r0, int64_t r1, float* dst) const;
+  std::vector<int32_t> gptq_group_of_input() const;  // checked against groups_
 
   std::string module_;
   WeightFormat format_ = WeightFormat::kDense;
@@ -109,6 +129,7 @@ class Weight {
   int64_t groups_ = 0;
   GptqParams gptq_;
   std::shared_ptr<const std::vector<float>> owned_;
+  std::shared_ptr<const PackedInt4> packed_;
 };
 
 }  // namespace whittle

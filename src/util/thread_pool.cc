@@ -2,10 +2,30 @@
 #include "util/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+#include <mutex>
 
 #include "util/error.h"
 
 namespace whittle {
+
+namespace {
+
+// Spins on `ready` for up to ~200 us (pause between polls), returning early when it holds.
+template <typename Ready>
+void spin_until(Ready ready) {
+  constexpr auto kSpin = std::chrono::microseconds(200);
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 1;; ++i) {
+    if (ready()) return;
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpin) return;
+  }
+}
+
+}  // namespace
 
 size_t checked_thread_count(int64_t requested, unsigned cores) {
   const int64_t one_per_core = std::max(1u, cores);
@@ -38,13 +58,34 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::stop_workers() {
-  {
-    std::lock_guard lock(mu_);
-    stop_ = true;
-  }
-  cv_work_.notify_all();
+  // Odd while writing; workers that see the stop flag leave without touching the job.
+  generation_.fetch_add(1);
+  await_workers_left();
+  stop_.store(true);
+  generation_.fetch_add(1);
+  generation_.notify_all();
   for (auto& t : workers_) t.join();
   workers_.clear();
+}
+
+void ThreadPool::await_workers_left() {
+  spin_until([&] { return active_.load() == 0; });
+  while (active_.load() != 0) std::this_thread::yield();
+}
+
+void ThreadPool::run_chunks() {
+  for (;;) {
+    const size_t c = next_chunk_.fetch_add(1);
+    if (c >= chunks_) return;
+    try {
+      const size_t begin = c * job_chunk_;
+      (*job_)(begin, begin + std::min(job_chunk_, job_n_ - begin));
+    } catch (...) {
+      std::lock_guard g(error_mu_);
+      if (!error_) error_ = std::current_exception();
+    }
+    if (done_chunks_.fetch_add(1) + 1 == chunks_) done_chunks_.notify_all();
+  }
 }
 
 void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn,
@@ -66,58 +107,48 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)
     ~Release() { busy.store(false); }
   } release{busy_};
 
-  std::unique_lock lock(mu_);
+  // Publish the job like a seqlock: the generation is odd while the fields are written, and they
+  // are written only once no worker is inside the previous job (a late worker that saw the old
+  // generation checks it again after announcing itself in active_, and backs off).
+  generation_.fetch_add(1);
+  await_workers_left();
   job_ = &fn;
   job_n_ = n;
   job_chunk_ = std::max(grain, n / chunks + (n % chunks != 0));
   chunks_ = n / job_chunk_ + (n % job_chunk_ != 0);
-  next_chunk_ = 0;
-  done_chunks_ = 0;
+  next_chunk_.store(0);
+  done_chunks_.store(0);
   error_ = nullptr;
-  ++generation_;
-  cv_work_.notify_all();
-  // The calling thread works too.
-  while (next_chunk_ < chunks_) {
-    size_t c = next_chunk_++;
-    lock.unlock();
-    try {
-      size_t begin = c * job_chunk_;
-      fn(begin, begin + std::min(job_chunk_, n - begin));
-    } catch (...) {
-      std::lock_guard g(mu_);
-      if (!error_) error_ = std::current_exception();
-    }
-    lock.lock();
-    ++done_chunks_;
-  }
-  cv_done_.wait(lock, [&] { return done_chunks_ == chunks_; });
-  job_ = nullptr;
+  generation_.fetch_add(1);
+  generation_.notify_all();
+  run_chunks();  // the calling thread works too
+  // Workers finishing their last chunks: spin briefly, then sleep until the last one is done.
+  spin_until([&] { return done_chunks_.load() == chunks_; });
+  for (size_t done = done_chunks_.load(); done != chunks_; done = done_chunks_.load())
+    done_chunks_.wait(done);
   if (error_) std::rethrow_exception(error_);
 }
 
 void ThreadPool::worker_loop() {
-  size_t seen = 0;
-  std::unique_lock lock(mu_);
+  size_t seen = generation_.load();
   for (;;) {
-    cv_work_.wait(lock,
-                  [&] { return stop_ || (generation_ != seen && job_ && next_chunk_ < chunks_); });
-    if (stop_) return;
-    seen = generation_;
-    while (job_ && next_chunk_ < chunks_) {
-      size_t c = next_chunk_++;
-      const auto* fn = job_;
-      size_t n = job_n_, chunk = job_chunk_;
-      lock.unlock();
-      try {
-        size_t begin = c * chunk;
-        (*fn)(begin, begin + std::min(chunk, n - begin));
-      } catch (...) {
-        std::lock_guard g(mu_);
-        if (!error_) error_ = std::current_exception();
-      }
-      lock.lock();
-      if (++done_chunks_ == chunks_) cv_done_.notify_all();
+    // Decode calls the pool hundreds of times per token, each for ~0.1-1 ms: a worker that went to
+    // sleep after every call would add the scheduler's wake-up latency to each of them. So a worker
+    // spins on the generation for a while (no lock anywhere on this path), then sleeps on it.
+    size_t g = seen;
+    spin_until([&] {
+      g = generation_.load();
+      return g != seen && g % 2 == 0;
+    });
+    while (g == seen || g % 2 != 0) {
+      generation_.wait(g);
+      g = generation_.load();
     }
+    if (stop_.load()) return;
+    active_.fetch_add(1);
+    if (generation_.load() == g) run_chunks();  // else a newer job is being written: look again
+    active_.fetch_sub(1);
+    seen = g;
   }
 }
 

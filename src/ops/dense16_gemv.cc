@@ -1,0 +1,174 @@
+#include "ops/dense16_gemv.h"
+
+// GCC 12 warns inside its own AVX-512 headers (their _mm512_undefined_* placeholders).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "util/error.h"
+#include "util/thread_pool.h"
+
+namespace whittle {
+
+namespace {
+
+constexpr int64_t kRowBlock = 4;  // rows of W per step: four fma chains per activation row
+
+template <bool Bf16>
+float widen(uint16_t bits) {
+  return Bf16 ? bf16_to_f32(bits) : f16_to_f32(bits);
+}
+
+template <bool Bf16>
+void rows_scalar(const uint16_t* w, int64_t K, const float* x, int64_t M, int64_t n0, int64_t n1,
+                 float* y, int64_t ldy, bool accumulate) {
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < M; ++m) {
+      float s = 0.0f;
+      for (int64_t k = 0; k < K; ++k) s = std::fma(widen<Bf16>(w[n * K + k]), x[m * K + k], s);
+      float& out = y[m * ldy + n];
+      out = accumulate ? out + s : s;
+    }
+}
+
+#if defined(__x86_64__)
+#define WHITTLE_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
+#define WHITTLE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+template <bool Bf16>
+WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 widen16(__m256i raw) {
+  if constexpr (Bf16)
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  else
+    return _mm512_cvtph_ps(raw);
+}
+
+template <bool Bf16, int MB>
+WHITTLE_AVX512 void rows_avx512(const uint16_t* w, int64_t K, const float* x, int64_t n0,
+                                int64_t n1, float* y, int64_t ldy, bool accumulate) {
+  for (int64_t n = n0; n < n1; n += kRowBlock) {
+    const int64_t rb = std::min(kRowBlock, n1 - n);
+    __m512 acc[kRowBlock][MB];
+    for (auto& row : acc)
+      for (__m512& a : row) a = _mm512_setzero_ps();
+    const uint16_t* wr[kRowBlock];
+    for (int64_t r = 0; r < kRowBlock; ++r) wr[r] = w + (n + std::min(r, rb - 1)) * K;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mask = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
+      __m512 xv[MB];
+      for (int m = 0; m < MB; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, x + m * K + k);
+      for (int64_t r = 0; r < kRowBlock; ++r) {
+        const __m512 wv = widen16<Bf16>(_mm256_maskz_loadu_epi16(mask, wr[r] + k));
+        for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+      }
+    }
+    for (int64_t r = 0; r < rb; ++r)
+      for (int m = 0; m < MB; ++m) {
+        const float s = _mm512_reduce_add_ps(acc[r][m]);
+        float& out = y[m * ldy + n + r];
+        out = accumulate ? out + s : s;
+      }
+  }
+}
+
+template <bool Bf16>
+WHITTLE_AVX2 inline __attribute__((always_inline)) __m256 widen8(__m128i raw) {
+  if constexpr (Bf16)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+  else
+    return _mm256_cvtph_ps(raw);
+}
+
+WHITTLE_AVX2 inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 256-bit: one activation row per pass (16 vector registers), the tail of K in scalar code.
+template <bool Bf16>
+WHITTLE_AVX2 void rows_avx2(const uint16_t* w, int64_t K, const float* x, int64_t M, int64_t n0,
+                            int64_t n1, float* y, int64_t ldy, bool accumulate) {
+  const int64_t K8 = K / 8 * 8;
+  for (int64_t n = n0; n < n1; n += kRowBlock) {
+    const int64_t rb = std::min(kRowBlock, n1 - n);
+    for (int64_t m = 0; m < M; ++m) {
+      __m256 acc[kRowBlock];
+      for (__m256& a : acc) a = _mm256_setzero_ps();
+      const float* xm = x + m * K;
+      for (int64_t k = 0; k < K8; k += 8) {
+        const __m256 xv = _mm256_loadu_ps(xm + k);
+        for (int64_t r = 0; r < rb; ++r) {
+          const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (n + r) * K + k));
+          acc[r] = _mm256_fmadd_ps(widen8<Bf16>(raw), xv, acc[r]);
+        }
+      }
+      for (int64_t r = 0; r < rb; ++r) {
+        float s = hsum8(acc[r]);
+        for (int64_t k = K8; k < K; ++k) s = std::fma(widen<Bf16>(w[(n + r) * K + k]), xm[k], s);
+        float& out = y[m * ldy + n + r];
+        out = accumulate ? out + s : s;
+      }
+    }
+  }
+}
+#endif  // __x86_64__
+
+template <bool Bf16>
+void rows(const uint16_t* w, int64_t K, const float* x, int64_t M, int64_t n0, int64_t n1,
+          float* y, int64_t ldy, bool accumulate, Isa isa) {
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx512Vnni) {
+    switch (M) {
+      case 1:
+        return rows_avx512<Bf16, 1>(w, K, x, n0, n1, y, ldy, accumulate);
+      case 2:
+        return rows_avx512<Bf16, 2>(w, K, x, n0, n1, y, ldy, accumulate);
+      case 3:
+        return rows_avx512<Bf16, 3>(w, K, x, n0, n1, y, ldy, accumulate);
+      default:
+        return rows_avx512<Bf16, 4>(w, K, x, n0, n1, y, ldy, accumulate);
+    }
+  }
+  if (isa != Isa::kScalar) return rows_avx2<Bf16>(w, K, x, M, n0, n1, y, ldy, accumulate);
+#endif
+  rows_scalar<Bf16>(w, K, x, M, n0, n1, y, ldy, accumulate);
+}
+
+}  // namespace
+
+bool dense16_supported(const Weight& w) {
+  return w.format() == WeightFormat::kDense &&
+         (w.dtype() == DType::BF16 || w.dtype() == DType::F16) &&
+         reinterpret_cast<uintptr_t>(w.dense_rows()) % alignof(uint16_t) == 0;
+}
+
+void dense16_gemv(const Weight& w, const float* x, int64_t M, float* y, bool accumulate,
+                  ThreadPool* pool, Isa isa) {
+  if (!dense16_supported(w) || M < 1 || M > kDense16MaxRows)
+    fail("internal: dense16_gemv on {} ({}) with {} rows", w.module(), w.describe(), M);
+  // Rows are 2-byte aligned (dense16_supported); the vector kernels load them unaligned.
+  const auto* data = reinterpret_cast<const uint16_t*>(w.dense_rows());
+  const int64_t N = w.rows(), K = w.cols();
+  const bool bf16 = w.dtype() == DType::BF16;
+  auto run = [&](size_t b0, size_t b1) {
+    const int64_t n0 = static_cast<int64_t>(b0) * kRowBlock;
+    const int64_t n1 = std::min(N, static_cast<int64_t>(b1) * kRowBlock);
+    if (bf16)
+      rows<true>(data, K, x, M, n0, n1, y, N, accumulate, isa);
+    else
+      rows<false>(data, K, x, M, n0, n1, y, N, accumulate, isa);
+  };
+  const size_t blocks = static_cast<size_t>((N + kRowBlock - 1) / kRowBlock);
+  const size_t grain = static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 15) / (kRowBlock * K)));
+  if (pool != nullptr)
+    pool->parallel_for(blocks, run, grain);
+  else
+    run(0, blocks);
+}
+
+}  // namespace whittle
