@@ -47,6 +47,7 @@ struct Options {
   std::vector<std::string> data;
   bool json = false, quiet = false;
   int64_t ctx = 0, stride = 0, limit = 0, max_tokens = 256, prompts = 20, threads = 0;
+  bool reference = false;
   float temperature = 0.8f, top_p = 1.0f;
   uint64_t seed = 0;
   std::string doc_start;
@@ -161,6 +162,7 @@ Command add_eval(CLI::App& app) {
       "--doc-start", o->doc_start,
       "A token put before every text, question and prompt, e.g. '<|endoftext|>' (default: none)");
   add_threads_option(cmd, o->threads);
+  add_reference_option(cmd, o->reference);
   cmd->add_flag("-q,--quiet", o->quiet, "No progress on stderr");
   return [=] {
     require_model_folder(o->model);
@@ -175,7 +177,7 @@ Command add_eval(CLI::App& app) {
 
     BpeTokenizer tokenizer = BpeTokenizer::load(fs::path(o->model) / "tokenizer.json");
     ThreadPool pool(checked_thread_count(o->threads));
-    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
+    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
     if (tokenizer.vocab_size() > model.config().vocab_size)
       fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model,
            tokenizer.vocab_size(), model.config().vocab_size);

@@ -22,6 +22,7 @@ Command add_generate(CLI::App& app) {
   struct Options {
     std::string model, prompt;
     int64_t max_tokens = 0, threads = 0;
+    bool reference = false;
     SamplingParams sampling;
     bool quiet = false, chat = false, think = false;
   };
@@ -53,6 +54,7 @@ Command add_generate(CLI::App& app) {
           ->check(kNonNegativeInteger);
   cmd->add_option("--seed", o->sampling.seed, "Random seed")->capture_default_str()->check(kSeed);
   add_threads_option(cmd, o->threads);
+  add_reference_option(cmd, o->reference);
   auto* chat = cmd->add_flag("--chat", o->chat,
                              "Wrap the prompt as one user turn in the model's chat template");
   cmd->add_flag("--think", o->think,
@@ -83,7 +85,7 @@ Command add_generate(CLI::App& app) {
     if (ids.empty())
       fail("prompt: encodes to no tokens with {}; give some text", tokenizer_path.string());
     ThreadPool pool(checked_thread_count(o->threads));
-    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
+    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
     const ModelConfig& config = model.config();
     if (tokenizer.vocab_size() > config.vocab_size)
       fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model,

@@ -17,6 +17,7 @@ Command add_logits(CLI::App& app) {
     std::string model, out, mode = "prefill";
     std::string ids;
     int64_t threads = 0;
+    bool reference = false;
   };
   auto o = std::make_shared<Options>();
   cmd->add_option("MODEL", o->model, "Hugging Face model folder")->required();
@@ -26,11 +27,12 @@ Command add_logits(CLI::App& app) {
                   "prefill: one pass over all ids; decode: one token at a time from the cache")
       ->check(CLI::IsMember({"prefill", "decode"}));
   add_threads_option(cmd, o->threads);
+  add_reference_option(cmd, o->reference);
   return [=] {
     require_model_folder(o->model);
     const std::vector<int64_t> given = parse_id_list(o->ids, "--ids");
     ThreadPool pool(checked_thread_count(o->threads));
-    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool);
+    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
     const ModelConfig& config = model.config();
     if (static_cast<int64_t>(given.size()) > config.max_position_embeddings)
       fail("--ids: {} tokens exceed the model's context of {} (max_position_embeddings)",

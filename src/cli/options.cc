@@ -67,6 +67,13 @@ const CLI::Validator kSeed(
     },
     "SEED");
 
+CLI::Option* add_reference_option(CLI::App* cmd, bool& reference) {
+  return cmd->add_flag("--reference", reference,
+                       "Run the reference kernels (float32 from every stored format, OpenBLAS): "
+                       "the oracle of the default fast path (int4 weights packed at load, int8 "
+                       "activations, 16-bit GEMV)");
+}
+
 CLI::Option* add_threads_option(CLI::App* cmd, int64_t& threads) {
   CLI::Validator check(
       [](std::string& text) -> std::string {

@@ -26,6 +26,10 @@ extern const CLI::Validator kSeed;
 // checked_thread_count() at parse time.
 CLI::Option* add_threads_option(CLI::App* cmd, int64_t& threads);
 
+// `--reference`: run the reference kernels (every weight converted to float32; the oracle of the
+// fast int4 / int8 path, which is the default).
+CLI::Option* add_reference_option(CLI::App* cmd, bool& reference);
+
 // Fails unless `dir` is an existing folder holding config.json, so every subcommand blames a wrong
 // MODEL argument first, before it reads anything else (tokenizer, eval data).
 void require_model_folder(const std::filesystem::path& dir);

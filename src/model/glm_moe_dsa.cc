@@ -39,10 +39,11 @@ void attend(const KeySelection& sel, int64_t pos, Score score, Accumulate accumu
 }  // namespace
 
 GlmMoeDsa::GlmMoeDsa(ModelConfig config, std::shared_ptr<const WeightSource> weights,
-                     ThreadPool& pool)
+                     ThreadPool& pool, Kernels kernels)
     : config_(std::move(config)),
       weights_(std::move(weights)),
       pool_(pool),
+      kernels_(kernels),
       rope_(config_.rope, config_.qk_rope_head_dim) {
   // IndexShare: a "shared" layer attends to the keys chosen by the nearest full layer before it.
   int64_t source = -1;
@@ -56,10 +57,12 @@ GlmMoeDsa::GlmMoeDsa(ModelConfig config, std::shared_ptr<const WeightSource> wei
          config_.num_hidden_layers);
 }
 
-GlmMoeDsa GlmMoeDsa::load(const std::filesystem::path& dir, ThreadPool& pool) {
+GlmMoeDsa GlmMoeDsa::load(const std::filesystem::path& dir, ThreadPool& pool, Kernels kernels) {
   ModelConfig config = ModelConfig::load(dir);
-  auto weights = std::make_shared<const WeightSource>(dir, config);
-  return GlmMoeDsa(std::move(config), std::move(weights), pool);
+  auto weights = kernels == Kernels::kFast
+                     ? std::make_shared<const WeightSource>(dir, config, pool)
+                     : std::make_shared<const WeightSource>(dir, config);
+  return GlmMoeDsa(std::move(config), std::move(weights), pool, kernels);
 }
 
 Batch GlmMoeDsa::embed(std::vector<SequenceInput> sequences) const {
@@ -104,7 +107,10 @@ Batch GlmMoeDsa::embed(std::vector<SequenceInput> sequences) const {
 void GlmMoeDsa::linear(const Weight& w, const float* x, int64_t rows, float* y, bool accumulate,
                        ForwardObserver* observer) const {
   if (observer) observer->linear_input(w, x, rows);
-  whittle::linear(w, x, rows, y, accumulate, &pool_);
+  if (kernels_ == Kernels::kFast)
+    linear_fast(w, x, rows, y, accumulate, &pool_);
+  else
+    whittle::linear(w, x, rows, y, accumulate, &pool_);
 }
 
 void GlmMoeDsa::forward_layer(int64_t layer, const LayerWeights& lw, Batch& b,
@@ -254,12 +260,14 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
     // runs as MQA over the cache (key = [latent | k_pe], value = latent). Same 1/sqrt(qk_head_dim).
     // One head's rows of kv_b_proj are converted once and serve every absorbed row of the batch.
     pool_.parallel_for(static_cast<size_t>(NH), [&](size_t begin, size_t end) {
-      Vec w_head(static_cast<size_t>(kv_width * Rkv)), q_abs(static_cast<size_t>(Rkv)),
-          o_lat(static_cast<size_t>(Rkv));
+      const float* in_place = w.kv_b_proj.f32_rows();
+      Vec w_head(in_place ? 0 : static_cast<size_t>(kv_width * Rkv)),
+          q_abs(static_cast<size_t>(Rkv)), o_lat(static_cast<size_t>(Rkv));
       for (size_t h = begin; h < end; ++h) {
         const int64_t hd = static_cast<int64_t>(h);
-        w.kv_b_proj.rows_to_f32(hd * kv_width, (hd + 1) * kv_width, w_head.data());
-        const float* w_uk = w_head.data();    // rows [0, Dn) of this head
+        const float* w_uk = in_place ? in_place + hd * kv_width * Rkv : w_head.data();
+        if (!in_place) w.kv_b_proj.rows_to_f32(hd * kv_width, (hd + 1) * kv_width, w_head.data());
+        // w_uk: rows [0, Dn) of this head
         const float* w_uv = w_uk + Dn * Rkv;  // rows [Dn, Dn + Dv)
         for (int64_t s : absorbed) {
           const LayerCache& lc = b.sequence(s).cache->layers[layer];

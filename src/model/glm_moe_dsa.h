@@ -67,11 +67,20 @@ class Batch {
   int64_t selection_layer_ = -1;
 };
 
+// Which kernels run the Linears: the reference path (ops/linear.h linear(): every format converted
+// to float32, OpenBLAS) or the fast one (linear_fast: int4 weights packed at load and multiplied
+// with int8 activations, dense 16-bit GEMV for decode). The reference is the oracle of the fast.
+enum class Kernels { kReference, kFast };
+
 class GlmMoeDsa {
  public:
-  GlmMoeDsa(ModelConfig config, std::shared_ptr<const WeightSource> weights, ThreadPool& pool);
-  // Reads config.json and maps the safetensors weights of a model folder.
-  static GlmMoeDsa load(const std::filesystem::path& dir, ThreadPool& pool);
+  GlmMoeDsa(ModelConfig config, std::shared_ptr<const WeightSource> weights, ThreadPool& pool,
+            Kernels kernels = Kernels::kReference);
+  // Reads config.json and maps the safetensors weights of a model folder; with kFast, also packs
+  // them for the fast kernels (WeightSource's packing constructor).
+  static GlmMoeDsa load(const std::filesystem::path& dir, ThreadPool& pool,
+                        Kernels kernels = Kernels::kReference);
+  Kernels kernels() const { return kernels_; }
 
   const ModelConfig& config() const { return config_; }
   const WeightSource& weights() const { return *weights_; }
@@ -119,6 +128,7 @@ class GlmMoeDsa {
   ModelConfig config_;
   std::shared_ptr<const WeightSource> weights_;
   ThreadPool& pool_;
+  Kernels kernels_;
   RopeTable rope_;
   std::vector<int64_t> selection_source_;  // per layer: the full-indexer layer whose keys it uses
 };

@@ -1,11 +1,29 @@
 #include "model/weight_source.h"
 
+#include "tensor/packed_int4.h"
 #include "util/error.h"
 
 namespace whittle {
 
 WeightSource::WeightSource(const std::filesystem::path& dir, const ModelConfig& config)
     : store_(std::make_unique<TensorStore>(dir)), weights_(bind_weights(*store_, config)) {}
+
+WeightSource::WeightSource(const std::filesystem::path& dir, const ModelConfig& config,
+                           ThreadPool& pack_pool)
+    : WeightSource(dir, config) {
+  auto prepare = [&](Weight& w) {
+    if (packable(w).empty()) w = w.with_packed(pack_int4(w, &pack_pool));
+  };
+  for (size_t L = 0; L < weights_.layers.size(); ++L) {
+    LayerWeights& layer = weights_.layers[L];
+    Weight& kv_b = layer.attn.kv_b_proj;
+    if (kv_b.format() == WeightFormat::kGptq)
+      kv_b = Weight::owned_f32(kv_b.module(), kv_b.to_f32(), kv_b.rows(), kv_b.cols());
+    layer.for_each_linear(prepare);
+    release(static_cast<int64_t>(L));
+  }
+  prepare(weights_.lm_head);
+}
 
 WeightSource::WeightSource(ModelWeights weights) : weights_(std::move(weights)) {}
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 
 #include "util/error.h"
 #include "util/thread_pool.h"
@@ -45,31 +46,39 @@ TileView view(const PackedInt4& w, int64_t t) {
           reinterpret_cast<const uint8_t*>(p + w.codes_offset)};
 }
 
+// The activation blocks of weight group g: [k0, k1) runs of at most x.group_size inputs.
+template <typename Fn>
+inline void for_each_act_block(const PackedInt4& w, const Int8Acts& x, int64_t g, Fn&& fn) {
+  const int64_t end = g * w.group_size + w.group_length(g);
+  for (int64_t k0 = g * w.group_size; k0 < end; k0 += x.group_size)
+    fn(k0, std::min(end, k0 + x.group_size));
+}
+
 // out[i][r] for activation rows m .. m + rows - 1 of tile t.
 void tile_scalar(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int64_t rows,
                  float (*out)[TR]) {
   const TileView v = view(w, t);
   for (int64_t i = 0; i < rows; ++i) std::fill_n(out[i], TR, 0.0f);
   const uint8_t* block = v.codes;
-  for (int64_t g = 0; g < w.groups; ++g) {
-    const int64_t blocks = w.group_length(g) / 8;
-    int32_t dot[4][TR] = {};
-    for (int64_t b = 0; b < blocks; ++b, block += PackedInt4::kBlockBytes)
+  for (int64_t g = 0; g < w.groups; ++g)
+    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {
+      int32_t dot[4][TR] = {};
+      for (int64_t k = k0; k < k1; k += 8, block += PackedInt4::kBlockBytes)
+        for (int64_t i = 0; i < rows; ++i) {
+          const int8_t* q = &x.q[(m + i) * x.cols + k];
+          for (int64_t r = 0; r < TR; ++r)
+            for (int64_t j = 0; j < 4; ++j) {
+              const uint8_t byte = block[4 * r + j];
+              dot[i][r] += (byte & 15) * q[j] + (byte >> 4) * q[4 + j];
+            }
+        }
       for (int64_t i = 0; i < rows; ++i) {
-        const int8_t* q = &x.q[(m + i) * x.cols + g * w.group_size + 8 * b];
+        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;
         for (int64_t r = 0; r < TR; ++r)
-          for (int64_t j = 0; j < 4; ++j) {
-            const uint8_t byte = block[4 * r + j];
-            dot[i][r] += (byte & 15) * q[j] + (byte >> 4) * q[4 + j];
-          }
+          out[i][r] = group_term(dot[i][r], v.zeros ? v.zeros[g * TR + r] : 8, x.sum[mb],
+                                 scale_value(w, v.scales[g * TR + r]), x.scale[mb], out[i][r]);
       }
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t mg = (m + i) * x.groups + g;
-      for (int64_t r = 0; r < TR; ++r)
-        out[i][r] = group_term(dot[i][r], v.zeros ? v.zeros[g * TR + r] : 8, x.sum[mg],
-                               scale_value(w, v.scales[g * TR + r]), x.scale[mg], out[i][r]);
-    }
-  }
+    });
 }
 
 #if defined(__x86_64__)
@@ -93,6 +102,30 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i dpbusd512(__m512i a
 
 // AVX-512: one 64-byte block is 16 rows x 8 inputs; dpbusd takes 4 of them per 32-bit lane. Two
 // blocks per step with their own accumulators keep four dpbusd chains in flight per row.
+// The weight group's scales (f16 or bf16) and zero points of the 16 rows of a tile.
+WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 group_scales512(const PackedInt4& w,
+                                                                           const TileView& v,
+                                                                           int64_t g) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v.scales + g * TR));
+  return w.scale_dtype == DType::F16
+             ? _mm512_cvtph_ps(raw)
+             : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i group_zeros512(const TileView& v,
+                                                                           int64_t g) {
+  return v.zeros ? _mm512_cvtepu8_epi32(
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.zeros + g * TR)))
+                 : _mm512_set1_epi32(8);
+}
+// acc += (dot - zero·Σq) · (scale · activation scale): the shared group_term, 16 rows at once.
+WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 flush512(__m512 acc, __m512i dot,
+                                                                    __m512i zero, __m512 scale,
+                                                                    int32_t qsum, float act) {
+  const __m512i shifted = _mm512_sub_epi32(dot, _mm512_mullo_epi32(zero, _mm512_set1_epi32(qsum)));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(shifted), _mm512_mul_ps(scale, _mm512_set1_ps(act)),
+                         acc);
+}
+
 template <int MB>
 WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
                                 float (*out)[TR]) {
@@ -102,57 +135,48 @@ WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& 
   for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
   const uint8_t* block = v.codes;
   for (int64_t g = 0; g < w.groups; ++g) {
-    const int64_t blocks = w.group_length(g) / 8;
-    const int8_t* q[MB];
-    for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + g * w.group_size];
-    __m512i d0[MB], d1[MB], d2[MB], d3[MB];
-    for (int i = 0; i < MB; ++i)
-      d0[i] = d1[i] = d2[i] = d3[i] = _mm512_setzero_si512();
-    int64_t b = 0;
-    for (; b + 2 <= blocks; b += 2, block += 2 * PackedInt4::kBlockBytes) {
-      _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes + 64, _MM_HINT_T0);
-      const __m512i c0 = _mm512_load_si512(block), c1 = _mm512_load_si512(block + 64);
-      const __m512i lo0 = _mm512_and_si512(c0, nibble);
-      const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble);
-      const __m512i lo1 = _mm512_and_si512(c1, nibble);
-      const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(c1, 4), nibble);
-      for (int i = 0; i < MB; ++i) {
-        const int8_t* qb = q[i] + 8 * b;
-        d0[i] = dpbusd512(d0[i], lo0, _mm512_set1_epi32(load_i32(qb)));
-        d1[i] = dpbusd512(d1[i], hi0, _mm512_set1_epi32(load_i32(qb + 4)));
-        d2[i] = dpbusd512(d2[i], lo1, _mm512_set1_epi32(load_i32(qb + 8)));
-        d3[i] = dpbusd512(d3[i], hi1, _mm512_set1_epi32(load_i32(qb + 12)));
+    const __m512 scale = group_scales512(w, v, g);
+    const __m512i zero = group_zeros512(v, g);
+    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {
+      const int64_t blocks = (k1 - k0) / 8;
+      const int8_t* q[MB];
+      for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];
+      __m512i d0[MB], d1[MB], d2[MB], d3[MB];
+      for (int i = 0; i < MB; ++i) d0[i] = d1[i] = d2[i] = d3[i] = _mm512_setzero_si512();
+      int64_t b = 0;
+      for (; b + 2 <= blocks; b += 2, block += 2 * PackedInt4::kBlockBytes) {
+        _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes + 64, _MM_HINT_T0);
+        const __m512i c0 = _mm512_load_si512(block), c1 = _mm512_load_si512(block + 64);
+        const __m512i lo0 = _mm512_and_si512(c0, nibble);
+        const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble);
+        const __m512i lo1 = _mm512_and_si512(c1, nibble);
+        const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(c1, 4), nibble);
+        for (int i = 0; i < MB; ++i) {
+          const int8_t* qb = q[i] + 8 * b;
+          d0[i] = dpbusd512(d0[i], lo0, _mm512_set1_epi32(load_i32(qb)));
+          d1[i] = dpbusd512(d1[i], hi0, _mm512_set1_epi32(load_i32(qb + 4)));
+          d2[i] = dpbusd512(d2[i], lo1, _mm512_set1_epi32(load_i32(qb + 8)));
+          d3[i] = dpbusd512(d3[i], hi1, _mm512_set1_epi32(load_i32(qb + 12)));
+        }
       }
-    }
-    for (; b < blocks; ++b, block += PackedInt4::kBlockBytes) {
-      const __m512i c0 = _mm512_load_si512(block);
-      const __m512i lo0 = _mm512_and_si512(c0, nibble);
-      const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble);
-      for (int i = 0; i < MB; ++i) {
-        const int8_t* qb = q[i] + 8 * b;
-        d0[i] = dpbusd512(d0[i], lo0, _mm512_set1_epi32(load_i32(qb)));
-        d1[i] = dpbusd512(d1[i], hi0, _mm512_set1_epi32(load_i32(qb + 4)));
+      for (; b < blocks; ++b, block += PackedInt4::kBlockBytes) {
+        const __m512i c0 = _mm512_load_si512(block);
+        const __m512i lo0 = _mm512_and_si512(c0, nibble);
+        const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble);
+        for (int i = 0; i < MB; ++i) {
+          const int8_t* qb = q[i] + 8 * b;
+          d0[i] = dpbusd512(d0[i], lo0, _mm512_set1_epi32(load_i32(qb)));
+          d1[i] = dpbusd512(d1[i], hi0, _mm512_set1_epi32(load_i32(qb + 4)));
+        }
       }
-    }
-    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v.scales + g * TR));
-    const __m512 scale =
-        w.scale_dtype == DType::F16
-            ? _mm512_cvtph_ps(raw)
-            : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-    const __m512i zero =
-        v.zeros ? _mm512_cvtepu8_epi32(
-                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.zeros + g * TR)))
-                : _mm512_set1_epi32(8);
-    for (int i = 0; i < MB; ++i) {
-      const int64_t mg = (m + i) * x.groups + g;
-      const __m512i dot =
-          _mm512_add_epi32(_mm512_add_epi32(d0[i], d1[i]), _mm512_add_epi32(d2[i], d3[i]));
-      const __m512i shifted =
-          _mm512_sub_epi32(dot, _mm512_mullo_epi32(zero, _mm512_set1_epi32(x.sum[mg])));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(shifted),
-                               _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[mg])), acc[i]);
-    }
+      for (int i = 0; i < MB; ++i) {
+        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;
+        const __m512i dot =
+            _mm512_add_epi32(_mm512_add_epi32(d0[i], d1[i]), _mm512_add_epi32(d2[i], d3[i]));
+        acc[i] = flush512(acc[i], dot, zero, scale, x.sum[mb], x.scale[mb]);
+      }
+    });
   }
   for (int i = 0; i < MB; ++i) _mm512_storeu_ps(out[i], acc[i]);
 }
@@ -167,39 +191,27 @@ WHITTLE_AVX512 void tile_pair_avx512(const PackedInt4& w, int64_t t, const Int8A
   __m512 acc_a = _mm512_setzero_ps(), acc_b = _mm512_setzero_ps();
   const uint8_t *ba = va.codes, *bb = vb.codes;
   for (int64_t g = 0; g < w.groups; ++g) {
-    const int64_t blocks = w.group_length(g) / 8;
-    const int8_t* q = &x.q[m * x.cols + g * w.group_size];
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
-    for (int64_t b = 0; b < blocks; ++b, ba += PackedInt4::kBlockBytes, bb += PackedInt4::kBlockBytes) {
-      _mm_prefetch(reinterpret_cast<const char*>(ba) + kPrefetchBytes, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(bb) + kPrefetchBytes, _MM_HINT_T0);
-      const __m512i ca = _mm512_load_si512(ba), cb = _mm512_load_si512(bb);
-      const __m512i x0 = _mm512_set1_epi32(load_i32(q + 8 * b));
-      const __m512i x1 = _mm512_set1_epi32(load_i32(q + 8 * b + 4));
-      a0 = dpbusd512(a0, _mm512_and_si512(ca, nibble), x0);
-      a1 = dpbusd512(a1, _mm512_and_si512(_mm512_srli_epi16(ca, 4), nibble), x1);
-      b0 = dpbusd512(b0, _mm512_and_si512(cb, nibble), x0);
-      b1 = dpbusd512(b1, _mm512_and_si512(_mm512_srli_epi16(cb, 4), nibble), x1);
-    }
-    const int64_t mg = m * x.groups + g;
-    const __m512 act_scale = _mm512_set1_ps(x.scale[mg]);
-    const __m512i qsum = _mm512_set1_epi32(x.sum[mg]);
-    for (int side = 0; side < 2; ++side) {
-      const TileView& v = side == 0 ? va : vb;
-      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v.scales + g * TR));
-      const __m512 scale =
-          w.scale_dtype == DType::F16
-              ? _mm512_cvtph_ps(raw)
-              : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-      const __m512i zero =
-          v.zeros ? _mm512_cvtepu8_epi32(
-                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.zeros + g * TR)))
-                  : _mm512_set1_epi32(8);
-      const __m512i dot = side == 0 ? _mm512_add_epi32(a0, a1) : _mm512_add_epi32(b0, b1);
-      const __m512i shifted = _mm512_sub_epi32(dot, _mm512_mullo_epi32(zero, qsum));
-      __m512& acc = side == 0 ? acc_a : acc_b;
-      acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(shifted), _mm512_mul_ps(scale, act_scale), acc);
-    }
+    const __m512 scale_a = group_scales512(w, va, g), scale_b = group_scales512(w, vb, g);
+    const __m512i zero_a = group_zeros512(va, g), zero_b = group_zeros512(vb, g);
+    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {
+      const int8_t* q = &x.q[m * x.cols + k0];
+      __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
+      for (int64_t b = 0; b < (k1 - k0) / 8;
+           ++b, ba += PackedInt4::kBlockBytes, bb += PackedInt4::kBlockBytes) {
+        _mm_prefetch(reinterpret_cast<const char*>(ba) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(bb) + kPrefetchBytes, _MM_HINT_T0);
+        const __m512i ca = _mm512_load_si512(ba), cb = _mm512_load_si512(bb);
+        const __m512i x0 = _mm512_set1_epi32(load_i32(q + 8 * b));
+        const __m512i x1 = _mm512_set1_epi32(load_i32(q + 8 * b + 4));
+        a0 = dpbusd512(a0, _mm512_and_si512(ca, nibble), x0);
+        a1 = dpbusd512(a1, _mm512_and_si512(_mm512_srli_epi16(ca, 4), nibble), x1);
+        b0 = dpbusd512(b0, _mm512_and_si512(cb, nibble), x0);
+        b1 = dpbusd512(b1, _mm512_and_si512(_mm512_srli_epi16(cb, 4), nibble), x1);
+      }
+      const int64_t mb = m * x.groups + k0 / x.group_size;
+      acc_a = flush512(acc_a, _mm512_add_epi32(a0, a1), zero_a, scale_a, x.sum[mb], x.scale[mb]);
+      acc_b = flush512(acc_b, _mm512_add_epi32(b0, b1), zero_b, scale_b, x.sum[mb], x.scale[mb]);
+    });
   }
   _mm512_storeu_ps(out[0], acc_a);
   _mm512_storeu_ps(out[1], acc_b);
@@ -225,46 +237,51 @@ WHITTLE_AVX2 inline __attribute__((always_inline)) __m256i dot_avx2(__m256i acc,
   for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();                       \
   const uint8_t* block = v.codes;                                                                 \
   for (int64_t g = 0; g < w.groups; ++g) {                                                        \
-    const int64_t blocks = w.group_length(g) / 8;                                                 \
-    const int8_t* q[MB];                                                                          \
-    for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + g * w.group_size];                \
-    __m256i d[MB][2][2];                                                                          \
-    for (int i = 0; i < MB; ++i)                                                                  \
-      d[i][0][0] = d[i][0][1] = d[i][1][0] = d[i][1][1] = _mm256_setzero_si256();                 \
-    for (int64_t b = 0; b < blocks; ++b, block += PackedInt4::kBlockBytes) {                      \
-      for (int h = 0; h < 2; ++h) {                                                               \
-        const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + 32 * h));    \
-        const __m256i lo = _mm256_and_si256(c, nibble);                                           \
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble);                     \
-        for (int i = 0; i < MB; ++i) {                                                            \
-          const int8_t* qb = q[i] + 8 * b;                                                        \
-          d[i][h][0] = DOT(d[i][h][0], lo, _mm256_set1_epi32(load_i32(qb)));       \
-          d[i][h][1] = DOT(d[i][h][1], hi, _mm256_set1_epi32(load_i32(qb + 4)));   \
-        }                                                                                         \
-      }                                                                                           \
-    }                                                                                             \
+    __m256 scale[2];                                                                              \
+    __m256i zero[2];                                                                              \
     for (int h = 0; h < 2; ++h) {                                                                 \
       const __m128i raw =                                                                         \
           _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.scales + g * TR + 8 * h));           \
-      const __m256 scale =                                                                        \
-          w.scale_dtype == DType::F16                                                             \
-              ? _mm256_cvtph_ps(raw)                                                              \
-              : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));           \
-      __m256i zero = _mm256_set1_epi32(8);                                                        \
+      scale[h] = w.scale_dtype == DType::F16                                                      \
+                     ? _mm256_cvtph_ps(raw)                                                       \
+                     : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));    \
+      zero[h] = _mm256_set1_epi32(8);                                                             \
       if (v.zeros) {                                                                              \
         int64_t z;                                                                                \
         std::memcpy(&z, v.zeros + g * TR + 8 * h, 8);                                             \
-        zero = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z));                                        \
-      }                                                                                           \
-      for (int i = 0; i < MB; ++i) {                                                              \
-        const int64_t mg = (m + i) * x.groups + g;                                                \
-        const __m256i dot = _mm256_add_epi32(d[i][h][0], d[i][h][1]);                             \
-        const __m256i shifted =                                                                   \
-            _mm256_sub_epi32(dot, _mm256_mullo_epi32(zero, _mm256_set1_epi32(x.sum[mg])));        \
-        acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(shifted),                                  \
-                                    _mm256_mul_ps(scale, _mm256_set1_ps(x.scale[mg])), acc[i][h]); \
+        zero[h] = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z));                                     \
       }                                                                                           \
     }                                                                                             \
+    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {                                     \
+      const int8_t* q[MB];                                                                        \
+      for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];                            \
+      __m256i d[MB][2][2];                                                                        \
+      for (int i = 0; i < MB; ++i)                                                                \
+        d[i][0][0] = d[i][0][1] = d[i][1][0] = d[i][1][1] = _mm256_setzero_si256();               \
+      for (int64_t b = 0; b < (k1 - k0) / 8; ++b, block += PackedInt4::kBlockBytes) {             \
+        for (int h = 0; h < 2; ++h) {                                                             \
+          const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + 32 * h));  \
+          const __m256i lo = _mm256_and_si256(c, nibble);                                         \
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble);                   \
+          for (int i = 0; i < MB; ++i) {                                                          \
+            const int8_t* qb = q[i] + 8 * b;                                                      \
+            d[i][h][0] = DOT(d[i][h][0], lo, _mm256_set1_epi32(load_i32(qb)));                    \
+            d[i][h][1] = DOT(d[i][h][1], hi, _mm256_set1_epi32(load_i32(qb + 4)));                \
+          }                                                                                       \
+        }                                                                                         \
+      }                                                                                           \
+      for (int i = 0; i < MB; ++i) {                                                              \
+        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;                                \
+        for (int h = 0; h < 2; ++h) {                                                             \
+          const __m256i dot = _mm256_add_epi32(d[i][h][0], d[i][h][1]);                           \
+          const __m256i shifted =                                                                 \
+              _mm256_sub_epi32(dot, _mm256_mullo_epi32(zero[h], _mm256_set1_epi32(x.sum[mb])));   \
+          acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(shifted),                                \
+                                      _mm256_mul_ps(scale[h], _mm256_set1_ps(x.scale[mb])),       \
+                                      acc[i][h]);                                                 \
+        }                                                                                         \
+      }                                                                                           \
+    });                                                                                           \
   }                                                                                               \
   for (int i = 0; i < MB; ++i) {                                                                  \
     _mm256_storeu_ps(out[i], acc[i][0]);                                                          \
@@ -317,6 +334,10 @@ int64_t rows_per_call(Isa isa) {
 }
 
 }  // namespace
+
+int64_t int4_act_block(const PackedInt4& w) {
+  return std::gcd<int64_t>(kActBlock, w.group_size);
+}
 
 void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int8Acts& out) {
   if (group_size < 1) fail("internal: activation group size {}", group_size);
@@ -382,8 +403,8 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
 
 void int4_linear(const PackedInt4& w, const Int8Acts& x, float* y, bool accumulate,
                  ThreadPool* pool, Isa isa) {
-  if (x.cols != w.cols || x.group_size != w.group_size)
-    fail("internal: activations of {} inputs in groups of {} for a weight of {} in groups of {}",
+  if (x.cols != w.cols || x.group_size != int4_act_block(w))
+    fail("internal: activations of {} inputs in blocks of {} for a weight of {} in groups of {}",
          x.cols, x.group_size, w.cols, w.group_size);
   const int64_t M = x.rows;
   auto run = [&](size_t t0, size_t t1) {
@@ -401,7 +422,7 @@ void int4_linear(const PackedInt4& w, const Int8Acts& x, float* y, bool accumula
 void int4_linear(const PackedInt4& w, const float* x, int64_t M, float* y, bool accumulate,
                  ThreadPool* pool, Isa isa) {
   thread_local Int8Acts acts;
-  quantize_acts(x, M, w.cols, w.group_size, acts);
+  quantize_acts(x, M, w.cols, int4_act_block(w), acts);
   int4_linear(w, acts, y, accumulate, pool, isa);
 }
 

@@ -2,14 +2,18 @@
 // activations quantized to int8 per group of the weight's inputs and integer dot products (VNNI
 // `dpbusd` on AVX-512 or AVX-VNNI, `maddubs` on AVX2, plain C++ otherwise; ops/cpu_isa.h).
 //
-// Per output n, group g (inputs k of g), activation row m:
-//   x[m,k] ≈ a[m,g]·q[m,k],  q int8 in [-127, 127],  a[m,g] = max_k∈g |x[m,k]| / 127
-//   y[m,n] = Σ_g (s[g,n]·a[m,g]) · (Σ_k∈g u[n,k]·q[m,k] − z[g,n]·Σ_k∈g q[m,k])
-// The inner sums are exact int32; each group adds one float fma, in the same order on every ISA, so
+// Activations are quantized per block b of 32 inputs (kActBlock; fewer when the weight's group size
+// is not a multiple of 32), a block lying inside one weight group g(b). Per output n, row m:
+//   x[m,k] ≈ a[m,b]·q[m,k],  q int8 in [-127, 127],  a[m,b] = max_k∈b |x[m,k]| / 127
+//   y[m,n] = Σ_b (s[g(b),n]·a[m,b]) · (Σ_k∈b u[n,k]·q[m,k] − z[g(b),n]·Σ_k∈b q[m,k])
+// The inner sums are exact int32; each block adds one float fma, in the same order on every ISA, so
 // all kernel sets give the same bits (tests). Against the float product x · Wᵀ, the only error
 // beyond float rounding is the activations' rounding, |x − a·q| ≤ a/2 per input, hence
-//   |y_int4 − y_f32| ≤ Σ_g (a[m,g]/2) · Σ_k∈g |W[n,k]|    (int8_error_bound; tested)
+//   |y_int4 − y_f32| ≤ Σ_b (a[m,b]/2) · Σ_k∈b |W[n,k]|    (int8_error_bound; tested)
 // which is about 1/254 of Σ|W||x| at worst and ~100× less in practice (errors of random sign).
+// Blocks of 32 rather than whole groups of 128: one outlier of a hidden state (LLMs have a few,
+// 100× the rest) then coarsens only its own 32 inputs; on the bundled model's int4 export, whole
+// groups left the logits ~0.5 from the reference path and changed greedy tokens.
 #pragma once
 
 #include <cstdint>
@@ -22,15 +26,21 @@ namespace whittle {
 
 class ThreadPool;
 
-// Activations of `rows` rows quantized per group of `group_size` inputs (the last group shorter).
+inline constexpr int64_t kActBlock = 32;
+
+// Activations of `rows` rows quantized per block of `group_size` inputs (the last block shorter).
 struct Int8Acts {
   int64_t rows = 0, cols = 0, group_size = 0, groups = 0;
   std::vector<int8_t> q;      // [rows, cols]
   std::vector<float> scale;   // [rows, groups]: a
-  std::vector<int32_t> sum;   // [rows, groups]: Σ q over the group
+  std::vector<int32_t> sum;   // [rows, groups]: Σ q over the block
 };
 
-// Quantizes x [M, K]; `out`'s buffers are reused (no allocation once they are large enough).
+// The activation block for weight w: gcd(kActBlock, w.group_size).
+int64_t int4_act_block(const PackedInt4& w);
+
+// Quantizes x [M, K] in blocks of `group_size` (int4_act_block of the weight it will meet);
+// `out`'s buffers are reused (no allocation once they are large enough).
 void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int8Acts& out);
 
 // y [M, w.rows] = x · Wᵀ (+ y when accumulate), x [M, w.cols]. Output tiles are spread over the

@@ -52,14 +52,14 @@ TEST(Int4Linear, IntegerKernelsAreExactOnTheQuantizedActivations) {
     auto packed = pack_int4(w);
     const std::vector<float> dense = w.to_f32(), x = random_acts(s.M, s.K, seed++);
     Int8Acts acts;
-    quantize_acts(x.data(), s.M, s.K, packed->group_size, acts);
+    quantize_acts(x.data(), s.M, s.K, int4_act_block(*packed), acts);
     std::vector<float> scalar(static_cast<size_t>(s.M * s.N));
     int4_linear(*packed, acts, scalar.data(), false, nullptr, Isa::kScalar);
     for (int64_t m = 0; m < s.M; ++m)
       for (int64_t n = 0; n < s.N; ++n) {
         double exact = 0.0, magnitude = 0.0;
         for (int64_t k = 0; k < s.K; ++k) {
-          const double xq = static_cast<double>(acts.scale[m * acts.groups + k / s.G]) *
+          const double xq = static_cast<double>(acts.scale[m * acts.groups + k / acts.group_size]) *
                             acts.q[m * s.K + k];
           exact += dense[n * s.K + k] * xq;
           magnitude += std::fabs(dense[n * s.K + k] * xq);
@@ -90,7 +90,7 @@ TEST(Int4Linear, FloatProductIsWithinTheInt8Bound) {
     int4_linear(*packed, x.data(), s.M, fast.data(), false, nullptr);
     linear_reference(w, x.data(), s.M, ref.data());
     Int8Acts acts;
-    quantize_acts(x.data(), s.M, s.K, packed->group_size, acts);
+    quantize_acts(x.data(), s.M, s.K, int4_act_block(*packed), acts);
     const std::vector<float> bound = int8_error_bound(w.to_f32(), s.N, acts);
     for (size_t i = 0; i < fast.size(); ++i) {
       const double err = std::fabs(fast[i] - ref[i]);

@@ -136,14 +136,13 @@ void ThreadPool::worker_loop() {
     // sleep after every call would add the scheduler's wake-up latency to each of them. So a worker
     // spins on the generation for a while (no lock anywhere on this path), then sleeps on it.
     size_t g = seen;
-    spin_until([&] {
+    // A worker started after the pool was told to stop has seen the last generation already.
+    auto ready = [&] {
       g = generation_.load();
-      return g != seen && g % 2 == 0;
-    });
-    while (g == seen || g % 2 != 0) {
-      generation_.wait(g);
-      g = generation_.load();
-    }
+      return stop_.load() || (g != seen && g % 2 == 0);
+    };
+    spin_until(ready);
+    while (!ready()) generation_.wait(g);
     if (stop_.load()) return;
     active_.fetch_add(1);
     if (generation_.load() == g) run_chunks();  // else a newer job is being written: look again

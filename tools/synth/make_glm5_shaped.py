@@ -22,6 +22,7 @@ import os
 import random
 import re
 import shutil
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -110,27 +111,50 @@ def make_dims(scale: int, min_vocab: int, experts: int | None = None) -> Dims:
     return d
 
 
+DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "I32": 4}
+# safetensors writes tensors sorted by dtype, larger enum value first (F32 > I32 > BF16 > F16).
+DTYPE_ORDER = {"F32": 0, "I32": 1, "BF16": 2, "F16": 3}
+
+GPTQ_GROUP = 128
+GPTQ_CODE_RMS = math.sqrt((16 * 16 - 1) / 12 + 0.25)  # rms of u - 8 for codes u uniform in 0..15
+
+
 @dataclass
 class Tensor:
     name: str
     shape: tuple[int, ...]
-    dtype: str  # "BF16" or "F32"
-    kind: str   # how values are drawn: ("normal", std) / ("norm",) / ("bias",) / ("f32bias",)
+    dtype: str  # "BF16", "F32"; with --gptq also "I32" and "F16"
+    # How values are drawn: "normal" (std) / "norm" / "bias" / "f32bias"; GPTQ: "codes" (random
+    # words), "zeros" (0x77777777: symmetric zero 8, v1), "scales" (f16, std = the scale), "g_idx"
+    kind: str
     std: float = 0.0
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * (2 if self.dtype == "BF16" else 4)
+        return math.prod(self.shape) * DTYPE_BYTES[self.dtype]
 
 
-def tensor_list(d: Dims, layers: int, dense: int) -> list[Tensor]:
-    """Every tensor, in the order transformers' state_dict() lists GlmMoeDsaForCausalLM's."""
+def tensor_list(d: Dims, layers: int, dense: int, gptq: bool = False) -> list[Tensor]:
+    """Every tensor, in the order transformers' state_dict() lists GlmMoeDsaForCausalLM's. With
+    `gptq`, the Linears the recipe quantizes (attention, indexer wq_b / wk, routed and shared
+    experts) are GPTQ int4 g128 symmetric tensors instead of bf16 weights."""
     H = d.hidden
     out: list[Tensor] = []
 
-    def lin(name: str, rows: int, cols: int, std: float | None = None) -> None:
+    def lin(name: str, rows: int, cols: int, std: float | None = None, quant: bool = False) -> None:
         # Linear weights ~ N(0, 1/fan_in) (tools/oracle/README.md: the goldens' convention).
-        out.append(Tensor(name, (rows, cols), "BF16", "normal", std or 1.0 / math.sqrt(cols)))
+        std = std or 1.0 / math.sqrt(cols)
+        if not (gptq and quant):
+            out.append(Tensor(name, (rows, cols), "BF16", "normal", std))
+            return
+        # GPTQ v1 as auto-round writes it: qweight [K/8, N], qzeros [K/128, N/8], scales [K/128, N],
+        # g_idx [K]; codes uniform in 0..15, so W = s·(u - 8) has the bf16 weights' std.
+        m = name.removesuffix(".weight")
+        groups = -(-cols // GPTQ_GROUP)  # a short last group below --scale 4 (kv_lora_rank 64)
+        out.append(Tensor(m + ".g_idx", (cols,), "I32", "g_idx"))
+        out.append(Tensor(m + ".qweight", (cols // 8, rows), "I32", "codes"))
+        out.append(Tensor(m + ".qzeros", (groups, rows // 8), "I32", "zeros"))
+        out.append(Tensor(m + ".scales", (groups, rows), "F16", "scales", std / GPTQ_CODE_RMS))
 
     def norm(name: str, n: int) -> None:
         out.append(Tensor(name, (n,), "BF16", "norm"))
@@ -139,16 +163,16 @@ def tensor_list(d: Dims, layers: int, dense: int) -> list[Tensor]:
     for L in range(layers):
         p = f"model.layers.{L}."
         a = p + "self_attn."
-        lin(a + "q_a_proj.weight", d.q_lora, H)
+        lin(a + "q_a_proj.weight", d.q_lora, H, quant=True)
         norm(a + "q_a_layernorm.weight", d.q_lora)
-        lin(a + "q_b_proj.weight", d.heads * (d.nope + d.rope), d.q_lora)
-        lin(a + "kv_a_proj_with_mqa.weight", d.kv_lora + d.rope, H)
+        lin(a + "q_b_proj.weight", d.heads * (d.nope + d.rope), d.q_lora, quant=True)
+        lin(a + "kv_a_proj_with_mqa.weight", d.kv_lora + d.rope, H, quant=True)
         norm(a + "kv_a_layernorm.weight", d.kv_lora)
-        lin(a + "kv_b_proj.weight", d.heads * (d.nope + d.v), d.kv_lora)
-        lin(a + "o_proj.weight", H, d.heads * d.v)
+        lin(a + "kv_b_proj.weight", d.heads * (d.nope + d.v), d.kv_lora, quant=True)
+        lin(a + "o_proj.weight", H, d.heads * d.v, quant=True)
         i = a + "indexer."
-        lin(i + "wq_b.weight", d.index_heads * d.index_dim, d.q_lora)
-        lin(i + "wk.weight", d.index_dim, H)
+        lin(i + "wq_b.weight", d.index_heads * d.index_dim, d.q_lora, quant=True)
+        lin(i + "wk.weight", d.index_dim, H, quant=True)
         norm(i + "k_norm.weight", d.index_dim)
         out.append(Tensor(i + "k_norm.bias", (d.index_dim,), "BF16", "bias"))
         lin(i + "weights_proj.weight", d.index_heads, H)
@@ -160,21 +184,33 @@ def tensor_list(d: Dims, layers: int, dense: int) -> list[Tensor]:
         else:
             for e in range(d.experts):
                 x = f"{m}experts.{e}."
-                lin(x + "gate_proj.weight", d.moe_inter, H)
-                lin(x + "up_proj.weight", d.moe_inter, H)
-                lin(x + "down_proj.weight", H, d.moe_inter)
+                lin(x + "gate_proj.weight", d.moe_inter, H, quant=True)
+                lin(x + "up_proj.weight", d.moe_inter, H, quant=True)
+                lin(x + "down_proj.weight", H, d.moe_inter, quant=True)
             lin(m + "gate.weight", d.experts, H)
             out.append(Tensor(m + "gate.e_score_correction_bias", (d.experts,), "F32", "f32bias"))
             w = d.moe_inter * d.shared
-            lin(m + "shared_experts.gate_proj.weight", w, H)
-            lin(m + "shared_experts.up_proj.weight", w, H)
-            lin(m + "shared_experts.down_proj.weight", H, w)
+            lin(m + "shared_experts.gate_proj.weight", w, H, quant=True)
+            lin(m + "shared_experts.up_proj.weight", w, H, quant=True)
+            lin(m + "shared_experts.down_proj.weight", H, w, quant=True)
         norm(p + "input_layernorm.weight", H)
         norm(p + "post_attention_layernorm.weight", H)
     norm("model.norm.weight", H)
     # lm_head ~ N(0, 4/hidden): as the oracle's goldens, so the logits are not near-uniform.
     lin("lm_head.weight", d.vocab, H, std=2.0 / math.sqrt(H))
     return out
+
+
+def quantization_config(dense: int) -> dict:
+    """GPTQ int4 g128 symmetric (v1 zero points), with `dynamic` rules that keep the recipe's
+    16-bit modules out for transformers and vLLM (re.match on module names, as they read it)."""
+    dyn = {"-:.*\\.indexer\\.weights_proj": {}, "-:.*\\.mlp\\.gate$": {}}
+    if dense:
+        layers = "|".join(str(L) for L in range(dense))
+        dyn[f"-:.*model\\.layers\\.({layers})\\.mlp\\."] = {}
+    return {"bits": 4, "group_size": GPTQ_GROUP, "sym": True, "desc_act": False,
+            "quant_method": "gptq", "lm_head": False, "dynamic": dyn,
+            "provider": "whittle tools/synth/make_glm5_shaped.py --gptq (random codes)"}
 
 
 def make_config(d: Dims, layers: int, dense: int, max_pos: int, eos: list[int], pad: int) -> dict:
@@ -255,18 +291,28 @@ class Pools:
     any slice of up to one pool length can start at any offset."""
 
     def __init__(self, seed: int):
+        self.seed = seed
         rng = random.Random(f"whittle-synth-pool/{seed}")
         self.base = array.array("d", (rng.gauss(0.0, 1.0) for _ in range(POOL_VALUES)))
         self.cache: dict[tuple, memoryview] = {}
 
     def prepare(self, tensors: list[Tensor]) -> None:
         for t in tensors:
-            if t.dtype == "BF16":
+            if t.kind in ("normal", "norm", "bias", "codes", "scales"):
                 self.get(t)
 
     def get(self, t: Tensor) -> memoryview:
-        key = ("normal", t.std) if t.kind == "normal" else (t.kind,)
+        key = (t.kind, t.std) if t.kind in ("normal", "scales") else (t.kind,)
         if key not in self.cache:
+            if t.kind == "codes":      # random bytes: GPTQ codes uniform in 0..15
+                rng = random.Random(f"whittle-synth-codes/{self.seed}")
+                b = rng.randbytes(2 * POOL_VALUES)
+                self.cache[key] = memoryview(b + b)
+                return self.cache[key]
+            if t.kind == "scales":     # f16 scales: s·(1 + 0.1·N), positive
+                b = struct.pack(f"<{len(self.base)}e", *(t.std * (1.0 + 0.1 * g) for g in self.base))
+                self.cache[key] = memoryview(b * 2)
+                return self.cache[key]
             if t.kind == "normal":
                 vals = (g * t.std for g in self.base)
             elif t.kind == "norm":     # RMSNorm / LayerNorm gamma: 1 + 0.1·N (oracle convention)
@@ -284,6 +330,12 @@ def write_tensor(f, t: Tensor, pools: Pools, seed: int) -> None:
     rng = random.Random(f"{seed}/{t.name}")
     if t.dtype == "F32":  # e_score_correction_bias: small, drawn directly (0.1·N, fp32)
         f.write(array_le("f", [0.1 * rng.gauss(0.0, 1.0) for _ in range(math.prod(t.shape))]))
+        return
+    if t.kind == "g_idx":
+        f.write(array_le("i", [k // GPTQ_GROUP for k in range(t.shape[0])]))
+        return
+    if t.kind == "zeros":
+        f.write(b"\x77" * t.nbytes)
         return
     pool = pools.get(t)
     pool_bytes = len(pool) // 2
@@ -345,7 +397,7 @@ def safetensors_header(tensors: list[Tensor]) -> tuple[bytes, list[Tensor]]:
     """As the safetensors library serializes: tensors sorted by dtype (larger enum first, F32
     before BF16) then name, packed with no gaps; compact JSON with __metadata__ first; header
     padded with spaces to a multiple of 8; 8-byte little-endian length prefix."""
-    order = sorted(tensors, key=lambda t: (0 if t.dtype == "F32" else 1, t.name))
+    order = sorted(tensors, key=lambda t: (DTYPE_ORDER[t.dtype], t.name))
     header: dict = {"__metadata__": {"format": "pt"}}
     pos = 0
     for t in order:
@@ -430,6 +482,10 @@ def main() -> int:
                     help="n_routed_experts per MoE layer, not divided by --scale (default: GLM-5's "
                          "256 / scale); a deliberate difference from GLM-5 to fit a size: at "
                          "--scale 1 each expert is 75.5 MB")
+    ap.add_argument("--gptq", action="store_true",
+                    help="GPTQ int4 g128 symmetric for the Linears the recipe quantizes (attention, "
+                         "indexer wq_b/wk, routed and shared experts): random codes, f16 scales; "
+                         "dense MLPs, weights_proj, routers, embeddings and lm_head stay bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shard-size", type=parse_size, default=parse_size("5GB"),
                     help="max shard size as transformers' max_shard_size (default 5GB = 5e9 bytes); "
@@ -459,7 +515,7 @@ def main() -> int:
     d = make_dims(args.scale, tokenizer_vocab(tok_json), args.experts)
     ids = special_ids(tok_json)
     eos, pad = ids if ids else ([154820, 154827, 154829], 154820)
-    tensors = tensor_list(d, args.layers, args.dense_layers)
+    tensors = tensor_list(d, args.layers, args.dense_layers, args.gptq)
     total = sum(t.nbytes for t in tensors)
     shards = split_shards(tensors, args.shard_size)
     n = len(shards)
@@ -526,6 +582,8 @@ def main() -> int:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
     cfg = make_config(d, args.layers, args.dense_layers, args.max_position_embeddings, eos, pad)
+    if args.gptq:
+        cfg["quantization_config"] = quantization_config(args.dense_layers)
     atomic_write_bytes(out / "config.json", (json.dumps(cfg, indent=2) + "\n").encode())
     cmd = " ".join(["python3", "tools/synth/make_glm5_shaped.py"] + sys.argv[1:])
     atomic_write_bytes(out / "README.md", (
