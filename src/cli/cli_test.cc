@@ -828,5 +828,47 @@ TEST(Cli, QuantizeWritesACheckpointWhittleRuns) {
   for (const char* name : {"b", "t", "l", "v"}) EXPECT_FALSE(fs::exists(tmp.path() / name)) << name;
 }
 
+TEST(Cli, BenchReportsSpeedTrafficAndBandwidth) {
+  Outcome r = whittle({"bench", kModel.string(), "--prompt-tokens", "8", "--gen-tokens", "4",
+                       "--threads", "1", "--json"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("[bench] read bandwidth"));  // progress on stderr
+  const nlohmann::json j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  EXPECT_EQ(j["prompt_tokens"], 8);
+  EXPECT_EQ(j["gen_tokens"], 4);
+  EXPECT_EQ(j["threads"], 1);
+  EXPECT_GT(j["bandwidth_gbs"].get<double>(), 0.1);
+  EXPECT_GT(j["prefill_tokens_per_s"].get<double>(), 0.0);
+  EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0.0);
+  // Only the routed experts are read: less than every Linear, more than nothing.
+  const double per_token = j["weight_bytes_per_token"].get<double>();
+  EXPECT_GT(per_token, 0.0);
+  EXPECT_LT(per_token, j["linear_weight_bytes"].get<double>());
+  EXPECT_NEAR(j["decode_gbs"].get<double>() / j["bandwidth_gbs"].get<double>(),
+              j["decode_bandwidth_ratio"].get<double>(), 1e-9);
+}
+
+TEST(Cli, WhittleIsaCapsTheKernelsAndRefusesUnknownValues) {
+  auto bench_with = [](const std::string& isa) {
+    return run_command({"env", "WHITTLE_ISA=" + isa, WHITTLE_BINARY, "bench", kModel.string(),
+                        "--prompt-tokens", "4", "--gen-tokens", "2", "--json"},
+                       "2>&1");
+  };
+  CommandOutcome scalar = bench_with("scalar");
+  ASSERT_EQ(scalar.status, 0) << scalar.output;
+  EXPECT_EQ(nlohmann::json::parse(scalar.output.substr(scalar.output.find('{')))["kernels"],
+            "scalar");
+  CommandOutcome bogus = bench_with("avx9000");
+  EXPECT_EQ(bogus.status, 1);
+  EXPECT_THAT(bogus.output, HasSubstr("WHITTLE_ISA=avx9000: expected scalar, avx2"));
+}
+
+TEST(Cli, BenchRefusesMoreTokensThanTheContext) {
+  Outcome r = whittle({"bench", kModel.string(), "--prompt-tokens", "100000"});
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("exceed the model's context"));
+  EXPECT_EQ(whittle({"bench", kModel.string(), "--gen-tokens", "0"}).status, 2);
+}
+
 }  // namespace
 }  // namespace whittle

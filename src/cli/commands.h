@@ -15,5 +15,6 @@ Command add_logits(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_prune(CLI::App& app);
 Command add_quantize(CLI::App& app);
+Command add_bench(CLI::App& app);
 
 }  // namespace whittle::cli

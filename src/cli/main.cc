@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   add(whittle::cli::add_eval);
   add(whittle::cli::add_prune);
   add(whittle::cli::add_quantize);
+  add(whittle::cli::add_bench);
   // CLI11 says only "A subcommand is required" for `whittle foo`.
   if (argc > 1 && argv[1][0] != '-') {
     std::vector<std::string> names;

@@ -6,6 +6,8 @@
 
 #include "model/router.h"
 #include "ops/elementwise.h"
+#include "ops/int4_linear.h"
+#include "tensor/packed_int4.h"
 #include "ops/linear.h"
 #include "ops/matmul.h"
 #include "util/error.h"
@@ -275,8 +277,7 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
           for (int64_t t = 0; t < b.length(s); ++t) {
             const int64_t row = b.first_row(s) + t;
             const float* qh = &q[(row * NH + hd) * Dqk];
-            std::fill(q_abs.begin(), q_abs.end(), 0.0f);
-            for (int64_t d = 0; d < Dn; ++d) axpy(qh[d], w_uk + d * Rkv, q_abs.data(), Rkv);
+            matmul_nn(qh, w_uk, q_abs.data(), 1, Dn, Rkv);  // q_nope · W_UK (OpenBLAS sgemv)
             std::fill(o_lat.begin(), o_lat.end(), 0.0f);
             attend(
                 sel[t], b.start(s) + t,
@@ -287,7 +288,7 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
                 },
                 [&](float p, int64_t k) { axpy(p, &lc.latent[k * Rkv], o_lat.data(), Rkv); });
             float* o = &attn[(row * NH + hd) * Dv];
-            for (int64_t j = 0; j < Dv; ++j) o[j] = dot(w_uv + j * Rkv, o_lat.data(), Rkv);
+            matmul_nt(o_lat.data(), w_uv, o, 1, Rkv, Dv);  // W_UV · o_lat
           }
         }
       }
@@ -396,6 +397,7 @@ void GlmMoeDsa::moe(int64_t layer, const MoeWeights& w, const float* x, int64_t 
       gate[e].push_back(routing.weights[t * routing.k + j]);
     }
   std::fill_n(out, R * H, 0.0f);
+  if (kernels_ == Kernels::kFast && moe_fast(layer, w, x, R, rows, gate, out, observer)) return;
   Vec xs, ys;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = static_cast<int64_t>(rows[e].size());
@@ -408,6 +410,137 @@ void GlmMoeDsa::moe(int64_t layer, const MoeWeights& w, const float* x, int64_t 
     for (int64_t i = 0; i < n; ++i) axpy(gate[e][i], &ys[i * H], out + rows[e][i] * H, H);
   }
   if (w.shared) mlp(*w.shared, x, R, out, /*accumulate=*/true, observer);
+}
+
+namespace {
+
+// Copies rows `rows` of quantized activations `all` into `dst` (the rows an expert was routed).
+void gather_acts(const Int8Acts& all, const std::vector<int64_t>& rows, Int8Acts& dst) {
+  const int64_t n = static_cast<int64_t>(rows.size()), K = all.cols, G = all.groups;
+  dst.rows = n;
+  dst.cols = K;
+  dst.group_size = all.group_size;
+  dst.groups = G;
+  dst.q.resize(static_cast<size_t>(n * K));
+  dst.scale.resize(static_cast<size_t>(n * G));
+  dst.sum.resize(dst.scale.size());
+  for (int64_t i = 0; i < n; ++i) {
+    std::copy_n(&all.q[rows[i] * K], K, &dst.q[i * K]);
+    std::copy_n(&all.scale[rows[i] * G], G, &dst.scale[i * G]);
+    std::copy_n(&all.sum[rows[i] * G], G, &dst.sum[i * G]);
+  }
+}
+
+}  // namespace
+
+bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int64_t R,
+                         const std::vector<std::vector<int64_t>>& rows,
+                         const std::vector<std::vector<float>>& gate, float* out,
+                         ForwardObserver* observer) const {
+  // The routed experts that run, then the shared expert (every row, weight 1), as one list.
+  struct Job {
+    const MlpWeights* mlp;
+    std::vector<int64_t> all_rows;  // the shared expert's rows
+    const std::vector<int64_t>* rows;
+    const std::vector<float>* weights;
+    int64_t expert;  // -1: shared
+    Int8Acts in, hidden;
+    Vec gate_out, up_out, down_out;
+  };
+  const int64_t E = static_cast<int64_t>(w.experts.size()), H = config_.hidden_size;
+  std::vector<Job> jobs;
+  jobs.reserve(static_cast<size_t>(E + 1));
+  for (int64_t e = 0; e < E; ++e)
+    if (!rows[e].empty()) jobs.push_back({&w.experts[e], {}, &rows[e], &gate[e], e, {}, {}, {}, {}, {}});
+  if (w.shared) {
+    jobs.push_back({&*w.shared, {}, nullptr, nullptr, -1, {}, {}, {}, {}, {}});
+    Job& s = jobs.back();
+    for (int64_t r = 0; r < R; ++r) s.all_rows.push_back(r);
+    s.rows = &s.all_rows;
+  }
+  // Every weight packed, with one activation block size for the input and one for the hidden.
+  const PackedInt4* first = jobs.empty() ? nullptr : jobs[0].mlp->gate_proj.packed();
+  const PackedInt4* first_down = jobs.empty() ? nullptr : jobs[0].mlp->down_proj.packed();
+  if (first == nullptr || first_down == nullptr) return false;
+  for (const Job& j : jobs)
+    for (const Weight* m : {&j.mlp->gate_proj, &j.mlp->up_proj, &j.mlp->down_proj})
+      if (m->packed() == nullptr ||
+          int4_act_block(*m->packed()) !=
+              int4_act_block(m == &j.mlp->down_proj ? *first_down : *first) ||
+          m->packed()->cols != (m == &j.mlp->down_proj ? first_down->cols : H))
+        return false;
+
+  Int8Acts all;
+  quantize_acts(x, R, H, int4_act_block(*first), all);
+  Vec xs;
+  for (Job& j : jobs) {
+    gather_acts(all, *j.rows, j.in);
+    const int64_t n = j.in.rows, I = j.mlp->gate_proj.rows();
+    j.gate_out.resize(static_cast<size_t>(n * I));
+    j.up_out.resize(j.gate_out.size());
+    j.down_out.resize(static_cast<size_t>(n * H));
+    if (observer) {
+      xs.resize(static_cast<size_t>(n * H));
+      for (int64_t i = 0; i < n; ++i) std::copy_n(x + (*j.rows)[i] * H, H, &xs[i * H]);
+      observer->linear_input(j.mlp->gate_proj, xs.data(), n);
+      observer->linear_input(j.mlp->up_proj, xs.data(), n);
+    }
+  }
+  // One parallel job over every (expert, projection, tile pair), then one over the down projections:
+  // two hand-offs to the pool per MoE layer, none per expert.
+  struct Piece {
+    Job* job;
+    const Weight* weight;
+    float* y;
+    const Int8Acts* acts;
+    int64_t t0, t1;
+  };
+  constexpr int64_t kTilesPerPiece = 8;
+  std::vector<Piece> pieces;
+  auto run_pieces = [&] {
+    pool_.parallel_for(pieces.size(), [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) {
+        const Piece& p = pieces[i];
+        int4_tiles(*p.weight->packed(), *p.acts, 0, p.acts->rows, p.t0, p.t1, p.y,
+                   p.weight->rows(), false);
+      }
+    });
+  };
+  auto add = [&](Job& j, const Weight& m, Vec& y, const Int8Acts& acts) {
+    const int64_t tiles = m.packed()->tiles;
+    for (int64_t t = 0; t < tiles; t += kTilesPerPiece)
+      pieces.push_back({&j, &m, y.data(), &acts, t, std::min(tiles, t + kTilesPerPiece)});
+  };
+  for (Job& j : jobs) {
+    add(j, j.mlp->gate_proj, j.gate_out, j.in);
+    add(j, j.mlp->up_proj, j.up_out, j.in);
+  }
+  run_pieces();
+  pieces.clear();
+  for (Job& j : jobs) {
+    silu_mul(j.gate_out.data(), j.up_out.data(), static_cast<int64_t>(j.gate_out.size()));
+    const int64_t I = j.mlp->gate_proj.rows();
+    if (observer) observer->linear_input(j.mlp->down_proj, j.gate_out.data(), j.in.rows);
+    quantize_acts(j.gate_out.data(), j.in.rows, I, int4_act_block(*j.mlp->down_proj.packed()),
+                  j.hidden);
+    add(j, j.mlp->down_proj, j.down_out, j.hidden);
+  }
+  run_pieces();
+  for (Job& j : jobs) {
+    const int64_t n = j.in.rows;
+    if (j.expert >= 0) {
+      if (observer) {
+        xs.resize(static_cast<size_t>(n * H));
+        for (int64_t i = 0; i < n; ++i) std::copy_n(x + (*j.rows)[i] * H, H, &xs[i * H]);
+        observer->expert(layer, j.expert, *j.rows, xs.data(), j.down_out.data());
+      }
+      for (int64_t i = 0; i < n; ++i)
+        axpy((*j.weights)[i], &j.down_out[i * H], out + (*j.rows)[i] * H, H);
+    } else {
+      axpy(1.0f, j.down_out.data(), out, n * H);
+    }
+  }
+  return true;
 }
 
 }  // namespace whittle

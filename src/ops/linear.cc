@@ -52,6 +52,11 @@ void linear_fast(const Weight& w, const float* x, int64_t M, float* y, bool accu
   linear(w, x, M, y, accumulate, pool);
 }
 
+size_t linear_fast_bytes(const Weight& w) {
+  if (const PackedInt4* packed = w.packed()) return packed->bytes();
+  return w.stored_bytes();
+}
+
 void linear_reference(const Weight& w, const float* x, int64_t M, float* y, bool accumulate) {
   const std::vector<float> dense = w.to_f32();
   matmul_nt_reference(x, dense.data(), y, M, w.cols(), w.rows(), accumulate);

@@ -26,6 +26,9 @@ void linear(const Weight& w, const float* x, int64_t M, float* y, bool accumulat
 void linear_fast(const Weight& w, const float* x, int64_t M, float* y, bool accumulate = false,
                  ThreadPool* pool = nullptr);
 
+// Bytes of weights one linear_fast call reads for `w` (the packed copy when there is one).
+size_t linear_fast_bytes(const Weight& w);
+
 // Rows of W converted per block by linear().
 int64_t linear_block_rows(int64_t cols);
 

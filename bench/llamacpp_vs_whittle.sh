@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# whittle against llama.cpp on the same GLM-5-shaped weights, same threads, one run.
+#
+# llama.cpp is built from the source the PyPI package llama-cpp-python ships (its vendor/llama.cpp),
+# converted with its own convert_hf_to_gguf.py (through bench/llamacpp_convert.py, which only names
+# the tokenizer's pre-tokenizer) and quantized with its own llama-quantize. Both engines get the
+# synthetic model of tools/synth/make_glm5_shaped.py with the same shapes and layer count: whittle
+# the GPTQ int4 checkpoint (--gptq: what the recipe ships), llama.cpp Q4_0 and Q4_K_M made from the
+# bf16 checkpoint (via q8_0, to save disk). Prints llama-bench's pp/tg and `whittle bench`.
+#
+#   bench/llamacpp_vs_whittle.sh            # WORK=/work/synth LAYERS=6 EXPERTS=32 THREADS=2
+# Needs: python3 -m venv .venv with torch, transformers, numpy, safetensors, sentencepiece
+# (the converter's imports); cmake, ninja; ~50 GB of disk under WORK. Long: ~30 min on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/work/synth}
+LAYERS=${LAYERS:-6}
+EXPERTS=${EXPERTS:-32}
+THREADS=${THREADS:-2}
+PROMPT=${PROMPT:-512}
+GEN=${GEN:-128}
+PY=${PY:-.venv/bin/python}
+LLAMA_SRC=${LLAMA_SRC:-$WORK/llama-src}
+LLAMA_BUILD=${LLAMA_BUILD:-$WORK/llama-build}
+tag="L${LAYERS}-E${EXPERTS}"
+
+if [[ ! -x $LLAMA_BUILD/bin/llama-bench ]]; then
+  mkdir -p "$LLAMA_SRC"
+  if [[ ! -d $LLAMA_SRC/vendor/llama.cpp ]]; then
+    "$PY" -m pip download llama-cpp-python --no-binary :all: --no-deps -d "$LLAMA_SRC"
+    tar xzf "$LLAMA_SRC"/llama_cpp_python-*.tar.gz -C "$LLAMA_SRC" --strip-components=1
+  fi
+  cmake -S "$LLAMA_SRC/vendor/llama.cpp" -B "$LLAMA_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=OFF
+  ninja -C "$LLAMA_BUILD" llama-bench llama-quantize
+fi
+LLAMA_CPP=${LLAMA_CPP:-$LLAMA_SRC/vendor/llama.cpp}
+"$PY" -m pip show gguf > /dev/null 2>&1 || "$PY" -m pip install -q -e "$LLAMA_CPP/gguf-py"
+
+gptq=$WORK/glm5-q4-$tag
+bf16=$WORK/glm5-bf16-$tag
+q8=$WORK/glm5-$tag-q8_0.gguf
+synth=(python3 tools/synth/make_glm5_shaped.py --layers "$LAYERS" --dense-layers 1 --experts "$EXPERTS")
+[[ -f $gptq/config.json ]] || "${synth[@]}" --gptq "$gptq"
+if [[ ! -f $q8 ]]; then
+  [[ -f $bf16/config.json ]] || "${synth[@]}" "$bf16"
+  "$PY" bench/llamacpp_convert.py "$LLAMA_CPP" "$bf16" --outtype q8_0 --outfile "$q8"
+  rm -rf "$bf16"
+fi
+for q in Q4_0 Q4_K_M; do
+  out=$WORK/glm5-$tag-$q.gguf
+  [[ -f $out ]] || "$LLAMA_BUILD/bin/llama-quantize" --allow-requantize "$q8" "$out" "$q" "$THREADS"
+done
+
+[[ -x build/whittle ]] || make build
+echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), $THREADS threads, prompt $PROMPT, gen $GEN"
+for q in Q4_0 Q4_K_M; do
+  "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p "$PROMPT" -n "$GEN" -r 2
+done
+build/whittle bench "$gptq" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --threads "$THREADS"
