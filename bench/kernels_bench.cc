@@ -36,8 +36,12 @@ std::shared_ptr<const PackedInt4> random_packed(int64_t N, int64_t K) {
   std::vector<int32_t> qweight(static_cast<size_t>(K / 8 * N));
   for (int32_t& w : qweight) w = static_cast<int32_t>(rng());
   std::vector<uint16_t> scales(static_cast<size_t>(G * N), f32_to_f16(0.01f));
-  GptqTensors t{std::as_bytes(std::span<const int32_t>(qweight)), {},
-                std::as_bytes(std::span<const uint16_t>(scales)), {}, DType::F16, G};
+  GptqTensors t{std::as_bytes(std::span<const int32_t>(qweight)),
+                {},
+                std::as_bytes(std::span<const uint16_t>(scales)),
+                {},
+                DType::F16,
+                G};
   return pack_int4(Weight::gptq("bench", t, N, K, GptqParams{4, 128, false, true}), &pool());
 }
 
@@ -48,8 +52,8 @@ void Int4Gemv(benchmark::State& state) {
   const size_t copies = std::max<size_t>(2, kRingBytes / proto->bytes());
   std::vector<PackedInt4> ring(copies, *proto);
   for (PackedInt4& p : ring) {
-    auto data = std::shared_ptr<std::byte>(static_cast<std::byte*>(std::aligned_alloc(64, p.bytes())),
-                                           std::free);
+    auto data = std::shared_ptr<std::byte>(
+        static_cast<std::byte*>(std::aligned_alloc(64, p.bytes())), std::free);
     std::memcpy(data.get(), proto->data.get(), p.bytes());
     p.data = data;
   }
@@ -71,7 +75,8 @@ void Bf16Gemv(benchmark::State& state) {
   std::vector<uint16_t> bits(static_cast<size_t>(N * K));
   std::mt19937 rng(2);
   for (uint16_t& b : bits) b = f32_to_bf16(static_cast<float>(rng() % 1000) * 1e-4f);
-  Weight w = Weight::dense("bench", DType::BF16, std::as_bytes(std::span<const uint16_t>(bits)), N, K);
+  Weight w =
+      Weight::dense("bench", DType::BF16, std::as_bytes(std::span<const uint16_t>(bits)), N, K);
   std::vector<float> x(static_cast<size_t>(M * K), 0.5f), y(static_cast<size_t>(M * N));
   for (auto _ : state) {
     dense16_gemv(w, x.data(), M, y.data(), false, &pool());
@@ -85,7 +90,11 @@ void Bf16Gemv(benchmark::State& state) {
 }
 
 // GLM-5's expert gate/up [2048, 6144] and down [6144, 2048]; decode (M = 1) and a few rows.
-BENCHMARK(Int4Gemv)->Args({2048, 6144, 1})->Args({6144, 2048, 1})->Args({2048, 6144, 4})->UseRealTime();
+BENCHMARK(Int4Gemv)
+    ->Args({2048, 6144, 1})
+    ->Args({6144, 2048, 1})
+    ->Args({2048, 6144, 4})
+    ->UseRealTime();
 // 1 GiB of bf16 rows: lm_head-sized.
 BENCHMARK(Bf16Gemv)->Args({87381, 6144, 1})->Args({87381, 6144, 4})->UseRealTime();
 

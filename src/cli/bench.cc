@@ -35,7 +35,9 @@ double seconds_since(Clock::time_point t0) {
 // calls the routing made).
 class WeightTraffic : public ForwardObserver {
  public:
-  void linear_input(const Weight& w, const float*, int64_t) override { bytes += linear_fast_bytes(w); }
+  void linear_input(const Weight& w, const float*, int64_t) override {
+    bytes += linear_fast_bytes(w);
+  }
   size_t bytes = 0;
 };
 
@@ -57,8 +59,9 @@ int32_t argmax(const std::vector<float>& v, int64_t n) {
 
 Command add_bench(CLI::App& app) {
   auto* cmd = app.add_subcommand(
-      "bench", "Measure memory bandwidth, prefill and decode speed, and decode's share of the "
-               "bandwidth");
+      "bench",
+      "Measure memory bandwidth, prefill and decode speed, and decode's share of the "
+      "bandwidth");
   struct Options {
     std::string model;
     int64_t prompt_tokens = 512, gen_tokens = 128, threads = 0;
@@ -80,9 +83,10 @@ Command add_bench(CLI::App& app) {
     {
       const ModelConfig config = ModelConfig::load(o->model);  // refuse before measuring anything
       if (o->prompt_tokens + o->gen_tokens > config.max_position_embeddings)
-        fail("--prompt-tokens {} + --gen-tokens {} exceed the model's context of {} "
-             "(max_position_embeddings)",
-             o->prompt_tokens, o->gen_tokens, config.max_position_embeddings);
+        fail(
+            "--prompt-tokens {} + --gen-tokens {} exceed the model's context of {} "
+            "(max_position_embeddings)",
+            o->prompt_tokens, o->gen_tokens, config.max_position_embeddings);
     }
     const size_t threads = checked_thread_count(o->threads);
     ThreadPool pool(threads);
@@ -94,8 +98,8 @@ Command add_bench(CLI::App& app) {
     say(fmt::format("read bandwidth {:.1f} GB/s (median {:.1f})", bw.best_gbs, bw.median_gbs));
 
     const auto t_load = Clock::now();
-    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool,
-                                      o->reference ? Kernels::kReference : Kernels::kFast);
+    GlmMoeDsa model =
+        GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
     const double load_s = seconds_since(t_load);
     const ModelConfig& config = model.config();
     size_t packed_bytes = 0, weight_bytes = 0;
@@ -179,9 +183,10 @@ Command add_bench(CLI::App& app) {
                prefill_tps);
     fmt::print("decode     {} tokens in {:.2f} s = {:.2f} tokens/s (after {} cached)\n",
                o->gen_tokens, decode_s, decode_tps, o->prompt_tokens);
-    fmt::print("traffic    {:.1f} MB of weights per token = {:.1f} GB/s = {:.0f} % of the measured "
-               "bandwidth\n",
-               bytes_per_token / 1e6, gbs, 100.0 * gbs / bw.best_gbs);
+    fmt::print(
+        "traffic    {:.1f} MB of weights per token = {:.1f} GB/s = {:.0f} % of the measured "
+        "bandwidth\n",
+        bytes_per_token / 1e6, gbs, 100.0 * gbs / bw.best_gbs);
     return 0;
   };
 }

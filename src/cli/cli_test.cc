@@ -93,7 +93,7 @@ class ScratchModel {
 };
 
 TEST(Cli, EverySubcommandHasHelp) {
-  for (const char* sub : {"info", "generate", "logits"}) {
+  for (const char* sub : {"info", "generate", "logits", "bench"}) {
     Outcome r = whittle({sub, "--help"});
     EXPECT_EQ(r.status, 0) << sub;
     EXPECT_THAT(r.output, HasSubstr("MODEL")) << sub;
@@ -256,7 +256,7 @@ TEST(Cli, UnknownSubcommandIsNamed) {
   Outcome r = whittle({"foo"});
   EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.output, HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, "
-                                  "logits, eval, prune, quantize)"));
+                                  "logits, eval, prune, quantize, bench)"));
 }
 
 TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOptionAndRange) {

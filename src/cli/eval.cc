@@ -177,7 +177,8 @@ Command add_eval(CLI::App& app) {
 
     BpeTokenizer tokenizer = BpeTokenizer::load(fs::path(o->model) / "tokenizer.json");
     ThreadPool pool(checked_thread_count(o->threads));
-    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
+    GlmMoeDsa model =
+        GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
     if (tokenizer.vocab_size() > model.config().vocab_size)
       fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model,
            tokenizer.vocab_size(), model.config().vocab_size);

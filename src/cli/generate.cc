@@ -85,7 +85,8 @@ Command add_generate(CLI::App& app) {
     if (ids.empty())
       fail("prompt: encodes to no tokens with {}; give some text", tokenizer_path.string());
     ThreadPool pool(checked_thread_count(o->threads));
-    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
+    GlmMoeDsa model =
+        GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
     const ModelConfig& config = model.config();
     if (tokenizer.vocab_size() > config.vocab_size)
       fail("{}: tokenizer has {} ids but the model's vocab_size is {}", o->model,

@@ -32,7 +32,8 @@ Command add_logits(CLI::App& app) {
     require_model_folder(o->model);
     const std::vector<int64_t> given = parse_id_list(o->ids, "--ids");
     ThreadPool pool(checked_thread_count(o->threads));
-    GlmMoeDsa model = GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
+    GlmMoeDsa model =
+        GlmMoeDsa::load(o->model, pool, o->reference ? Kernels::kReference : Kernels::kFast);
     const ModelConfig& config = model.config();
     if (static_cast<int64_t>(given.size()) > config.max_position_embeddings)
       fail("--ids: {} tokens exceed the model's context of {} (max_position_embeddings)",

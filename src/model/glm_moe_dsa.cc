@@ -2,14 +2,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "model/router.h"
 #include "ops/elementwise.h"
 #include "ops/int4_linear.h"
-#include "tensor/packed_int4.h"
 #include "ops/linear.h"
 #include "ops/matmul.h"
+#include "tensor/packed_int4.h"
 #include "util/error.h"
 
 namespace whittle {
@@ -17,27 +18,10 @@ namespace whittle {
 namespace {
 using Vec = std::vector<float>;
 
-float dot(const float* a, const float* b, int64_t n) {
-  float s = 0.0f;
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-
 void axpy(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// Attention of one query head over the selected keys; `score(s)` gives the scaled logit of key s
-// and `accumulate(p, s)` adds p times key s's value. Softmax is over the selected keys only.
-template <typename Score, typename Accumulate>
-void attend(const KeySelection& sel, int64_t pos, Score score, Accumulate accumulate) {
-  const int64_t n = sel.all_visible ? pos + 1 : static_cast<int64_t>(sel.keys.size());
-  auto key = [&](int64_t i) -> int64_t { return sel.all_visible ? i : sel.keys[i]; };
-  Vec p(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) p[i] = score(key(i));
-  softmax(p.data(), n);
-  for (int64_t i = 0; i < n; ++i) accumulate(p[i], key(i));
-}
 }  // namespace
 
 GlmMoeDsa::GlmMoeDsa(ModelConfig config, std::shared_ptr<const WeightSource> weights,
@@ -61,9 +45,8 @@ GlmMoeDsa::GlmMoeDsa(ModelConfig config, std::shared_ptr<const WeightSource> wei
 
 GlmMoeDsa GlmMoeDsa::load(const std::filesystem::path& dir, ThreadPool& pool, Kernels kernels) {
   ModelConfig config = ModelConfig::load(dir);
-  auto weights = kernels == Kernels::kFast
-                     ? std::make_shared<const WeightSource>(dir, config, pool)
-                     : std::make_shared<const WeightSource>(dir, config);
+  auto weights = kernels == Kernels::kFast ? std::make_shared<const WeightSource>(dir, config, pool)
+                                           : std::make_shared<const WeightSource>(dir, config);
   return GlmMoeDsa(std::move(config), std::move(weights), pool, kernels);
 }
 
@@ -242,57 +225,111 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
     const std::vector<KeySelection>& sel = b.selection_[s];
     Vec kv(static_cast<size_t>(S * NH * kv_width));
     whittle::linear(w.kv_b_proj, lc.latent.data(), S, kv.data(), false, &pool_);
-    pool_.parallel_for(static_cast<size_t>(T * NH), [&](size_t begin, size_t end) {
+    // Per head, blocks of query rows as matrix products: scores = Q_h · K_hᵀ over every cached
+    // key, the keys a row may not attend to (later ones; those the DSA did not select) masked to
+    // -inf before the softmax, then P · V_h.
+    constexpr int64_t kRowsPerBlock = 128;  // bounds the scores to 128 x S floats per thread
+    const int64_t row_blocks = (T + kRowsPerBlock - 1) / kRowsPerBlock;
+    pool_.parallel_for(static_cast<size_t>(NH * row_blocks), [&](size_t begin, size_t end) {
+      Vec qh, kh, vh, scores, out_h;
       for (size_t i = begin; i < end; ++i) {
-        const int64_t t = static_cast<int64_t>(i) / NH, hd = static_cast<int64_t>(i) % NH;
-        const float* qh = &q[((r0 + t) * NH + hd) * Dqk];
-        float* o = &attn[((r0 + t) * NH + hd) * Dv];
-        attend(
-            sel[t], P + t,
-            [&](int64_t k) {
-              const float* kh = &kv[(k * NH + hd) * kv_width];
-              return (dot(qh, kh, Dn) + dot(qh + Dn, &lc.k_pe[k * Dr], Dr)) * scale;
-            },
-            [&](float p, int64_t k) { axpy(p, &kv[(k * NH + hd) * kv_width + Dn], o, Dv); });
+        const int64_t hd = static_cast<int64_t>(i) / row_blocks;
+        const int64_t t0 = static_cast<int64_t>(i) % row_blocks * kRowsPerBlock;
+        const int64_t t1 = std::min(T, t0 + kRowsPerBlock), rows = t1 - t0;
+        const int64_t keys = P + t1;  // no row of the block sees past its last token
+        qh.resize(static_cast<size_t>(rows * Dqk));
+        for (int64_t t = t0; t < t1; ++t)
+          std::copy_n(&q[((r0 + t) * NH + hd) * Dqk], Dqk, &qh[(t - t0) * Dqk]);
+        kh.resize(static_cast<size_t>(keys * Dqk));
+        vh.resize(static_cast<size_t>(keys * Dv));
+        for (int64_t k = 0; k < keys; ++k) {
+          const float* src = &kv[(k * NH + hd) * kv_width];
+          std::copy_n(src, Dn, &kh[k * Dqk]);
+          std::copy_n(&lc.k_pe[k * Dr], Dr, &kh[k * Dqk + Dn]);
+          std::copy_n(src + Dn, Dv, &vh[k * Dv]);
+        }
+        scores.resize(static_cast<size_t>(rows * keys));
+        matmul_nt(qh.data(), kh.data(), scores.data(), rows, Dqk, keys);
+        for (int64_t t = t0; t < t1; ++t) {
+          float* row = &scores[(t - t0) * keys];
+          const KeySelection& ks = sel[t];
+          if (ks.all_visible) {
+            for (int64_t k = 0; k < keys; ++k)
+              row[k] = k <= P + t ? row[k] * scale : -std::numeric_limits<float>::infinity();
+          } else {
+            out_h.assign(static_cast<size_t>(keys), -std::numeric_limits<float>::infinity());
+            for (int32_t k : ks.keys) out_h[k] = row[k] * scale;
+            std::copy_n(out_h.data(), keys, row);
+          }
+          softmax(row, keys);
+        }
+        out_h.resize(static_cast<size_t>(rows * Dv));
+        matmul_nn(scores.data(), vh.data(), out_h.data(), rows, keys, Dv);
+        for (int64_t t = t0; t < t1; ++t)
+          std::copy_n(&out_h[(t - t0) * Dv], Dv, &attn[((r0 + t) * NH + hd) * Dv]);
       }
     });
   }
   if (!absorbed.empty()) {
     // Absorbed form: fold W_UK into the query and W_UV after the latent-weighted sum, so attention
     // runs as MQA over the cache (key = [latent | k_pe], value = latent). Same 1/sqrt(qk_head_dim).
-    // One head's rows of kv_b_proj are converted once and serve every absorbed row of the batch.
-    pool_.parallel_for(static_cast<size_t>(NH), [&](size_t begin, size_t end) {
-      const float* in_place = w.kv_b_proj.f32_rows();
-      Vec w_head(in_place ? 0 : static_cast<size_t>(kv_width * Rkv)),
-          q_abs(static_cast<size_t>(Rkv)), o_lat(static_cast<size_t>(Rkv));
-      for (size_t h = begin; h < end; ++h) {
-        const int64_t hd = static_cast<int64_t>(h);
-        const float* w_uk = in_place ? in_place + hd * kv_width * Rkv : w_head.data();
-        if (!in_place) w.kv_b_proj.rows_to_f32(hd * kv_width, (hd + 1) * kv_width, w_head.data());
-        // w_uk: rows [0, Dn) of this head
-        const float* w_uv = w_uk + Dn * Rkv;  // rows [Dn, Dn + Dv)
-        for (int64_t s : absorbed) {
-          const LayerCache& lc = b.sequence(s).cache->layers[layer];
-          const std::vector<KeySelection>& sel = b.selection_[s];
-          for (int64_t t = 0; t < b.length(s); ++t) {
-            const int64_t row = b.first_row(s) + t;
-            const float* qh = &q[(row * NH + hd) * Dqk];
-            matmul_nn(qh, w_uk, q_abs.data(), 1, Dn, Rkv);  // q_nope · W_UK (OpenBLAS sgemv)
-            std::fill(o_lat.begin(), o_lat.end(), 0.0f);
-            attend(
-                sel[t], b.start(s) + t,
-                [&](int64_t k) {
-                  return (dot(q_abs.data(), &lc.latent[k * Rkv], Rkv) +
-                          dot(qh + Dn, &lc.k_pe[k * Dr], Dr)) *
-                         scale;
-                },
-                [&](float p, int64_t k) { axpy(p, &lc.latent[k * Rkv], o_lat.data(), Rkv); });
-            float* o = &attn[(row * NH + hd) * Dv];
-            matmul_nt(o_lat.data(), w_uv, o, 1, Rkv, Dv);  // W_UV · o_lat
+    // Per query row: q_abs[h] = q_nope[h] · W_UK[h] for every head; the heads share their keys, so
+    // the scores of all heads over the selected keys (gathered when the DSA selects) are two matrix
+    // products, then a softmax per head and one more product for the latent-weighted sums;
+    // o[h] = W_UV[h] · o_lat[h].
+    Vec converted;
+    const float* kv_b = w.kv_b_proj.f32_rows();
+    if (kv_b == nullptr) {
+      converted = w.kv_b_proj.to_f32();
+      kv_b = converted.data();
+    }
+    Vec q_abs(static_cast<size_t>(NH * Rkv)), q_pe(static_cast<size_t>(NH * Dr)),
+        o_lat(static_cast<size_t>(NH * Rkv)), keys, keys_pe, scores;
+    for (int64_t s : absorbed) {
+      const LayerCache& lc = b.sequence(s).cache->layers[layer];
+      const std::vector<KeySelection>& sel = b.selection_[s];
+      for (int64_t t = 0; t < b.length(s); ++t) {
+        const int64_t row = b.first_row(s) + t, pos = b.start(s) + t;
+        pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
+          for (size_t h = h0; h < h1; ++h) {
+            const float* qh = &q[(row * NH + static_cast<int64_t>(h)) * Dqk];
+            const float* w_uk = kv_b + static_cast<int64_t>(h) * kv_width * Rkv;  // rows [0, Dn)
+            matmul_nn(qh, w_uk, &q_abs[h * Rkv], 1, Dn, Rkv);
+            std::copy_n(qh + Dn, Dr, &q_pe[h * Dr]);
           }
+        });
+        const KeySelection& ks = sel[t];
+        const int64_t n = ks.all_visible ? pos + 1 : static_cast<int64_t>(ks.keys.size());
+        const float* key = lc.latent.data();
+        const float* key_pe = lc.k_pe.data();
+        if (!ks.all_visible) {
+          keys.resize(static_cast<size_t>(n * Rkv));
+          keys_pe.resize(static_cast<size_t>(n * Dr));
+          for (int64_t i = 0; i < n; ++i) {
+            std::copy_n(&lc.latent[ks.keys[i] * Rkv], Rkv, &keys[i * Rkv]);
+            std::copy_n(&lc.k_pe[ks.keys[i] * Dr], Dr, &keys_pe[i * Dr]);
+          }
+          key = keys.data();
+          key_pe = keys_pe.data();
         }
+        scores.resize(static_cast<size_t>(NH * n));
+        matmul_nt(q_abs.data(), key, scores.data(), NH, Rkv, n, false, &pool_);
+        matmul_nt(q_pe.data(), key_pe, scores.data(), NH, Dr, n, /*accumulate=*/true, &pool_);
+        for (int64_t h = 0; h < NH; ++h) {
+          float* p = &scores[h * n];
+          for (int64_t i = 0; i < n; ++i) p[i] *= scale;
+          softmax(p, n);
+        }
+        matmul_nn(scores.data(), key, o_lat.data(), NH, n, Rkv, false, &pool_);
+        pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
+          for (size_t h = h0; h < h1; ++h) {
+            const float* w_uv = kv_b + (static_cast<int64_t>(h) * kv_width + Dn) * Rkv;
+            matmul_nt(&o_lat[h * Rkv], w_uv, &attn[(row * NH + static_cast<int64_t>(h)) * Dv], 1,
+                      Rkv, Dv);
+          }
+        });
       }
-    });
+    }
   }
   for (int64_t s = 0; s < b.sequences(); ++s)
     b.sequence(s).cache->layers[layer].length = b.start(s) + b.length(s);
@@ -451,7 +488,8 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
   std::vector<Job> jobs;
   jobs.reserve(static_cast<size_t>(E + 1));
   for (int64_t e = 0; e < E; ++e)
-    if (!rows[e].empty()) jobs.push_back({&w.experts[e], {}, &rows[e], &gate[e], e, {}, {}, {}, {}, {}});
+    if (!rows[e].empty())
+      jobs.push_back({&w.experts[e], {}, &rows[e], &gate[e], e, {}, {}, {}, {}, {}});
   if (w.shared) {
     jobs.push_back({&*w.shared, {}, nullptr, nullptr, -1, {}, {}, {}, {}, {}});
     Job& s = jobs.back();
@@ -486,8 +524,8 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
       observer->linear_input(j.mlp->up_proj, xs.data(), n);
     }
   }
-  // One parallel job over every (expert, projection, tile pair), then one over the down projections:
-  // two hand-offs to the pool per MoE layer, none per expert.
+  // One parallel job over every (expert, projection, tile pair), then one over the down
+  // projections: two hand-offs to the pool per MoE layer, none per expert.
   struct Piece {
     Job* job;
     const Weight* weight;
@@ -501,8 +539,8 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
     pool_.parallel_for(pieces.size(), [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i) {
         const Piece& p = pieces[i];
-        int4_tiles(*p.weight->packed(), *p.acts, 0, p.acts->rows, p.t0, p.t1, p.y,
-                   p.weight->rows(), false);
+        int4_tiles(*p.weight->packed(), *p.acts, 0, p.acts->rows, p.t0, p.t1, p.y, p.weight->rows(),
+                   false);
       }
     });
   };

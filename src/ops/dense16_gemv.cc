@@ -64,7 +64,8 @@ WHITTLE_AVX512 void rows_avx512(const uint16_t* w, int64_t K, const float* x, in
       __m512 xv[MB];
       for (int m = 0; m < MB; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, x + m * K + k);
       for (int64_t r = 0; r < kRowBlock; ++r) {
-        if (k % 32 == 0) _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k) + kPrefetchBytes, _MM_HINT_T2);
+        if (k % 32 == 0)
+          _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k) + kPrefetchBytes, _MM_HINT_T2);
         const __m512 wv = widen16<Bf16>(_mm256_maskz_loadu_epi16(mask, wr[r] + k));
         for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
       }
@@ -80,12 +81,12 @@ WHITTLE_AVX512 void rows_avx512(const uint16_t* w, int64_t K, const float* x, in
 
 // BF16 without widening loads: one 64-byte load holds 16 pairs (k even, k odd) of a row; the high
 // half of each 32-bit lane, masked, is the odd element as float32 and the lane shifted left by 16
-// the even one. Two ALU operations and two fma per 32 weights (the widening loads took three and two
-// per 16), against activations split once per call into even and odd halves.
+// the even one. Two ALU operations and two fma per 32 weights (the widening loads took three and
+// two per 16), against activations split once per call into even and odd halves.
 template <int MB>
 WHITTLE_AVX512 void rows_bf16_pairs_avx512(const uint16_t* w, int64_t K, const float* x,
-                                           const float* xe, const float* xo, int64_t n0,
-                                           int64_t n1, float* y, int64_t ldy, bool accumulate) {
+                                           const float* xe, const float* xo, int64_t n0, int64_t n1,
+                                           float* y, int64_t ldy, bool accumulate) {
   const int64_t pairs = K / 2;
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t n = n0; n < n1; n += kRowBlock) {
@@ -152,7 +153,8 @@ WHITTLE_AVX2 void rows_avx2(const uint16_t* w, int64_t K, const float* x, int64_
       for (int64_t k = 0; k < K8; k += 8) {
         const __m256 xv = _mm256_loadu_ps(xm + k);
         for (int64_t r = 0; r < rb; ++r) {
-          const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (n + r) * K + k));
+          const __m128i raw =
+              _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + (n + r) * K + k));
           acc[r] = _mm256_fmadd_ps(widen8<Bf16>(raw), xv, acc[r]);
         }
       }
@@ -168,8 +170,8 @@ WHITTLE_AVX2 void rows_avx2(const uint16_t* w, int64_t K, const float* x, int64_
 #endif  // __x86_64__
 
 template <bool Bf16>
-void rows(const uint16_t* w, int64_t K, const float* x, int64_t M, int64_t n0, int64_t n1,
-          float* y, int64_t ldy, bool accumulate, Isa isa) {
+void rows(const uint16_t* w, int64_t K, const float* x, int64_t M, int64_t n0, int64_t n1, float* y,
+          int64_t ldy, bool accumulate, Isa isa) {
 #if defined(__x86_64__)
   if (isa == Isa::kAvx512Vnni) {
     switch (M) {
@@ -249,7 +251,8 @@ void dense16_gemv(const Weight& w, const float* x, int64_t M, float* y, bool acc
       rows<false>(data, K, x, M, n0, n1, y, N, accumulate, isa);
   };
   const size_t blocks = static_cast<size_t>((N + kRowBlock - 1) / kRowBlock);
-  const size_t grain = static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 15) / (kRowBlock * K)));
+  const size_t grain =
+      static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 15) / (kRowBlock * K)));
   if (pool != nullptr)
     pool->parallel_for(blocks, run, grain);
   else

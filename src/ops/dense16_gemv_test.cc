@@ -45,8 +45,8 @@ TEST(Dense16Gemv, MatchesTheReferenceOnEveryIsaAndShape) {
           linear_reference(s.weight, x.data(), M, ref.data());
           const std::vector<float> dense = s.weight.to_f32();
           for (Isa isa : supported_isas()) {
-            SCOPED_TRACE(fmt::format("{} {} N {} K {} M {}", isa_name(isa), dtype_name(dtype), N,
-                                     K, M));
+            SCOPED_TRACE(
+                fmt::format("{} {} N {} K {} M {}", isa_name(isa), dtype_name(dtype), N, K, M));
             std::vector<float> y(ref.size(), 2.0f);
             dense16_gemv(s.weight, x.data(), M, y.data(), /*accumulate=*/true, &pool, isa);
             for (int64_t m = 0; m < M; ++m)

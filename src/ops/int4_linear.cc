@@ -95,37 +95,37 @@ inline int32_t load_i32(const int8_t* p) {
 // dpbusd written in place: GCC 12 copies the accumulator of its intrinsics into a new register and
 // back on every call (three instructions for one); this halved the AVX-512 kernel's speed.
 WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i dpbusd512(__m512i acc, __m512i u,
-                                                                      __m512i q) {
+                                                                       __m512i q) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(q));
   return acc;
 }
 
-// AVX-512: one 64-byte block is 16 rows x 8 inputs; dpbusd takes 4 of them per 32-bit lane. Two
-// blocks per step with their own accumulators keep four dpbusd chains in flight per row.
 // The weight group's scales (f16 or bf16) and zero points of the 16 rows of a tile.
 WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 group_scales512(const PackedInt4& w,
-                                                                           const TileView& v,
-                                                                           int64_t g) {
+                                                                            const TileView& v,
+                                                                            int64_t g) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v.scales + g * TR));
   return w.scale_dtype == DType::F16
              ? _mm512_cvtph_ps(raw)
              : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i group_zeros512(const TileView& v,
-                                                                           int64_t g) {
+                                                                            int64_t g) {
   return v.zeros ? _mm512_cvtepu8_epi32(
                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.zeros + g * TR)))
                  : _mm512_set1_epi32(8);
 }
 // acc += (dot - zero·Σq) · (scale · activation scale): the shared group_term, 16 rows at once.
 WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 flush512(__m512 acc, __m512i dot,
-                                                                    __m512i zero, __m512 scale,
-                                                                    int32_t qsum, float act) {
+                                                                     __m512i zero, __m512 scale,
+                                                                     int32_t qsum, float act) {
   const __m512i shifted = _mm512_sub_epi32(dot, _mm512_mullo_epi32(zero, _mm512_set1_epi32(qsum)));
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(shifted), _mm512_mul_ps(scale, _mm512_set1_ps(act)),
                          acc);
 }
 
+// AVX-512: one 64-byte block is 16 rows x 8 inputs; dpbusd takes 4 of them per 32-bit lane. Two
+// blocks per step with their own accumulators keep four dpbusd chains in flight per row.
 template <int MB>
 WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
                                 float (*out)[TR]) {
@@ -220,72 +220,72 @@ WHITTLE_AVX512 void tile_pair_avx512(const PackedInt4& w, int64_t t, const Int8A
 // 256-bit: the block's first 32 bytes are rows 0..7, the next 32 rows 8..15. dpbusd (AVX-VNNI) or
 // maddubs + madd (AVX2); both exact here (|u·q| ≤ 15·127, so pairs fit int16 unsaturated).
 WHITTLE_AVXVNNI inline __attribute__((always_inline)) __m256i dot_vnni(__m256i acc, __m256i u,
-                                                                      __m256i q) {
+                                                                       __m256i q) {
   asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(q));  // as dpbusd512
   return acc;
 }
 WHITTLE_AVX2 inline __attribute__((always_inline)) __m256i dot_avx2(__m256i acc, __m256i u,
-                                                                   __m256i q) {
+                                                                    __m256i q) {
   const __m256i pairs = _mm256_maddubs_epi16(u, q);
   return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
 #define WHITTLE_TILE256_BODY(DOT)                                                                \
-  const TileView v = view(w, t);                                                                  \
-  const __m256i nibble = _mm256_set1_epi8(0x0F);                                                  \
-  __m256 acc[MB][2];                                                                              \
-  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();                       \
-  const uint8_t* block = v.codes;                                                                 \
-  for (int64_t g = 0; g < w.groups; ++g) {                                                        \
-    __m256 scale[2];                                                                              \
-    __m256i zero[2];                                                                              \
-    for (int h = 0; h < 2; ++h) {                                                                 \
-      const __m128i raw =                                                                         \
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.scales + g * TR + 8 * h));           \
-      scale[h] = w.scale_dtype == DType::F16                                                      \
-                     ? _mm256_cvtph_ps(raw)                                                       \
-                     : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));    \
-      zero[h] = _mm256_set1_epi32(8);                                                             \
-      if (v.zeros) {                                                                              \
-        int64_t z;                                                                                \
-        std::memcpy(&z, v.zeros + g * TR + 8 * h, 8);                                             \
-        zero[h] = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z));                                     \
-      }                                                                                           \
-    }                                                                                             \
-    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {                                     \
-      const int8_t* q[MB];                                                                        \
-      for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];                            \
-      __m256i d[MB][2][2];                                                                        \
-      for (int i = 0; i < MB; ++i)                                                                \
-        d[i][0][0] = d[i][0][1] = d[i][1][0] = d[i][1][1] = _mm256_setzero_si256();               \
-      for (int64_t b = 0; b < (k1 - k0) / 8; ++b, block += PackedInt4::kBlockBytes) {             \
-        for (int h = 0; h < 2; ++h) {                                                             \
-          const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + 32 * h));  \
-          const __m256i lo = _mm256_and_si256(c, nibble);                                         \
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble);                   \
-          for (int i = 0; i < MB; ++i) {                                                          \
-            const int8_t* qb = q[i] + 8 * b;                                                      \
-            d[i][h][0] = DOT(d[i][h][0], lo, _mm256_set1_epi32(load_i32(qb)));                    \
-            d[i][h][1] = DOT(d[i][h][1], hi, _mm256_set1_epi32(load_i32(qb + 4)));                \
-          }                                                                                       \
-        }                                                                                         \
-      }                                                                                           \
-      for (int i = 0; i < MB; ++i) {                                                              \
-        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;                                \
-        for (int h = 0; h < 2; ++h) {                                                             \
-          const __m256i dot = _mm256_add_epi32(d[i][h][0], d[i][h][1]);                           \
-          const __m256i shifted =                                                                 \
-              _mm256_sub_epi32(dot, _mm256_mullo_epi32(zero[h], _mm256_set1_epi32(x.sum[mb])));   \
-          acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(shifted),                                \
-                                      _mm256_mul_ps(scale[h], _mm256_set1_ps(x.scale[mb])),       \
-                                      acc[i][h]);                                                 \
-        }                                                                                         \
-      }                                                                                           \
-    });                                                                                           \
-  }                                                                                               \
-  for (int i = 0; i < MB; ++i) {                                                                  \
-    _mm256_storeu_ps(out[i], acc[i][0]);                                                          \
-    _mm256_storeu_ps(out[i] + 8, acc[i][1]);                                                      \
+  const TileView v = view(w, t);                                                                 \
+  const __m256i nibble = _mm256_set1_epi8(0x0F);                                                 \
+  __m256 acc[MB][2];                                                                             \
+  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();                      \
+  const uint8_t* block = v.codes;                                                                \
+  for (int64_t g = 0; g < w.groups; ++g) {                                                       \
+    __m256 scale[2];                                                                             \
+    __m256i zero[2];                                                                             \
+    for (int h = 0; h < 2; ++h) {                                                                \
+      const __m128i raw =                                                                        \
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.scales + g * TR + 8 * h));          \
+      scale[h] = w.scale_dtype == DType::F16                                                     \
+                     ? _mm256_cvtph_ps(raw)                                                      \
+                     : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));   \
+      zero[h] = _mm256_set1_epi32(8);                                                            \
+      if (v.zeros) {                                                                             \
+        int64_t z;                                                                               \
+        std::memcpy(&z, v.zeros + g * TR + 8 * h, 8);                                            \
+        zero[h] = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z));                                    \
+      }                                                                                          \
+    }                                                                                            \
+    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {                                    \
+      const int8_t* q[MB];                                                                       \
+      for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];                           \
+      __m256i d[MB][2][2];                                                                       \
+      for (int i = 0; i < MB; ++i)                                                               \
+        d[i][0][0] = d[i][0][1] = d[i][1][0] = d[i][1][1] = _mm256_setzero_si256();              \
+      for (int64_t b = 0; b < (k1 - k0) / 8; ++b, block += PackedInt4::kBlockBytes) {            \
+        for (int h = 0; h < 2; ++h) {                                                            \
+          const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + 32 * h)); \
+          const __m256i lo = _mm256_and_si256(c, nibble);                                        \
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble);                  \
+          for (int i = 0; i < MB; ++i) {                                                         \
+            const int8_t* qb = q[i] + 8 * b;                                                     \
+            d[i][h][0] = DOT(d[i][h][0], lo, _mm256_set1_epi32(load_i32(qb)));                   \
+            d[i][h][1] = DOT(d[i][h][1], hi, _mm256_set1_epi32(load_i32(qb + 4)));               \
+          }                                                                                      \
+        }                                                                                        \
+      }                                                                                          \
+      for (int i = 0; i < MB; ++i) {                                                             \
+        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;                               \
+        for (int h = 0; h < 2; ++h) {                                                            \
+          const __m256i dot = _mm256_add_epi32(d[i][h][0], d[i][h][1]);                          \
+          const __m256i shifted =                                                                \
+              _mm256_sub_epi32(dot, _mm256_mullo_epi32(zero[h], _mm256_set1_epi32(x.sum[mb])));  \
+          acc[i][h] =                                                                            \
+              _mm256_fmadd_ps(_mm256_cvtepi32_ps(shifted),                                       \
+                              _mm256_mul_ps(scale[h], _mm256_set1_ps(x.scale[mb])), acc[i][h]);  \
+        }                                                                                        \
+      }                                                                                          \
+    });                                                                                          \
+  }                                                                                              \
+  for (int i = 0; i < MB; ++i) {                                                                 \
+    _mm256_storeu_ps(out[i], acc[i][0]);                                                         \
+    _mm256_storeu_ps(out[i] + 8, acc[i][1]);                                                     \
   }
 
 template <int MB>
@@ -372,7 +372,7 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
                 int64_t t1, float* y, int64_t ldy, bool accumulate, Isa isa) {
   const int64_t step = rows_per_call(isa);
   alignas(64) float out[4][TR];
-  auto store = [&](int64_t t, int64_t m, int64_t rows, float (*tile_out)[TR], int64_t stride) {
+  auto store = [&](int64_t t, int64_t m, int64_t rows, float(*tile_out)[TR], int64_t stride) {
     const int64_t n0 = t * TR, width = std::min(TR, w.rows - n0);
     for (int64_t i = 0; i < rows; ++i) {
       float* dst = y + (m + i) * ldy + n0;
@@ -412,7 +412,8 @@ void int4_linear(const PackedInt4& w, const Int8Acts& x, float* y, bool accumula
                accumulate, isa);
   };
   // Work of one tile: 16 rows x cols x M products; chunks of at least ~64 K of them.
-  const size_t grain = static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 16) / (TR * w.cols * M)));
+  const size_t grain =
+      static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 16) / (TR * w.cols * M)));
   if (pool != nullptr)
     pool->parallel_for(static_cast<size_t>(w.tiles), run, grain);
   else

@@ -31,9 +31,9 @@ inline constexpr int64_t kActBlock = 32;
 // Activations of `rows` rows quantized per block of `group_size` inputs (the last block shorter).
 struct Int8Acts {
   int64_t rows = 0, cols = 0, group_size = 0, groups = 0;
-  std::vector<int8_t> q;      // [rows, cols]
-  std::vector<float> scale;   // [rows, groups]: a
-  std::vector<int32_t> sum;   // [rows, groups]: Σ q over the block
+  std::vector<int8_t> q;     // [rows, cols]
+  std::vector<float> scale;  // [rows, groups]: a
+  std::vector<int32_t> sum;  // [rows, groups]: Σ q over the block
 };
 
 // The activation block for weight w: gcd(kActBlock, w.group_size).

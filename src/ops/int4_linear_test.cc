@@ -37,10 +37,10 @@ std::vector<float> random_acts(int64_t M, int64_t K, uint32_t seed) {
 }
 
 const Shape kShapes[] = {
-    {1, 8, 128, 128, true, DType::F16},     {1, 40, 200, 64, false, DType::F16},
-    {2, 24, 256, 128, true, DType::BF16},   {3, 48, 96, 32, false, DType::BF16},
-    {5, 136, 512, 128, true, DType::F16},   {17, 64, 384, 128, true, DType::F16},
-    {1, 256, 2048, 128, true, DType::F16},  {4, 16, 64, 64, true, DType::BF16},
+    {1, 8, 128, 128, true, DType::F16},    {1, 40, 200, 64, false, DType::F16},
+    {2, 24, 256, 128, true, DType::BF16},  {3, 48, 96, 32, false, DType::BF16},
+    {5, 136, 512, 128, true, DType::F16},  {17, 64, 384, 128, true, DType::F16},
+    {1, 256, 2048, 128, true, DType::F16}, {4, 16, 64, 64, true, DType::BF16},
 };
 
 TEST(Int4Linear, IntegerKernelsAreExactOnTheQuantizedActivations) {
@@ -109,7 +109,8 @@ TEST(Int4Linear, QuantizedActivationsUseTheWholeRangePerGroup) {
   Int8Acts a;
   quantize_acts(x.data(), 1, 10, 4, a);
   ASSERT_EQ(a.groups, 3);
-  EXPECT_EQ(std::vector<int8_t>(a.q.begin(), a.q.begin() + 4), (std::vector<int8_t>{64, -127, 32, 0}));
+  EXPECT_EQ(std::vector<int8_t>(a.q.begin(), a.q.begin() + 4),
+            (std::vector<int8_t>{64, -127, 32, 0}));
   EXPECT_FLOAT_EQ(a.scale[0], 1.0f / 127);
   EXPECT_EQ(a.sum[0], 64 - 127 + 32);
   EXPECT_EQ(a.scale[1], 0.0f);  // an all-zero group

@@ -16,7 +16,8 @@
 namespace whittle {
 namespace {
 
-const std::filesystem::path kBundled = std::filesystem::path(WHITTLE_SOURCE_DIR) / "models/tiny-glm5";
+const std::filesystem::path kBundled =
+    std::filesystem::path(WHITTLE_SOURCE_DIR) / "models/tiny-glm5";
 
 class FastPath : public ::testing::Test {
  protected:
@@ -54,9 +55,8 @@ TEST_F(FastPath, GreedyTokensEqualTheReferencePathOnTheInt4Export) {
   GlmMoeDsa ref = GlmMoeDsa::load(int4(), pool, Kernels::kReference);
   // The packed copies exist: the int4 weights really run on the integer kernels.
   int64_t packed = 0;
-  fast.weights().weights().layers.back().for_each_linear([&](const Weight& w) {
-    packed += w.packed() != nullptr;
-  });
+  fast.weights().weights().layers.back().for_each_linear(
+      [&](const Weight& w) { packed += w.packed() != nullptr; });
   EXPECT_GT(packed, 50);
   GenerationOptions options{.max_tokens = 48, .sampling = {.temperature = 0.0f}};
   int64_t compared = 0;

@@ -23,7 +23,7 @@ struct PackedGptq {
   std::vector<int32_t> qweight, qzeros, g_idx;
   std::vector<uint16_t> scales;  // f16 or bf16
   DType scale_dtype = DType::F16;
-  std::vector<float> expected;   // [N, K]
+  std::vector<float> expected;  // [N, K]
   int64_t groups = 0;
   GptqTensors tensors() const {
     return GptqTensors{

@@ -95,8 +95,7 @@ std::shared_ptr<const PackedInt4> pack_int4(const Weight& w, ThreadPool* pool) {
 }
 
 void PackedInt4::rows_to_f32(int64_t r0, int64_t r1, float* dst) const {
-  if (r0 < 0 || r1 < r0 || r1 > rows)
-    fail("internal: packed rows [{}, {}) of {}", r0, r1, rows);
+  if (r0 < 0 || r1 < r0 || r1 > rows) fail("internal: packed rows [{}, {}) of {}", r0, r1, rows);
   for (int64_t n = r0; n < r1; ++n) {
     const int64_t r = n % kTileRows;
     const std::byte* t = tile(n / kTileRows);

@@ -41,7 +41,9 @@ struct PackedInt4 {
   size_t tile_bytes = 0;
   std::shared_ptr<std::byte> data;  // tiles * tile_bytes, 64-byte aligned
 
-  const std::byte* tile(int64_t t) const { return data.get() + static_cast<size_t>(t) * tile_bytes; }
+  const std::byte* tile(int64_t t) const {
+    return data.get() + static_cast<size_t>(t) * tile_bytes;
+  }
   int64_t group_length(int64_t g) const { return std::min(group_size, cols - g * group_size); }
   size_t bytes() const { return static_cast<size_t>(tiles) * tile_bytes; }
 

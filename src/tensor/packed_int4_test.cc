@@ -20,12 +20,12 @@ struct Case {
 
 TEST(PackedInt4, DequantizesBitForBitLikeTheGptqTensors) {
   const Case cases[] = {
-      {8, 128, 128, true, false, DType::F16},     // one short tile, K = group size
-      {24, 256, 128, true, false, DType::BF16},   // a tile and a half
-      {40, 200, 64, false, false, DType::F16},    // asymmetric v1, last group of 8
-      {48, 96, 32, false, true, DType::BF16},     // asymmetric v2
-      {16, 64, 64, true, false, DType::F16},      // exactly one tile
-      {136, 512, 128, true, false, DType::F16},   // many tiles
+      {8, 128, 128, true, false, DType::F16},    // one short tile, K = group size
+      {24, 256, 128, true, false, DType::BF16},  // a tile and a half
+      {40, 200, 64, false, false, DType::F16},   // asymmetric v1, last group of 8
+      {48, 96, 32, false, true, DType::BF16},    // asymmetric v2
+      {16, 64, 64, true, false, DType::F16},     // exactly one tile
+      {136, 512, 128, true, false, DType::F16},  // many tiles
   };
   ThreadPool pool(2);
   uint32_t seed = 7;
@@ -53,7 +53,8 @@ TEST(PackedInt4, DequantizesBitForBitLikeTheGptqTensors) {
 
 TEST(PackedInt4, SaysWhyAWeightCannotBePacked) {
   PackedGptq eight = pack_gptq(8, 16, 64, 32, false, false, false, 1);
-  EXPECT_EQ(packable(Weight::gptq("m", eight.tensors(), 16, 64, GptqParams{8, 32, false})), "8-bit");
+  EXPECT_EQ(packable(Weight::gptq("m", eight.tensors(), 16, 64, GptqParams{8, 32, false})),
+            "8-bit");
   PackedGptq act = pack_gptq(4, 16, 64, 32, true, false, true, 2);
   EXPECT_EQ(packable(Weight::gptq("m", act.tensors(), 16, 64, GptqParams{4, -1, false})),
             "act-order g_idx");

@@ -256,7 +256,8 @@ void Weight::gptq_rows_to_f32(int64_t n0, int64_t n1, float* dst) const {
     convert_to_f32(scale_dtype_, scale_bits.data(), static_cast<size_t>(groups_), scale.data());
     float* row = dst + (n - n0) * K;
     for (int64_t k = 0; k < K; ++k)
-      row[k] = scale[group[k]] * (static_cast<float>(codes[k]) - static_cast<float>(zeros[group[k]]));
+      row[k] =
+          scale[group[k]] * (static_cast<float>(codes[k]) - static_cast<float>(zeros[group[k]]));
   }
 }
 
