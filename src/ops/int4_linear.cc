@@ -46,13 +46,9 @@ TileView view(const PackedInt4& w, int64_t t) {
           reinterpret_cast<const uint8_t*>(p + w.codes_offset)};
 }
 
-// The activation blocks of weight group g: [k0, k1) runs of at most x.group_size inputs.
-template <typename Fn>
-inline void for_each_act_block(const PackedInt4& w, const Int8Acts& x, int64_t g, Fn&& fn) {
-  const int64_t end = g * w.group_size + w.group_length(g);
-  for (int64_t k0 = g * w.group_size; k0 < end; k0 += x.group_size)
-    fn(k0, std::min(end, k0 + x.group_size));
-}
+// Every kernel walks the activation blocks of weight group g: [k0, k1) runs of at most
+// x.group_size inputs (plain loops: a lambda inside a target("avx512...") function would not
+// inherit the target, and its intrinsics would not compile without -march=native).
 
 // out[i][r] for activation rows m .. m + rows - 1 of tile t.
 void tile_scalar(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int64_t rows,
@@ -61,7 +57,9 @@ void tile_scalar(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, i
   for (int64_t i = 0; i < rows; ++i) std::fill_n(out[i], TR, 0.0f);
   const uint8_t* block = v.codes;
   for (int64_t g = 0; g < w.groups; ++g)
-    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {
+    for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
+         k0 += x.group_size) {
+      const int64_t k1 = std::min(end, k0 + x.group_size);
       int32_t dot[4][TR] = {};
       for (int64_t k = k0; k < k1; k += 8, block += PackedInt4::kBlockBytes)
         for (int64_t i = 0; i < rows; ++i) {
@@ -78,7 +76,7 @@ void tile_scalar(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, i
           out[i][r] = group_term(dot[i][r], v.zeros ? v.zeros[g * TR + r] : 8, x.sum[mb],
                                  scale_value(w, v.scales[g * TR + r]), x.scale[mb], out[i][r]);
       }
-    });
+    }
 }
 
 #if defined(__x86_64__)
@@ -137,7 +135,9 @@ WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& 
   for (int64_t g = 0; g < w.groups; ++g) {
     const __m512 scale = group_scales512(w, v, g);
     const __m512i zero = group_zeros512(v, g);
-    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {
+    for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
+         k0 += x.group_size) {
+      const int64_t k1 = std::min(end, k0 + x.group_size);
       const int64_t blocks = (k1 - k0) / 8;
       const int8_t* q[MB];
       for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];
@@ -176,7 +176,7 @@ WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& 
             _mm512_add_epi32(_mm512_add_epi32(d0[i], d1[i]), _mm512_add_epi32(d2[i], d3[i]));
         acc[i] = flush512(acc[i], dot, zero, scale, x.sum[mb], x.scale[mb]);
       }
-    });
+    }
   }
   for (int i = 0; i < MB; ++i) _mm512_storeu_ps(out[i], acc[i]);
 }
@@ -193,7 +193,9 @@ WHITTLE_AVX512 void tile_pair_avx512(const PackedInt4& w, int64_t t, const Int8A
   for (int64_t g = 0; g < w.groups; ++g) {
     const __m512 scale_a = group_scales512(w, va, g), scale_b = group_scales512(w, vb, g);
     const __m512i zero_a = group_zeros512(va, g), zero_b = group_zeros512(vb, g);
-    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {
+    for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
+         k0 += x.group_size) {
+      const int64_t k1 = std::min(end, k0 + x.group_size);
       const int8_t* q = &x.q[m * x.cols + k0];
       __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
       for (int64_t b = 0; b < (k1 - k0) / 8;
@@ -211,7 +213,7 @@ WHITTLE_AVX512 void tile_pair_avx512(const PackedInt4& w, int64_t t, const Int8A
       const int64_t mb = m * x.groups + k0 / x.group_size;
       acc_a = flush512(acc_a, _mm512_add_epi32(a0, a1), zero_a, scale_a, x.sum[mb], x.scale[mb]);
       acc_b = flush512(acc_b, _mm512_add_epi32(b0, b1), zero_b, scale_b, x.sum[mb], x.scale[mb]);
-    });
+    }
   }
   _mm512_storeu_ps(out[0], acc_a);
   _mm512_storeu_ps(out[1], acc_b);
@@ -230,63 +232,67 @@ WHITTLE_AVX2 inline __attribute__((always_inline)) __m256i dot_avx2(__m256i acc,
   return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-#define WHITTLE_TILE256_BODY(DOT)                                                                \
-  const TileView v = view(w, t);                                                                 \
-  const __m256i nibble = _mm256_set1_epi8(0x0F);                                                 \
-  __m256 acc[MB][2];                                                                             \
-  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();                      \
-  const uint8_t* block = v.codes;                                                                \
-  for (int64_t g = 0; g < w.groups; ++g) {                                                       \
-    __m256 scale[2];                                                                             \
-    __m256i zero[2];                                                                             \
-    for (int h = 0; h < 2; ++h) {                                                                \
-      const __m128i raw =                                                                        \
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.scales + g * TR + 8 * h));          \
-      scale[h] = w.scale_dtype == DType::F16                                                     \
-                     ? _mm256_cvtph_ps(raw)                                                      \
-                     : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));   \
-      zero[h] = _mm256_set1_epi32(8);                                                            \
-      if (v.zeros) {                                                                             \
-        int64_t z;                                                                               \
-        std::memcpy(&z, v.zeros + g * TR + 8 * h, 8);                                            \
-        zero[h] = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z));                                    \
-      }                                                                                          \
-    }                                                                                            \
-    for_each_act_block(w, x, g, [&](int64_t k0, int64_t k1) {                                    \
-      const int8_t* q[MB];                                                                       \
-      for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];                           \
-      __m256i d[MB][2][2];                                                                       \
-      for (int i = 0; i < MB; ++i)                                                               \
-        d[i][0][0] = d[i][0][1] = d[i][1][0] = d[i][1][1] = _mm256_setzero_si256();              \
-      for (int64_t b = 0; b < (k1 - k0) / 8; ++b, block += PackedInt4::kBlockBytes) {            \
-        for (int h = 0; h < 2; ++h) {                                                            \
-          const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + 32 * h)); \
-          const __m256i lo = _mm256_and_si256(c, nibble);                                        \
-          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble);                  \
-          for (int i = 0; i < MB; ++i) {                                                         \
-            const int8_t* qb = q[i] + 8 * b;                                                     \
-            d[i][h][0] = DOT(d[i][h][0], lo, _mm256_set1_epi32(load_i32(qb)));                   \
-            d[i][h][1] = DOT(d[i][h][1], hi, _mm256_set1_epi32(load_i32(qb + 4)));               \
-          }                                                                                      \
-        }                                                                                        \
-      }                                                                                          \
-      for (int i = 0; i < MB; ++i) {                                                             \
-        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;                               \
-        for (int h = 0; h < 2; ++h) {                                                            \
-          const __m256i dot = _mm256_add_epi32(d[i][h][0], d[i][h][1]);                          \
-          const __m256i shifted =                                                                \
-              _mm256_sub_epi32(dot, _mm256_mullo_epi32(zero[h], _mm256_set1_epi32(x.sum[mb])));  \
-          acc[i][h] =                                                                            \
-              _mm256_fmadd_ps(_mm256_cvtepi32_ps(shifted),                                       \
-                              _mm256_mul_ps(scale[h], _mm256_set1_ps(x.scale[mb])), acc[i][h]);  \
-        }                                                                                        \
-      }                                                                                          \
-    });                                                                                          \
-  }                                                                                              \
-  for (int i = 0; i < MB; ++i) {                                                                 \
-    _mm256_storeu_ps(out[i], acc[i][0]);                                                         \
-    _mm256_storeu_ps(out[i] + 8, acc[i][1]);                                                     \
+// clang-format off
+#define WHITTLE_TILE256_BODY(DOT)                                                                   \
+  const TileView v = view(w, t);                                                                    \
+  const __m256i nibble = _mm256_set1_epi8(0x0F);                                                    \
+  __m256 acc[MB][2];                                                                                \
+  for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();                         \
+  const uint8_t* block = v.codes;                                                                   \
+  for (int64_t g = 0; g < w.groups; ++g) {                                                          \
+    __m256 scale[2];                                                                                \
+    __m256i zero[2];                                                                                \
+    for (int h = 0; h < 2; ++h) {                                                                   \
+      const __m128i raw =                                                                           \
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.scales + g * TR + 8 * h));             \
+      scale[h] = w.scale_dtype == DType::F16                                                        \
+                     ? _mm256_cvtph_ps(raw)                                                         \
+                     : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));      \
+      zero[h] = _mm256_set1_epi32(8);                                                               \
+      if (v.zeros) {                                                                                \
+        int64_t z;                                                                                  \
+        std::memcpy(&z, v.zeros + g * TR + 8 * h, 8);                                               \
+        zero[h] = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z));                                       \
+      }                                                                                             \
+    }                                                                                               \
+    for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;                     \
+         k0 += x.group_size) {                                                                      \
+      const int64_t k1 = std::min(end, k0 + x.group_size);                                          \
+      const int8_t* q[MB];                                                                          \
+      for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];                              \
+      __m256i d[MB][2][2];                                                                          \
+      for (int i = 0; i < MB; ++i)                                                                  \
+        d[i][0][0] = d[i][0][1] = d[i][1][0] = d[i][1][1] = _mm256_setzero_si256();                 \
+      for (int64_t b = 0; b < (k1 - k0) / 8; ++b, block += PackedInt4::kBlockBytes) {               \
+        for (int h = 0; h < 2; ++h) {                                                               \
+          const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + 32 * h));    \
+          const __m256i lo = _mm256_and_si256(c, nibble);                                           \
+          const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble);                     \
+          for (int i = 0; i < MB; ++i) {                                                            \
+            const int8_t* qb = q[i] + 8 * b;                                                        \
+            d[i][h][0] = DOT(d[i][h][0], lo, _mm256_set1_epi32(load_i32(qb)));                      \
+            d[i][h][1] = DOT(d[i][h][1], hi, _mm256_set1_epi32(load_i32(qb + 4)));                  \
+          }                                                                                         \
+        }                                                                                           \
+      }                                                                                             \
+      for (int i = 0; i < MB; ++i) {                                                                \
+        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;                                  \
+        for (int h = 0; h < 2; ++h) {                                                               \
+          const __m256i dot = _mm256_add_epi32(d[i][h][0], d[i][h][1]);                             \
+          const __m256i shifted =                                                                   \
+              _mm256_sub_epi32(dot, _mm256_mullo_epi32(zero[h], _mm256_set1_epi32(x.sum[mb])));     \
+          acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(shifted),                                  \
+                                      _mm256_mul_ps(scale[h], _mm256_set1_ps(x.scale[mb])),         \
+                                      acc[i][h]);                                                   \
+        }                                                                                           \
+      }                                                                                             \
+    }                                                                                               \
+  }                                                                                                 \
+  for (int i = 0; i < MB; ++i) {                                                                    \
+    _mm256_storeu_ps(out[i], acc[i][0]);                                                            \
+    _mm256_storeu_ps(out[i] + 8, acc[i][1]);                                                        \
   }
+// clang-format on
 
 template <int MB>
 WHITTLE_AVX2 void tile_avx2(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
@@ -302,7 +308,8 @@ WHITTLE_AVXVNNI void tile_avxvnni(const PackedInt4& w, int64_t t, const Int8Acts
 #undef WHITTLE_TILE256_BODY
 #endif  // __x86_64__
 
-// Activation rows of tile t, up to 4 (AVX-512) or 2 (256-bit: 16 vector registers) at a time.
+// Activation rows of tile t, up to 4 (AVX-512) or 2 (256-bit: 16 vector registers) at a
+// time.
 void tile_rows(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int64_t rows,
                float (*out)[TR], Isa isa) {
 #if defined(__x86_64__)
@@ -404,8 +411,10 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
 void int4_linear(const PackedInt4& w, const Int8Acts& x, float* y, bool accumulate,
                  ThreadPool* pool, Isa isa) {
   if (x.cols != w.cols || x.group_size != int4_act_block(w))
-    fail("internal: activations of {} inputs in blocks of {} for a weight of {} in groups of {}",
-         x.cols, x.group_size, w.cols, w.group_size);
+    fail(
+        "internal: activations of {} inputs in blocks of {} for a weight of {} in groups "
+        "of {}",
+        x.cols, x.group_size, w.cols, w.group_size);
   const int64_t M = x.rows;
   auto run = [&](size_t t0, size_t t1) {
     int4_tiles(w, x, 0, M, static_cast<int64_t>(t0), static_cast<int64_t>(t1), y, w.rows,
