@@ -483,15 +483,16 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
     int64_t expert;  // -1: shared
     Int8Acts in, hidden;
     Vec gate_out, up_out, down_out;
+    Vec x_rows;  // the expert's input rows, gathered only for an observer
   };
   const int64_t E = static_cast<int64_t>(w.experts.size()), H = config_.hidden_size;
   std::vector<Job> jobs;
   jobs.reserve(static_cast<size_t>(E + 1));
   for (int64_t e = 0; e < E; ++e)
     if (!rows[e].empty())
-      jobs.push_back({&w.experts[e], {}, &rows[e], &gate[e], e, {}, {}, {}, {}, {}});
+      jobs.push_back({&w.experts[e], {}, &rows[e], &gate[e], e, {}, {}, {}, {}, {}, {}});
   if (w.shared) {
-    jobs.push_back({&*w.shared, {}, nullptr, nullptr, -1, {}, {}, {}, {}, {}});
+    jobs.push_back({&*w.shared, {}, nullptr, nullptr, -1, {}, {}, {}, {}, {}, {}});
     Job& s = jobs.back();
     for (int64_t r = 0; r < R; ++r) s.all_rows.push_back(r);
     s.rows = &s.all_rows;
@@ -510,7 +511,6 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
 
   Int8Acts all;
   quantize_acts(x, R, H, int4_act_block(*first), all);
-  Vec xs;
   for (Job& j : jobs) {
     gather_acts(all, *j.rows, j.in);
     const int64_t n = j.in.rows, I = j.mlp->gate_proj.rows();
@@ -518,10 +518,10 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
     j.up_out.resize(j.gate_out.size());
     j.down_out.resize(static_cast<size_t>(n * H));
     if (observer) {
-      xs.resize(static_cast<size_t>(n * H));
-      for (int64_t i = 0; i < n; ++i) std::copy_n(x + (*j.rows)[i] * H, H, &xs[i * H]);
-      observer->linear_input(j.mlp->gate_proj, xs.data(), n);
-      observer->linear_input(j.mlp->up_proj, xs.data(), n);
+      j.x_rows.resize(static_cast<size_t>(n * H));
+      for (int64_t i = 0; i < n; ++i) std::copy_n(x + (*j.rows)[i] * H, H, &j.x_rows[i * H]);
+      observer->linear_input(j.mlp->gate_proj, j.x_rows.data(), n);
+      observer->linear_input(j.mlp->up_proj, j.x_rows.data(), n);
     }
   }
   // One parallel job over every (expert, projection, tile pair), then one over the down
@@ -567,11 +567,7 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
   for (Job& j : jobs) {
     const int64_t n = j.in.rows;
     if (j.expert >= 0) {
-      if (observer) {
-        xs.resize(static_cast<size_t>(n * H));
-        for (int64_t i = 0; i < n; ++i) std::copy_n(x + (*j.rows)[i] * H, H, &xs[i * H]);
-        observer->expert(layer, j.expert, *j.rows, xs.data(), j.down_out.data());
-      }
+      if (observer) observer->expert(layer, j.expert, *j.rows, j.x_rows.data(), j.down_out.data());
       for (int64_t i = 0; i < n; ++i)
         axpy((*j.weights)[i], &j.down_out[i * H], out + (*j.rows)[i] * H, H);
     } else {

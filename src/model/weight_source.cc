@@ -17,7 +17,7 @@ WeightSource::WeightSource(const std::filesystem::path& dir, const ModelConfig& 
   for (size_t L = 0; L < weights_.layers.size(); ++L) {
     LayerWeights& layer = weights_.layers[L];
     Weight& kv_b = layer.attn.kv_b_proj;
-    if (kv_b.format() == WeightFormat::kGptq)
+    if (kv_b.f32_rows() == nullptr)  // any stored format: converted once, not per token
       kv_b = Weight::owned_f32(kv_b.module(), kv_b.to_f32(), kv_b.rows(), kv_b.cols());
     layer.for_each_linear(prepare);
     release(static_cast<int64_t>(L));

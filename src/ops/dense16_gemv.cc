@@ -41,17 +41,10 @@ void rows_scalar(const uint16_t* w, int64_t K, const float* x, int64_t M, int64_
 #define WHITTLE_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
 #define WHITTLE_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-template <bool Bf16>
-WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 widen16(__m256i raw) {
-  if constexpr (Bf16)
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-  else
-    return _mm512_cvtph_ps(raw);
-}
-
-template <bool Bf16, int MB>
-WHITTLE_AVX512 void rows_avx512(const uint16_t* w, int64_t K, const float* x, int64_t n0,
-                                int64_t n1, float* y, int64_t ldy, bool accumulate) {
+// F16 (BF16 takes rows_bf16_pairs_avx512 below): rows widened by cvtph, 16 per load.
+template <int MB>
+WHITTLE_AVX512 void rows_f16_avx512(const uint16_t* w, int64_t K, const float* x, int64_t n0,
+                                    int64_t n1, float* y, int64_t ldy, bool accumulate) {
   for (int64_t n = n0; n < n1; n += kRowBlock) {
     const int64_t rb = std::min(kRowBlock, n1 - n);
     __m512 acc[kRowBlock][MB];
@@ -66,7 +59,7 @@ WHITTLE_AVX512 void rows_avx512(const uint16_t* w, int64_t K, const float* x, in
       for (int64_t r = 0; r < kRowBlock; ++r) {
         if (k % 32 == 0)
           _mm_prefetch(reinterpret_cast<const char*>(wr[r] + k) + kPrefetchBytes, _MM_HINT_T2);
-        const __m512 wv = widen16<Bf16>(_mm256_maskz_loadu_epi16(mask, wr[r] + k));
+        const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, wr[r] + k));
         for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
       }
     }
@@ -169,20 +162,27 @@ WHITTLE_AVX2 void rows_avx2(const uint16_t* w, int64_t K, const float* x, int64_
 }
 #endif  // __x86_64__
 
+// `xe` / `xo`: the activations' even and odd inputs, [M][K/2] each (the AVX-512 BF16 kernel's).
 template <bool Bf16>
-void rows(const uint16_t* w, int64_t K, const float* x, int64_t M, int64_t n0, int64_t n1, float* y,
-          int64_t ldy, bool accumulate, Isa isa) {
+void rows(const uint16_t* w, int64_t K, const float* x, const float* xe, const float* xo, int64_t M,
+          int64_t n0, int64_t n1, float* y, int64_t ldy, bool accumulate, Isa isa) {
 #if defined(__x86_64__)
   if (isa == Isa::kAvx512Vnni) {
+    auto run = [&]<int MB>() {
+      if constexpr (Bf16)
+        rows_bf16_pairs_avx512<MB>(w, K, x, xe, xo, n0, n1, y, ldy, accumulate);
+      else
+        rows_f16_avx512<MB>(w, K, x, n0, n1, y, ldy, accumulate);
+    };
     switch (M) {
       case 1:
-        return rows_avx512<Bf16, 1>(w, K, x, n0, n1, y, ldy, accumulate);
+        return run.template operator()<1>();
       case 2:
-        return rows_avx512<Bf16, 2>(w, K, x, n0, n1, y, ldy, accumulate);
+        return run.template operator()<2>();
       case 3:
-        return rows_avx512<Bf16, 3>(w, K, x, n0, n1, y, ldy, accumulate);
+        return run.template operator()<3>();
       default:
-        return rows_avx512<Bf16, 4>(w, K, x, n0, n1, y, ldy, accumulate);
+        return run.template operator()<4>();
     }
   }
   if (isa != Isa::kScalar) return rows_avx2<Bf16>(w, K, x, M, n0, n1, y, ldy, accumulate);
@@ -206,49 +206,25 @@ void dense16_gemv(const Weight& w, const float* x, int64_t M, float* y, bool acc
   const auto* data = reinterpret_cast<const uint16_t*>(w.dense_rows());
   const int64_t N = w.rows(), K = w.cols();
   const bool bf16 = w.dtype() == DType::BF16;
-#if defined(__x86_64__)
+  thread_local std::vector<float> split;  // [M][K/2] even inputs, then [M][K/2] odd ones
+  const int64_t pairs = K / 2;
   if (bf16 && isa == Isa::kAvx512Vnni) {
-    thread_local std::vector<float> split;  // [M][K/2] even inputs, then [M][K/2] odd ones
-    const int64_t pairs = K / 2;
     split.resize(static_cast<size_t>(2 * M * pairs));
-    float* xe = split.data();
-    float* xo = xe + M * pairs;
     for (int64_t m = 0; m < M; ++m)
       for (int64_t j = 0; j < pairs; ++j) {
-        xe[m * pairs + j] = x[m * K + 2 * j];
-        xo[m * pairs + j] = x[m * K + 2 * j + 1];
+        split[m * pairs + j] = x[m * K + 2 * j];
+        split[(M + m) * pairs + j] = x[m * K + 2 * j + 1];
       }
-    auto run_pairs = [&](size_t b0, size_t b1) {
-      const int64_t n0 = static_cast<int64_t>(b0) * kRowBlock;
-      const int64_t n1 = std::min(N, static_cast<int64_t>(b1) * kRowBlock);
-      switch (M) {
-        case 1:
-          return rows_bf16_pairs_avx512<1>(data, K, x, xe, xo, n0, n1, y, N, accumulate);
-        case 2:
-          return rows_bf16_pairs_avx512<2>(data, K, x, xe, xo, n0, n1, y, N, accumulate);
-        case 3:
-          return rows_bf16_pairs_avx512<3>(data, K, x, xe, xo, n0, n1, y, N, accumulate);
-        default:
-          return rows_bf16_pairs_avx512<4>(data, K, x, xe, xo, n0, n1, y, N, accumulate);
-      }
-    };
-    const size_t blocks = static_cast<size_t>((N + kRowBlock - 1) / kRowBlock);
-    const size_t grain =
-        static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 15) / (kRowBlock * K)));
-    if (pool != nullptr)
-      pool->parallel_for(blocks, run_pairs, grain);
-    else
-      run_pairs(0, blocks);
-    return;
   }
-#endif
+  const float* xe = split.data();
+  const float* xo = xe + M * pairs;
   auto run = [&](size_t b0, size_t b1) {
     const int64_t n0 = static_cast<int64_t>(b0) * kRowBlock;
     const int64_t n1 = std::min(N, static_cast<int64_t>(b1) * kRowBlock);
     if (bf16)
-      rows<true>(data, K, x, M, n0, n1, y, N, accumulate, isa);
+      rows<true>(data, K, x, xe, xo, M, n0, n1, y, N, accumulate, isa);
     else
-      rows<false>(data, K, x, M, n0, n1, y, N, accumulate, isa);
+      rows<false>(data, K, x, xe, xo, M, n0, n1, y, N, accumulate, isa);
   };
   const size_t blocks = static_cast<size_t>((N + kRowBlock - 1) / kRowBlock);
   const size_t grain =
