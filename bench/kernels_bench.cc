@@ -66,6 +66,8 @@ void Int4Gemv(benchmark::State& state) {
   const double bytes = static_cast<double>(proto->bytes()) * state.iterations();
   state.SetBytesProcessed(static_cast<int64_t>(bytes));
   state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GMAC/s"] = benchmark::Counter(
+      static_cast<double>(N * K * M) * state.iterations() / 1e9, benchmark::Counter::kIsRate);
   state.counters["bw_GB/s"] = bandwidth_gbs();
   state.SetLabel(std::string(isa_name(active_isa())));
 }
@@ -89,11 +91,14 @@ void Bf16Gemv(benchmark::State& state) {
   state.SetLabel(std::string(isa_name(active_isa())));
 }
 
-// GLM-5's expert gate/up [2048, 6144] and down [6144, 2048]; decode (M = 1) and a few rows.
+// GLM-5's expert gate/up [2048, 6144] and down [6144, 2048]; decode (M = 1), a few rows, and a
+// prefill's share of one expert (128 rows: AMX where the CPU has it; WHITTLE_ISA=avx512vnni
+// for the VNNI kernel). GMAC/s counts the products.
 BENCHMARK(Int4Gemv)
     ->Args({2048, 6144, 1})
     ->Args({6144, 2048, 1})
     ->Args({2048, 6144, 4})
+    ->Args({2048, 6144, 128})
     ->UseRealTime();
 // 1 GiB of bf16 rows: lm_head-sized.
 BENCHMARK(Bf16Gemv)->Args({87381, 6144, 1})->Args({87381, 6144, 4})->UseRealTime();

@@ -167,7 +167,7 @@ template <bool Bf16>
 void rows(const uint16_t* w, int64_t K, const float* x, const float* xe, const float* xo, int64_t M,
           int64_t n0, int64_t n1, float* y, int64_t ldy, bool accumulate, Isa isa) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512Vnni) {
+  if (isa >= Isa::kAvx512Vnni) {
     auto run = [&]<int MB>() {
       if constexpr (Bf16)
         rows_bf16_pairs_avx512<MB>(w, K, x, xe, xo, n0, n1, y, ldy, accumulate);
@@ -208,7 +208,7 @@ void dense16_gemv(const Weight& w, const float* x, int64_t M, float* y, bool acc
   const bool bf16 = w.dtype() == DType::BF16;
   thread_local std::vector<float> split;  // [M][K/2] even inputs, then [M][K/2] odd ones
   const int64_t pairs = K / 2;
-  if (bf16 && isa == Isa::kAvx512Vnni) {
+  if (bf16 && isa >= Isa::kAvx512Vnni) {
     split.resize(static_cast<size_t>(2 * M * pairs));
     for (int64_t m = 0; m < M; ++m)
       for (int64_t j = 0; j < pairs; ++j) {

@@ -306,6 +306,129 @@ WHITTLE_AVXVNNI void tile_avxvnni(const PackedInt4& w, int64_t t, const Int8Acts
   WHITTLE_TILE256_BODY(dot_vnni)
 }
 #undef WHITTLE_TILE256_BODY
+
+// AMX int8, for 16 and more activation rows. Per weight tile, the codes are unpacked once into the
+// tile unit's B operand as unsigned bytes 0..15: activation block b takes block/4 rows of 64 bytes,
+// row j holding inputs 4j .. 4j+3 of the 16 weight rows, which is a packed block's low nibbles for
+// even j and its high ones for odd j. Each 16 activation rows are the A operand, read in place from
+// Int8Acts (int8, `cols` bytes apart), and one `tdpbsud` gives the 16 x 16 exact int32 dot products
+// of an activation block. The float step per block is flush512's, so the bits equal every other
+// kernel set's. Used where every activation block is whole (amx_fits; else the VNNI kernels).
+#define WHITTLE_AMX                                                                         \
+  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,amx-tile," \
+                        "amx-int8")))
+
+constexpr int64_t kAmxRows = 16;  // activation rows per A operand
+
+bool amx_fits(const PackedInt4& w, const Int8Acts& x) {
+  return x.group_size % 4 == 0 && x.group_size <= 64 && w.cols % x.group_size == 0 &&
+         w.group_size % x.group_size == 0;
+}
+
+struct alignas(64) AmxTileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Two sets of tiles, one per chain of activation blocks (even, odd), so that neither waits for the
+// other's operands: C int32 [16 activation rows][16 weight rows] in tmm0 / tmm3, A [16][block]
+// int8 in tmm1 / tmm4, B [block / 4][64] u8 in tmm2 / tmm5.
+WHITTLE_AMX void amx_begin(int64_t block) {
+  AmxTileConfig c;
+  for (int set : {0, 3}) {
+    c.rows[set] = kAmxRows;
+    c.colsb[set] = 64;
+    c.rows[set + 1] = kAmxRows;
+    c.colsb[set + 1] = static_cast<uint16_t>(block);
+    c.rows[set + 2] = static_cast<uint8_t>(block / 4);
+    c.colsb[set + 2] = 64;
+  }
+  _tile_loadconfig(&c);
+}
+
+WHITTLE_AMX void amx_end() {
+  _tile_release();
+}
+
+// The B operand of a whole tile: cols * 16 bytes.
+WHITTLE_AMX void amx_unpack(const PackedInt4& w, int64_t t, uint8_t* dst) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const uint8_t* codes = view(w, t).codes;
+  for (int64_t b = 0; b < w.cols / 8; ++b, codes += PackedInt4::kBlockBytes, dst += 128) {
+    const __m512i c = _mm512_load_si512(codes);
+    _mm512_storeu_si512(dst, _mm512_and_si512(c, nibble));
+    _mm512_storeu_si512(dst + 64, _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble));
+  }
+}
+
+// acc[i] += activation block kb's products (c, from a C tile) for rows m .. m + 15.
+WHITTLE_AMX inline __attribute__((always_inline)) void amx_flush(const PackedInt4& w,
+                                                                 const TileView& v,
+                                                                 const Int8Acts& x, int64_t m,
+                                                                 int64_t kb,
+                                                                 const int32_t (*c)[TR],
+                                                                 __m512* acc) {
+  const int64_t g = kb * x.group_size / w.group_size;
+  const __m512 scale = group_scales512(w, v, g);
+  if (v.zeros == nullptr) {  // symmetric: the zero point is 8 for every row
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kAmxRows; ++i) {
+      const int64_t mb = (m + i) * x.groups + kb;
+      const __m512i shifted =
+          _mm512_sub_epi32(_mm512_load_si512(c[i]), _mm512_set1_epi32(8 * x.sum[mb]));
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(shifted),
+                               _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[mb])), acc[i]);
+    }
+    return;
+  }
+  const __m512i zero = group_zeros512(v, g);
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kAmxRows; ++i) {
+    const int64_t mb = (m + i) * x.groups + kb;
+    acc[i] = flush512(acc[i], _mm512_load_si512(c[i]), zero, scale, x.sum[mb], x.scale[mb]);
+  }
+}
+
+// out[i][r] for activation rows m .. m + 15 of tile t, whose B operand is `unpacked`.
+WHITTLE_AMX void tile_amx(const PackedInt4& w, int64_t t, const uint8_t* unpacked,
+                          const Int8Acts& x, int64_t m, float (*out)[TR]) {
+  const TileView v = view(w, t);
+  const int64_t block = x.group_size, blocks = x.groups, b_bytes = block * TR;
+  const int8_t* a = &x.q[m * x.cols];
+  alignas(64) int32_t c[2][2][kAmxRows][TR];  // [step parity][chain]
+  __m512 acc[kAmxRows];
+  for (__m512& r : acc) r = _mm512_setzero_ps();
+  // Step s flushes the products of step s - 1, then issues the tile products of blocks 2s and
+  // 2s + 1 (in this order the flush's loads do not queue behind the new tile stores). Measured on
+  // the dev box (GLM-5 expert [2048, 6144], 128 rows, one thread): 167 GMAC/s against 104 for the
+  // AVX-512 VNNI kernel; the tile products alone ran at 338 and the flushes alone at 307, so the
+  // two overlap little yet (docs/BENCHMARKS.md).
+  for (int64_t kb = 0; kb < blocks + 2; kb += 2) {
+    int32_t(*now)[kAmxRows][TR] = c[kb / 2 % 2];
+    int32_t(*last)[kAmxRows][TR] = c[(kb / 2 + 1) % 2];
+    if (kb >= 2) {
+      amx_flush(w, v, x, m, kb - 2, last[0], acc);
+      if (kb - 1 < blocks) amx_flush(w, v, x, m, kb - 1, last[1], acc);
+    }
+    if (kb < blocks) {
+      _tile_zero(0);
+      _tile_loadd(1, a + kb * block, x.cols);
+      _tile_loadd(2, unpacked + kb * b_bytes, 64);
+      _tile_dpbsud(0, 1, 2);
+      _tile_stored(0, now[0], 64);
+    }
+    if (kb + 1 < blocks) {
+      _tile_zero(3);
+      _tile_loadd(4, a + (kb + 1) * block, x.cols);
+      _tile_loadd(5, unpacked + (kb + 1) * b_bytes, 64);
+      _tile_dpbsud(3, 4, 5);
+      _tile_stored(3, now[1], 64);
+    }
+  }
+  for (int64_t i = 0; i < kAmxRows; ++i) _mm512_store_ps(out[i], acc[i]);
+}
 #endif  // __x86_64__
 
 // Activation rows of tile t, up to 4 (AVX-512) or 2 (256-bit: 16 vector registers) at a
@@ -315,6 +438,7 @@ void tile_rows(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int
 #if defined(__x86_64__)
   switch (isa) {
     case Isa::kAvx512Vnni:
+    case Isa::kAmx:
       switch (rows) {
         case 1:
           return tile_avx512<1>(w, t, x, m, out);
@@ -337,7 +461,7 @@ void tile_rows(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int
 }
 
 int64_t rows_per_call(Isa isa) {
-  return isa == Isa::kAvx512Vnni ? 4 : isa == Isa::kScalar ? 4 : 2;
+  return isa >= Isa::kAvx512Vnni || isa == Isa::kScalar ? 4 : 2;
 }
 
 }  // namespace
@@ -378,7 +502,7 @@ void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int
 void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, int64_t t0,
                 int64_t t1, float* y, int64_t ldy, bool accumulate, Isa isa) {
   const int64_t step = rows_per_call(isa);
-  alignas(64) float out[4][TR];
+  alignas(64) float out[16][TR];
   auto store = [&](int64_t t, int64_t m, int64_t rows, float(*tile_out)[TR], int64_t stride) {
     const int64_t n0 = t * TR, width = std::min(TR, w.rows - n0);
     for (int64_t i = 0; i < rows; ++i) {
@@ -390,9 +514,26 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
         std::copy_n(src, width, dst);
     }
   };
+  int64_t m_vnni = m0;  // rows from here on take the VNNI (or narrower) kernels
+#if defined(__x86_64__)
+  const bool amx = isa == Isa::kAmx && m1 - m0 >= kAmxRows && amx_fits(w, x);
+  thread_local std::vector<uint8_t> unpacked;  // one tile's B operand
+  if (amx) {
+    m_vnni = m0 + (m1 - m0) / kAmxRows * kAmxRows;
+    unpacked.resize(static_cast<size_t>(w.cols * TR));
+    amx_begin(x.group_size);
+  }
+#endif
   for (int64_t t = t0; t < t1; ++t) {
 #if defined(__x86_64__)
-    if (isa == Isa::kAvx512Vnni && m1 - m0 == 1 && t + 1 < t1) {
+    if (amx) {
+      amx_unpack(w, t, unpacked.data());
+      for (int64_t m = m0; m < m_vnni; m += kAmxRows) {
+        tile_amx(w, t, unpacked.data(), x, m, out);
+        store(t, m, kAmxRows, out, 1);
+      }
+    }
+    if (isa >= Isa::kAvx512Vnni && m1 - m0 == 1 && t + 1 < t1) {
       tile_pair_avx512(w, t, x, m0, out);
       store(t, m0, 1, out, 1);
       store(t + 1, m0, 1, out + 1, 1);
@@ -400,12 +541,15 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
       continue;
     }
 #endif
-    for (int64_t m = m0; m < m1; m += step) {
+    for (int64_t m = m_vnni; m < m1; m += step) {
       const int64_t rows = std::min(step, m1 - m);
       tile_rows(w, t, x, m, rows, out, isa);
       store(t, m, rows, out, 1);
     }
   }
+#if defined(__x86_64__)
+  if (amx) amx_end();
+#endif
 }
 
 void int4_linear(const PackedInt4& w, const Int8Acts& x, float* y, bool accumulate,

@@ -69,7 +69,7 @@ uint64_t read_scalar(const std::byte* p, size_t n) {
 uint64_t read_block(const std::byte* p, size_t n) {
 #if defined(__x86_64__)
   const Isa isa = active_isa();
-  if (isa == Isa::kAvx512Vnni) return read_avx512(p, n);
+  if (isa >= Isa::kAvx512Vnni) return read_avx512(p, n);
   if (isa != Isa::kScalar) return read_avx2(p, n);
 #endif
   return read_scalar(p, n);
