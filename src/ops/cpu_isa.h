@@ -1,7 +1,7 @@
 // Isa: the instruction sets whittle's fast kernels are written for, chosen at run time from what
 // the CPU reports (one binary runs on any x86-64). `WHITTLE_ISA=scalar|avx2|avxvnni|avx512vnni|amx`
-// caps the choice (comparisons, and machines where a wider unit clocks down). The levels are ordered:
-// each includes the ones before it (kAmx runs the AVX-512 VNNI kernels too).
+// caps the choice (comparisons, and machines where a wider unit clocks down). The levels are
+// ordered: each includes the ones before it (kAmx runs the AVX-512 VNNI kernels too).
 #pragma once
 
 #include <string_view>

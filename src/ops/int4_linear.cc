@@ -314,9 +314,10 @@ WHITTLE_AVXVNNI void tile_avxvnni(const PackedInt4& w, int64_t t, const Int8Acts
 // Int8Acts (int8, `cols` bytes apart), and one `tdpbsud` gives the 16 x 16 exact int32 dot products
 // of an activation block. The float step per block is flush512's, so the bits equal every other
 // kernel set's. Used where every activation block is whole (amx_fits; else the VNNI kernels).
-#define WHITTLE_AMX                                                                         \
-  __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,amx-tile," \
-                        "amx-int8")))
+#define WHITTLE_AMX                                                         \
+  __attribute__((                                                           \
+      target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,amx-tile," \
+             "amx-int8")))
 
 constexpr int64_t kAmxRows = 16;  // activation rows per A operand
 
@@ -367,8 +368,7 @@ WHITTLE_AMX void amx_unpack(const PackedInt4& w, int64_t t, uint8_t* dst) {
 WHITTLE_AMX inline __attribute__((always_inline)) void amx_flush(const PackedInt4& w,
                                                                  const TileView& v,
                                                                  const Int8Acts& x, int64_t m,
-                                                                 int64_t kb,
-                                                                 const int32_t (*c)[TR],
+                                                                 int64_t kb, const int32_t (*c)[TR],
                                                                  __m512* acc) {
   const int64_t g = kb * x.group_size / w.group_size;
   const __m512 scale = group_scales512(w, v, g);

@@ -37,14 +37,20 @@ std::vector<float> random_acts(int64_t M, int64_t K, uint32_t seed) {
 }
 
 const Shape kShapes[] = {
-    {1, 8, 128, 128, true, DType::F16},    {1, 40, 200, 64, false, DType::F16},
-    {2, 24, 256, 128, true, DType::BF16},  {3, 48, 96, 32, false, DType::BF16},
-    {5, 136, 512, 128, true, DType::F16},  {17, 64, 384, 128, true, DType::F16},
-    {1, 256, 2048, 128, true, DType::F16}, {4, 16, 64, 64, true, DType::BF16},
+    {1, 8, 128, 128, true, DType::F16},
+    {1, 40, 200, 64, false, DType::F16},
+    {2, 24, 256, 128, true, DType::BF16},
+    {3, 48, 96, 32, false, DType::BF16},
+    {5, 136, 512, 128, true, DType::F16},
+    {17, 64, 384, 128, true, DType::F16},
+    {1, 256, 2048, 128, true, DType::F16},
+    {4, 16, 64, 64, true, DType::BF16},
     // 16 rows and more: AMX where the CPU has it (whole 16-row blocks there, the rest on VNNI),
     // blocks of 32, 16 (group 16) and 8 (group 8), and a short last group (VNNI only)
-    {16, 16, 128, 128, true, DType::F16},  {37, 72, 256, 128, false, DType::BF16},
-    {48, 24, 64, 16, true, DType::F16},    {20, 40, 96, 8, false, DType::F16},
+    {16, 16, 128, 128, true, DType::F16},
+    {37, 72, 256, 128, false, DType::BF16},
+    {48, 24, 64, 16, true, DType::F16},
+    {20, 40, 96, 8, false, DType::F16},
     {33, 40, 200, 64, true, DType::F16},
 };
 
