@@ -114,12 +114,15 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i group_zeros512(cons
                  : _mm512_set1_epi32(8);
 }
 // acc += (dot - zero·Σq) · (scale · activation scale): the shared group_term, 16 rows at once.
+// Symmetric weights (zero 8 in every row) take 8·Σq as one broadcast instead of a vector multiply.
 WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 flush512(__m512 acc, __m512i dot,
-                                                                     __m512i zero, __m512 scale,
-                                                                     int32_t qsum, float act) {
-  const __m512i shifted = _mm512_sub_epi32(dot, _mm512_mullo_epi32(zero, _mm512_set1_epi32(qsum)));
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(shifted), _mm512_mul_ps(scale, _mm512_set1_ps(act)),
-                         acc);
+                                                                     bool sym, __m512i zero,
+                                                                     __m512 scale, int32_t qsum,
+                                                                     float act) {
+  const __m512i zero_share =
+      sym ? _mm512_set1_epi32(8 * qsum) : _mm512_mullo_epi32(zero, _mm512_set1_epi32(qsum));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, zero_share)),
+                         _mm512_mul_ps(scale, _mm512_set1_ps(act)), acc);
 }
 
 // AVX-512: one 64-byte block is 16 rows x 8 inputs; dpbusd takes 4 of them per 32-bit lane. Two
@@ -174,7 +177,7 @@ WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& 
         const int64_t mb = (m + i) * x.groups + k0 / x.group_size;
         const __m512i dot =
             _mm512_add_epi32(_mm512_add_epi32(d0[i], d1[i]), _mm512_add_epi32(d2[i], d3[i]));
-        acc[i] = flush512(acc[i], dot, zero, scale, x.sum[mb], x.scale[mb]);
+        acc[i] = flush512(acc[i], dot, !w.has_zeros, zero, scale, x.sum[mb], x.scale[mb]);
       }
     }
   }
@@ -211,8 +214,10 @@ WHITTLE_AVX512 void tile_pair_avx512(const PackedInt4& w, int64_t t, const Int8A
         b1 = dpbusd512(b1, _mm512_and_si512(_mm512_srli_epi16(cb, 4), nibble), x1);
       }
       const int64_t mb = m * x.groups + k0 / x.group_size;
-      acc_a = flush512(acc_a, _mm512_add_epi32(a0, a1), zero_a, scale_a, x.sum[mb], x.scale[mb]);
-      acc_b = flush512(acc_b, _mm512_add_epi32(b0, b1), zero_b, scale_b, x.sum[mb], x.scale[mb]);
+      acc_a = flush512(acc_a, _mm512_add_epi32(a0, a1), !w.has_zeros, zero_a, scale_a, x.sum[mb],
+                       x.scale[mb]);
+      acc_b = flush512(acc_b, _mm512_add_epi32(b0, b1), !w.has_zeros, zero_b, scale_b, x.sum[mb],
+                       x.scale[mb]);
     }
   }
   _mm512_storeu_ps(out[0], acc_a);
@@ -372,22 +377,12 @@ WHITTLE_AMX inline __attribute__((always_inline)) void amx_flush(const PackedInt
                                                                  __m512* acc) {
   const int64_t g = kb * x.group_size / w.group_size;
   const __m512 scale = group_scales512(w, v, g);
-  if (v.zeros == nullptr) {  // symmetric: the zero point is 8 for every row
-#pragma GCC unroll 16
-    for (int64_t i = 0; i < kAmxRows; ++i) {
-      const int64_t mb = (m + i) * x.groups + kb;
-      const __m512i shifted =
-          _mm512_sub_epi32(_mm512_load_si512(c[i]), _mm512_set1_epi32(8 * x.sum[mb]));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(shifted),
-                               _mm512_mul_ps(scale, _mm512_set1_ps(x.scale[mb])), acc[i]);
-    }
-    return;
-  }
   const __m512i zero = group_zeros512(v, g);
 #pragma GCC unroll 16
   for (int64_t i = 0; i < kAmxRows; ++i) {
     const int64_t mb = (m + i) * x.groups + kb;
-    acc[i] = flush512(acc[i], _mm512_load_si512(c[i]), zero, scale, x.sum[mb], x.scale[mb]);
+    acc[i] = flush512(acc[i], _mm512_load_si512(c[i]), !w.has_zeros, zero, scale, x.sum[mb],
+                      x.scale[mb]);
   }
 }
 
