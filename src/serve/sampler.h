@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <vector>
 
 namespace whittle {
 
@@ -24,6 +25,7 @@ class Sampler {
   double uniform();  // [0, 1) from the generator's bits, identical on every platform
   SamplingParams params_;
   std::mt19937_64 rng_;
+  std::vector<int32_t> ids_;  // candidate ids, reused from call to call
 };
 
 // Index of the largest value; the lowest index wins ties.
