@@ -67,6 +67,7 @@ Command add_bench(CLI::App& app) {
     int64_t prompt_tokens = 512, gen_tokens = 128, threads = 0;
     uint64_t seed = 0;
     bool json = false, reference = false;
+    KvDType kv_cache = KvDType::kF32;
   };
   auto o = std::make_shared<Options>();
   cmd->add_option("MODEL", o->model, "Hugging Face model folder")->required();
@@ -78,6 +79,7 @@ Command add_bench(CLI::App& app) {
   cmd->add_flag("--json", o->json, "Print the results as one JSON object");
   add_threads_option(cmd, o->threads);
   add_reference_option(cmd, o->reference);
+  add_kv_cache_option(cmd, o->kv_cache);
   return [=] {
     require_model_folder(o->model);
     {
@@ -119,14 +121,14 @@ Command add_bench(CLI::App& app) {
 
     // Warm-up: touches the mapped 16-bit weights and the pool before anything is timed.
     {
-      KvCache warm(config);
+      KvCache warm(config, o->kv_cache);
       const int64_t n = std::min<int64_t>(16, o->prompt_tokens);
       model.prefill(std::span<const int32_t>(prompt).first(static_cast<size_t>(n)), warm, false);
       for (int i = 0; i < 2; ++i) model.decode(prompt[static_cast<size_t>(i)], warm);
     }
 
     say(fmt::format("prefill {} tokens", o->prompt_tokens));
-    KvCache cache(config);
+    KvCache cache(config, o->kv_cache);
     const auto t_prefill = Clock::now();
     std::vector<float> logits = model.prefill(prompt, cache, /*all_logits=*/false);
     const double prefill_s = seconds_since(t_prefill);
@@ -167,6 +169,8 @@ Command add_bench(CLI::App& app) {
         {"weight_bytes_per_token", bytes_per_token},
         {"decode_gbs", gbs},
         {"decode_bandwidth_ratio", gbs / bw.best_gbs},
+        {"kv_cache", kv_dtype_name(o->kv_cache)},
+        {"kv_cache_bytes", cache.bytes()},
     };
     if (o->json) {
       fmt::print("{}\n", j.dump(2));
@@ -187,6 +191,9 @@ Command add_bench(CLI::App& app) {
         "traffic    {:.1f} MB of weights per token = {:.1f} GB/s = {:.0f} % of the measured "
         "bandwidth\n",
         bytes_per_token / 1e6, gbs, 100.0 * gbs / bw.best_gbs);
+    fmt::print("kv cache   {}, {:.1f} MB for {} tokens ({} bytes per token in all layers)\n",
+               kv_dtype_name(o->kv_cache), cache.bytes() / 1e6, cache.length(),
+               KvCache::bytes_per_token(config, o->kv_cache));
     return 0;
   };
 }

@@ -23,6 +23,7 @@ Command add_generate(CLI::App& app) {
     std::string model, prompt;
     int64_t max_tokens = 0, threads = 0;
     bool reference = false;
+    KvDType kv_cache = KvDType::kF32;
     SamplingParams sampling;
     bool quiet = false, chat = false, think = false;
   };
@@ -55,6 +56,7 @@ Command add_generate(CLI::App& app) {
   cmd->add_option("--seed", o->sampling.seed, "Random seed")->capture_default_str()->check(kSeed);
   add_threads_option(cmd, o->threads);
   add_reference_option(cmd, o->reference);
+  add_kv_cache_option(cmd, o->kv_cache);
   auto* chat = cmd->add_flag("--chat", o->chat,
                              "Wrap the prompt as one user turn in the model's chat template");
   cmd->add_flag("--think", o->think,
@@ -124,7 +126,7 @@ Command add_generate(CLI::App& app) {
                               .stop_ids = config.eos_token_ids};
 
     const auto t1 = Clock::now();
-    KvCache cache(config);
+    KvCache cache(config, o->kv_cache);
     GenerationResult result = generate(model, cache, ids, options, [&](int32_t token) {
       std::string piece = stream.push(token);
       std::fwrite(piece.data(), 1, piece.size(), stdout);

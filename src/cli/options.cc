@@ -74,6 +74,20 @@ CLI::Option* add_reference_option(CLI::App* cmd, bool& reference) {
                        "activations, 16-bit GEMV)");
 }
 
+CLI::Option* add_kv_cache_option(CLI::App* cmd, KvDType& dtype) {
+  return cmd
+      ->add_option_function<std::string>(
+          "--kv-cache",
+          [&dtype](const std::string& name) {
+            // The validator below has refused anything else.
+            dtype = parse_kv_dtype(name).value_or(KvDType::kF32);
+          },
+          "Storage of the latent KV cache: f32 (exact, default), bf16 (half the bytes) or fp8 "
+          "(E4M3 latent and indexer keys with a scale per 128 values, bf16 rope key: about a "
+          "quarter)")
+      ->check(CLI::IsMember({"f32", "bf16", "fp8"}));
+}
+
 CLI::Option* add_threads_option(CLI::App* cmd, int64_t& threads) {
   CLI::Validator check(
       [](std::string& text) -> std::string {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "model/kv_cache.h"
+
 namespace whittle::cli {
 
 // A finite number >= 0 (temperature). NaN and infinities are refused.
@@ -29,6 +31,10 @@ CLI::Option* add_threads_option(CLI::App* cmd, int64_t& threads);
 // `--reference`: run the reference kernels (every weight converted to float32; the oracle of the
 // fast int4 / int8 path, which is the default).
 CLI::Option* add_reference_option(CLI::App* cmd, bool& reference);
+
+// `--kv-cache f32|bf16|fp8`: the storage format of the latent KV cache (model/kv_cache.h); f32,
+// the default, keeps exactly what the forward computed.
+CLI::Option* add_kv_cache_option(CLI::App* cmd, KvDType& dtype);
 
 // Fails unless `dir` is an existing folder holding config.json, so every subcommand blames a wrong
 // MODEL argument first, before it reads anything else (tokenizer, eval data).

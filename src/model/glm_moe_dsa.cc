@@ -153,6 +153,21 @@ std::vector<float> GlmMoeDsa::decode(int32_t token, KvCache& cache,
   return forward(b, false, observer);
 }
 
+bool absorbed_is_cheaper(const ModelConfig& c, int64_t cached, int64_t new_tokens,
+                         int64_t attended) {
+  if (cached == 0) return false;  // nothing cached: the expanded form expands only the new tokens
+  const int64_t NH = c.num_attention_heads, Dn = c.qk_nope_head_dim, Dr = c.qk_rope_head_dim,
+                Dv = c.v_head_dim, Rkv = c.kv_lora_rank;
+  // Multiply-adds. Expanded: kv_b over every cached and new latent, then per-head attention.
+  // Absorbed: W_UK and W_UV per new token, then attention over the latent (width Rkv + Dr).
+  const double per_latent = static_cast<double>(NH) * (Dn + Dv) * Rkv;
+  const double expanded = static_cast<double>(cached + new_tokens) * per_latent +
+                          static_cast<double>(attended) * NH * (Dn + Dr + Dv);
+  const double absorbed = static_cast<double>(new_tokens) * per_latent +
+                          static_cast<double>(attended) * NH * (2 * Rkv + Dr);
+  return absorbed < expanded;
+}
+
 void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, const float* a,
                           float* out, ForwardObserver* observer) const {
   const ModelConfig& c = config_;
@@ -170,31 +185,31 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
   // The compressed kv path: [latent | k_pe]; only the latent is normalised; both are cached.
   Vec ckv(static_cast<size_t>(R * (Rkv + Dr)));
   linear(w.kv_a_proj_with_mqa, a, R, ckv.data(), false, observer);
+  Vec latent(static_cast<size_t>(Rkv)), kpe(static_cast<size_t>(Dr));
   for (int64_t s = 0; s < b.sequences(); ++s) {
     const int64_t P = b.start(s), T = b.length(s), r0 = b.first_row(s);
     LayerCache& lc = b.sequence(s).cache->layers[layer];
     if (lc.length != P && lc.length != P + T)
       fail("internal: layer {} of sequence {} holds {} tokens; the batch starts at {}", layer, s,
            lc.length, P);
-    lc.latent.resize(static_cast<size_t>((P + T) * Rkv));
-    lc.k_pe.resize(static_cast<size_t>((P + T) * Dr));
+    lc.reserve(P + T);
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t hd = 0; hd < NH; ++hd)
         rope_.rotate(&q[((r0 + t) * NH + hd) * Dqk + Dn], P + t, c.rope_interleave);
       const float* row = &ckv[(r0 + t) * (Rkv + Dr)];
-      rms_norm(row, w.kv_a_layernorm.data(), &lc.latent[(P + t) * Rkv], Rkv, latent_eps);
-      float* kpe = &lc.k_pe[(P + t) * Dr];
-      std::copy_n(row + Rkv, Dr, kpe);
-      rope_.rotate(kpe, P + t, c.rope_interleave);
+      rms_norm(row, w.kv_a_layernorm.data(), latent.data(), Rkv, latent_eps);
+      lc.store(KvPart::kLatent, P + t, latent.data());
+      std::copy_n(row + Rkv, Dr, kpe.data());
+      rope_.rotate(kpe.data(), P + t, c.rope_interleave);
+      lc.store(KvPart::kRope, P + t, kpe.data());
     }
   }
   if (observer) {
     // kv_b_proj's input is the new tokens' normalised latents, whichever form then uses them.
     Vec latents(static_cast<size_t>(R * Rkv));
-    for (int64_t s = 0; s < b.sequences(); ++s) {
-      const LayerCache& lc = b.sequence(s).cache->layers[layer];
-      std::copy_n(&lc.latent[b.start(s) * Rkv], b.length(s) * Rkv, &latents[b.first_row(s) * Rkv]);
-    }
+    for (int64_t s = 0; s < b.sequences(); ++s)
+      b.sequence(s).cache->layers[layer].gather(
+          KvPart::kLatent, b.start(s), b.start(s) + b.length(s), &latents[b.first_row(s) * Rkv]);
     observer->linear_input(w.kv_b_proj, latents.data(), R);
   }
 
@@ -212,9 +227,17 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
   const float scale = static_cast<float>(c.softmax_scale());
   Vec attn(static_cast<size_t>(R * NH * Dv), 0.0f);
   const int64_t kv_width = Dn + Dv;
+  auto attended = [&](int64_t s, int64_t t) {
+    const KeySelection& ks = b.selection_[s][static_cast<size_t>(t)];
+    return ks.all_visible ? b.start(s) + t + 1 : static_cast<int64_t>(ks.keys.size());
+  };
+  // A sequence with a cached prefix runs absorbed when that is cheaper: its prefix's latents are
+  // never expanded again chunk after chunk.
   std::vector<int64_t> absorbed;
   for (int64_t s = 0; s < b.sequences(); ++s) {
-    if (b.sequence(s).absorbed) {
+    int64_t keys = 0;
+    for (int64_t t = 0; t < b.length(s); ++t) keys += attended(s, t);
+    if (b.sequence(s).absorbed || absorbed_is_cheaper(c, b.start(s), b.length(s), keys)) {
       absorbed.push_back(s);
       continue;
     }
@@ -223,8 +246,11 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
     const LayerCache& lc = b.sequence(s).cache->layers[layer];
     const int64_t P = b.start(s), T = b.length(s), S = P + T, r0 = b.first_row(s);
     const std::vector<KeySelection>& sel = b.selection_[s];
+    Vec latents(static_cast<size_t>(S * Rkv)), k_pe(static_cast<size_t>(S * Dr));
+    lc.gather(KvPart::kLatent, 0, S, latents.data());
+    lc.gather(KvPart::kRope, 0, S, k_pe.data());
     Vec kv(static_cast<size_t>(S * NH * kv_width));
-    whittle::linear(w.kv_b_proj, lc.latent.data(), S, kv.data(), false, &pool_);
+    whittle::linear(w.kv_b_proj, latents.data(), S, kv.data(), false, &pool_);
     // Per head, blocks of query rows as matrix products: scores = Q_h · K_hᵀ over every cached
     // key, the keys a row may not attend to (later ones; those the DSA did not select) masked to
     // -inf before the softmax, then P · V_h.
@@ -245,7 +271,7 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
         for (int64_t k = 0; k < keys; ++k) {
           const float* src = &kv[(k * NH + hd) * kv_width];
           std::copy_n(src, Dn, &kh[k * Dqk]);
-          std::copy_n(&lc.k_pe[k * Dr], Dr, &kh[k * Dqk + Dn]);
+          std::copy_n(&k_pe[k * Dr], Dr, &kh[k * Dqk + Dn]);
           std::copy_n(src + Dn, Dv, &vh[k * Dv]);
         }
         scores.resize(static_cast<size_t>(rows * keys));
@@ -273,62 +299,80 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
   if (!absorbed.empty()) {
     // Absorbed form: fold W_UK into the query and W_UV after the latent-weighted sum, so attention
     // runs as MQA over the cache (key = [latent | k_pe], value = latent). Same 1/sqrt(qk_head_dim).
-    // Per query row: q_abs[h] = q_nope[h] · W_UK[h] for every head; the heads share their keys, so
-    // the scores of all heads over the selected keys (gathered when the DSA selects) are two matrix
-    // products, then a softmax per head and one more product for the latent-weighted sums;
-    // o[h] = W_UV[h] · o_lat[h].
+    // q_abs[t, h] = q_nope[t, h] · W_UK[h] for all new tokens, one product per head; per token the
+    // heads share their keys, so the scores of all heads over the selected keys (gathered from
+    // the cache) are two matrix products, then a softmax per head and one more product for the
+    // latent-weighted sums; o[t, h] = W_UV[h] · o_lat[t, h], one product per head.
     Vec converted;
     const float* kv_b = w.kv_b_proj.f32_rows();
     if (kv_b == nullptr) {
       converted = w.kv_b_proj.to_f32();
       kv_b = converted.data();
     }
-    Vec q_abs(static_cast<size_t>(NH * Rkv)), q_pe(static_cast<size_t>(NH * Dr)),
-        o_lat(static_cast<size_t>(NH * Rkv)), keys, keys_pe, scores;
     for (int64_t s : absorbed) {
       const LayerCache& lc = b.sequence(s).cache->layers[layer];
       const std::vector<KeySelection>& sel = b.selection_[s];
-      for (int64_t t = 0; t < b.length(s); ++t) {
-        const int64_t row = b.first_row(s) + t, pos = b.start(s) + t;
-        pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
-          for (size_t h = h0; h < h1; ++h) {
-            const float* qh = &q[(row * NH + static_cast<int64_t>(h)) * Dqk];
-            const float* w_uk = kv_b + static_cast<int64_t>(h) * kv_width * Rkv;  // rows [0, Dn)
-            matmul_nn(qh, w_uk, &q_abs[h * Rkv], 1, Dn, Rkv);
-            std::copy_n(qh + Dn, Dr, &q_pe[h * Dr]);
-          }
-        });
-        const KeySelection& ks = sel[t];
-        const int64_t n = ks.all_visible ? pos + 1 : static_cast<int64_t>(ks.keys.size());
-        const float* key = lc.latent.data();
-        const float* key_pe = lc.k_pe.data();
-        if (!ks.all_visible) {
-          keys.resize(static_cast<size_t>(n * Rkv));
-          keys_pe.resize(static_cast<size_t>(n * Dr));
-          for (int64_t i = 0; i < n; ++i) {
-            std::copy_n(&lc.latent[ks.keys[i] * Rkv], Rkv, &keys[i * Rkv]);
-            std::copy_n(&lc.k_pe[ks.keys[i] * Dr], Dr, &keys_pe[i * Dr]);
-          }
-          key = keys.data();
-          key_pe = keys_pe.data();
+      const int64_t T = b.length(s), r0 = b.first_row(s);
+      Vec q_abs(static_cast<size_t>(T * NH * Rkv)), o_lat(q_abs.size());
+      pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
+        Vec qn(static_cast<size_t>(T * Dn)), qa(static_cast<size_t>(T * Rkv));
+        for (size_t hu = h0; hu < h1; ++hu) {
+          const int64_t h = static_cast<int64_t>(hu);
+          for (int64_t t = 0; t < T; ++t)
+            std::copy_n(&q[((r0 + t) * NH + h) * Dqk], Dn, &qn[t * Dn]);
+          const float* w_uk = kv_b + h * kv_width * Rkv;  // rows [0, Dn) of the head
+          matmul_nn(qn.data(), w_uk, qa.data(), T, Dn, Rkv);
+          for (int64_t t = 0; t < T; ++t)
+            std::copy_n(&qa[t * Rkv], Rkv, &q_abs[(t * NH + h) * Rkv]);
         }
+      });
+      // One token's attention over its keys; `pool` splits its products (a single token), or
+      // tokens run side by side on the pool's workers.
+      auto attend = [&](int64_t t, ThreadPool* pool) {
+        thread_local Vec keys, keys_pe, q_pe, scores;
+        const KeySelection& ks = sel[static_cast<size_t>(t)];
+        const int64_t n = attended(s, t);
+        keys.resize(static_cast<size_t>(n * Rkv));
+        keys_pe.resize(static_cast<size_t>(n * Dr));
+        if (ks.all_visible) {
+          lc.gather(KvPart::kLatent, 0, n, keys.data());
+          lc.gather(KvPart::kRope, 0, n, keys_pe.data());
+        } else {
+          lc.gather(KvPart::kLatent, ks.keys, keys.data());
+          lc.gather(KvPart::kRope, ks.keys, keys_pe.data());
+        }
+        q_pe.resize(static_cast<size_t>(NH * Dr));
+        for (int64_t h = 0; h < NH; ++h)
+          std::copy_n(&q[((r0 + t) * NH + h) * Dqk + Dn], Dr, &q_pe[h * Dr]);
         scores.resize(static_cast<size_t>(NH * n));
-        matmul_nt(q_abs.data(), key, scores.data(), NH, Rkv, n, false, &pool_);
-        matmul_nt(q_pe.data(), key_pe, scores.data(), NH, Dr, n, /*accumulate=*/true, &pool_);
+        matmul_nt(&q_abs[t * NH * Rkv], keys.data(), scores.data(), NH, Rkv, n, false, pool);
+        matmul_nt(q_pe.data(), keys_pe.data(), scores.data(), NH, Dr, n, /*accumulate=*/true, pool);
         for (int64_t h = 0; h < NH; ++h) {
           float* p = &scores[h * n];
           for (int64_t i = 0; i < n; ++i) p[i] *= scale;
           softmax(p, n);
         }
-        matmul_nn(scores.data(), key, o_lat.data(), NH, n, Rkv, false, &pool_);
-        pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
-          for (size_t h = h0; h < h1; ++h) {
-            const float* w_uv = kv_b + (static_cast<int64_t>(h) * kv_width + Dn) * Rkv;
-            matmul_nt(&o_lat[h * Rkv], w_uv, &attn[(row * NH + static_cast<int64_t>(h)) * Dv], 1,
-                      Rkv, Dv);
-          }
+        matmul_nn(scores.data(), keys.data(), &o_lat[t * NH * Rkv], NH, n, Rkv, false, pool);
+      };
+      if (T == 1) {
+        attend(0, &pool_);
+      } else {
+        pool_.parallel_for(static_cast<size_t>(T), [&](size_t t0, size_t t1) {
+          for (size_t t = t0; t < t1; ++t) attend(static_cast<int64_t>(t), nullptr);
         });
       }
+      pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
+        Vec ol(static_cast<size_t>(T * Rkv)), oh(static_cast<size_t>(T * Dv));
+        for (size_t hu = h0; hu < h1; ++hu) {
+          const int64_t h = static_cast<int64_t>(hu);
+          for (int64_t t = 0; t < T; ++t)
+            std::copy_n(&o_lat[(t * NH + h) * Rkv], Rkv, &ol[t * Rkv]);
+          const float* w_uv = kv_b + (h * kv_width + Dn) * Rkv;
+          matmul_nt(ol.data(), w_uv, oh.data(), T, Rkv, Dv);
+          for (int64_t t = 0; t < T; ++t)
+            std::copy_n(&oh[t * Dv], Dv, &attn[((r0 + t) * NH + h) * Dv]);
+        }
+      });
     }
   }
   for (int64_t s = 0; s < b.sequences(); ++s)
@@ -353,54 +397,70 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
   for (float& x : head_w) x *= w_scale;
 
   std::vector<std::vector<KeySelection>> selections(static_cast<size_t>(b.sequences()));
+  Vec key(static_cast<size_t>(ID));
   for (int64_t s = 0; s < b.sequences(); ++s) {
     const int64_t past = b.start(s), T = b.length(s), r0 = b.first_row(s);
     LayerCache& lc = b.sequence(s).cache->layers[layer];
-    lc.index_keys.resize(static_cast<size_t>((past + T) * ID));
+    if (lc.width(KvPart::kIndex) != ID)
+      fail("internal: layer {} has an indexer but its cache keeps no indexer keys", layer);
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t hd = 0; hd < IH; ++hd)
         rope_.rotate(&q[((r0 + t) * IH + hd) * ID], past + t, c.indexer_rope_interleave);
-      float* key = &lc.index_keys[(past + t) * ID];
-      layer_norm(&k[(r0 + t) * ID], w.k_norm_weight.data(), w.k_norm_bias.data(), key, ID,
+      layer_norm(&k[(r0 + t) * ID], w.k_norm_weight.data(), w.k_norm_bias.data(), key.data(), ID,
                  static_cast<float>(c.index_k_norm_eps));
-      rope_.rotate(key, past + t, c.indexer_rope_interleave);
+      rope_.rotate(key.data(), past + t, c.indexer_rope_interleave);
+      lc.store(KvPart::kIndex, past + t, key.data());
     }
     std::vector<KeySelection>& sel = selections[s];
     sel.resize(static_cast<size_t>(T));
-    // Scores of a block of tokens against every key they can see as one matrix product
-    // [tokens * IH, ID] x [keys, ID]^T, then I[t,s] = sum_h w_h * ReLU(q_h . k_s / sqrt(ID)).
-    // Blocks are sized to keep the product near 4 MB however long the context.
-    // Tokens that see at most index_topk keys keep them all (dense causal attention).
+    // Scores of a block of tokens against every key they can see, one chunk of cached keys at a
+    // time as a matrix product [tokens * IH, ID] x [chunk, ID]^T (the chunks side by side on the
+    // pool), then I[t,s] = sum_h w_h * ReLU(q_h . k_s / sqrt(ID)) and the top-k of each token
+    // (tokens side by side). Blocks are sized to keep the scores near 4 MB however long the
+    // context. Tokens that see at most index_topk keys keep them all (dense causal attention).
     const int64_t first = std::clamp<int64_t>(c.index_topk - past, 0, T);
-    const int64_t block = std::max<int64_t>(1, (int64_t{1} << 20) / (IH * (past + T)));
-    const int64_t blocks = (T - first + block - 1) / block;
+    constexpr int64_t kKeyChunk = 256;
+    const int64_t block =
+        std::max<int64_t>(1, (int64_t{1} << 20) / std::max(past + T, IH * kKeyChunk));
     const bool keep_scores = observer && observer->wants_indexer_scores();
-    std::vector<Vec> kept(keep_scores ? static_cast<size_t>(T) : 0);
-    pool_.parallel_for(static_cast<size_t>(blocks), [&](size_t b0, size_t b1) {
-      Vec qk, scores;
-      for (size_t bi = b0; bi < b1; ++bi) {
-        const int64_t t0 = first + static_cast<int64_t>(bi) * block;
-        const int64_t t1 = std::min(T, t0 + block), keys = past + t1;
-        qk.resize(static_cast<size_t>((t1 - t0) * IH * keys));
-        matmul_nt(&q[(r0 + t0) * IH * ID], lc.index_keys.data(), qk.data(), (t1 - t0) * IH, ID,
-                  keys);
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t visible = past + t + 1, row = r0 + t;
-          scores.assign(static_cast<size_t>(visible), 0.0f);
-          for (int64_t hd = 0; hd < IH; ++hd) {
-            const float hw = head_w[row * IH + hd];
-            const float* dots = &qk[((t - t0) * IH + hd) * keys];
-            for (int64_t key = 0; key < visible; ++key)
-              scores[key] += hw * std::max(0.0f, dots[key] * qk_scale);
+    Vec scores;
+    for (int64_t t0 = first; t0 < T; t0 += block) {
+      const int64_t t1 = std::min(T, t0 + block), rows = t1 - t0, keys = past + t1;
+      scores.assign(static_cast<size_t>(rows * keys), 0.0f);
+      const int64_t chunks = (keys + kKeyChunk - 1) / kKeyChunk;
+      pool_.parallel_for(static_cast<size_t>(chunks), [&](size_t c0, size_t c1) {
+        thread_local Vec kbuf, qk;
+        for (size_t ci = c0; ci < c1; ++ci) {
+          const int64_t k0 = static_cast<int64_t>(ci) * kKeyChunk,
+                        k1 = std::min(keys, k0 + kKeyChunk), n = k1 - k0;
+          kbuf.resize(static_cast<size_t>(n * ID));
+          lc.gather(KvPart::kIndex, k0, k1, kbuf.data());
+          qk.resize(static_cast<size_t>(rows * IH * n));
+          matmul_nt(&q[(r0 + t0) * IH * ID], kbuf.data(), qk.data(), rows * IH, ID, n);
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t visible = std::min(k1, past + t + 1), row = r0 + t;
+            float* out = &scores[(t - t0) * keys];
+            for (int64_t hd = 0; hd < IH; ++hd) {
+              const float hw = head_w[row * IH + hd];
+              const float* dots = &qk[((t - t0) * IH + hd) * n];
+              for (int64_t kk = k0; kk < visible; ++kk)
+                out[kk] += hw * std::max(0.0f, dots[kk - k0] * qk_scale);
+            }
           }
-          sel[t].all_visible = false;
-          sel[t].keys = top_k(scores.data(), visible, c.index_topk);
-          if (keep_scores) kept[t] = scores;
         }
-      }
-    });
-    for (int64_t t = first; keep_scores && t < T; ++t)
-      observer->indexer_scores(layer, s, t, kept[t]);
+      });
+      pool_.parallel_for(static_cast<size_t>(rows), [&](size_t i0, size_t i1) {
+        for (size_t i = i0; i < i1; ++i) {
+          const int64_t t = t0 + static_cast<int64_t>(i);
+          sel[t].all_visible = false;
+          sel[t].keys = top_k(&scores[static_cast<int64_t>(i) * keys], past + t + 1, c.index_topk);
+        }
+      });
+      for (int64_t t = t0; keep_scores && t < t1; ++t)
+        observer->indexer_scores(
+            layer, s, t,
+            std::span<const float>(&scores[(t - t0) * keys], static_cast<size_t>(past + t + 1)));
+    }
   }
   return selections;
 }

@@ -43,7 +43,8 @@ struct KeySelection {
 struct SequenceInput {
   std::span<const int32_t> tokens;
   KvCache* cache = nullptr;
-  bool absorbed = false;  // the absorbed attention form (decode) instead of the expanded one
+  // The absorbed attention form (decode) whatever the cost; otherwise the cheaper of the two.
+  bool absorbed = false;
 };
 
 // The state of a batch between layers: the hidden states of every new token and, for IndexShare
@@ -66,6 +67,12 @@ class Batch {
   std::vector<std::vector<KeySelection>> selection_;  // per sequence, of layer selection_layer_
   int64_t selection_layer_ = -1;
 };
+
+// Whether a sequence with `cached` tokens in its cache runs `new_tokens` more (attending to
+// `attended` keys in all) in the absorbed form for fewer multiply-adds than the expanded form,
+// which would expand every cached latent again. Decode always runs absorbed; a fresh prefill never.
+bool absorbed_is_cheaper(const ModelConfig& config, int64_t cached, int64_t new_tokens,
+                         int64_t attended);
 
 // Which kernels run the Linears: the reference path (ops/linear.h linear(): every format converted
 // to float32, OpenBLAS) or the fast one (linear_fast: int4 weights packed at load and multiplied

@@ -120,23 +120,75 @@ TEST_P(GoldenModel, DecodeWithCacheMatchesPrefill) {
     all.insert(all.end(), row.begin(), row.end());
   }
   expect_matches(g, all, 0, g.T, "decode");
-  // The cache holds only latent + k_pe + indexer key per token and layer.
+  // The cache holds only latent + k_pe + indexer key per token and layer, in whole pages.
   const ModelConfig& c = model.config();
   size_t per_token = 0;
   for (int64_t L = 0; L < c.num_hidden_layers; ++L)
     per_token += c.kv_lora_rank + c.qk_rope_head_dim + (c.indexer_full[L] ? c.index_head_dim : 0);
-  EXPECT_EQ(cache.bytes(), per_token * g.T * sizeof(float));
+  EXPECT_EQ(KvCache::bytes_per_token(c, KvDType::kF32), per_token * sizeof(float));
+  const size_t pages = static_cast<size_t>((g.T + 63) / 64);
+  EXPECT_EQ(cache.bytes(), per_token * sizeof(float) * 64 * pages);
 }
 
-TEST_P(GoldenModel, ChunkedPrefillMatches) {
+// A prompt run in chunks: the chunks after the first attend in the absorbed form over the cached
+// latents (T > 1 rows at once), instead of expanding the cached prefix again.
+TEST_P(GoldenModel, AbsorbedChunksMatch) {
   ThreadPool pool(2);
   Golden g = read_golden(dir());
   GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
   KvCache cache(model.config());
-  const int64_t split = g.T / 3;
   std::span<const int32_t> ids(g.ids);
+  const int64_t split = g.T / 3;
   expect_matches(g, model.prefill(ids.first(split), cache), 0, split, "chunk 1");
-  expect_matches(g, model.prefill(ids.subspan(split), cache), split, g.T - split, "chunk 2");
+  Batch b = model.embed({SequenceInput{ids.subspan(split), &cache, /*absorbed=*/true}});
+  expect_matches(g, model.forward(b, /*all_rows=*/true), split, g.T - split, "absorbed chunk 2");
+}
+
+// Prompt then decode over a cache of the given format and page size: the logits of every position.
+std::vector<float> run_with_cache(const GlmMoeDsa& model, std::span<const int32_t> ids,
+                                  KvDType dtype, int64_t page_tokens) {
+  KvCache cache(model.config(), dtype, page_tokens);
+  const size_t split = ids.size() / 2;
+  std::vector<float> all = model.prefill(ids.first(split), cache);
+  for (size_t t = split; t < ids.size(); ++t) {
+    std::vector<float> row = model.decode(ids[t], cache);
+    all.insert(all.end(), row.begin(), row.end());
+  }
+  return all;
+}
+
+// Pages are storage only: any page size gives the same bits.
+TEST_P(GoldenModel, KvCachePagesChangeNothing) {
+  ThreadPool pool(2);
+  Golden g = read_golden(dir());
+  GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
+  const std::vector<float> exact = run_with_cache(model, g.ids, KvDType::kF32, 64);
+  EXPECT_EQ(run_with_cache(model, g.ids, KvDType::kF32, 1), exact);
+  EXPECT_EQ(run_with_cache(model, g.ids, KvDType::kF32, 5), exact);
+}
+
+// The 16-bit and fp8 cache formats against the exact one on the trained model (on the random
+// goldens a rounded key can flip a DSA selection and move a logit far; trained weights are
+// smoother). Achieved: bf16 1.9e-3, fp8 7.3e-2 x the largest logit magnitude (E4M3 keeps 3 mantissa
+// bits: up to 6 % per value).
+TEST(GlmMoeDsa, RoundedKvCachesStayClose) {
+  ThreadPool pool(2);
+  Golden g = read_golden(kGoldenModels / "tiny_glm5");
+  GlmMoeDsa model = GlmMoeDsa::load(g.model, pool);
+  const std::vector<float> exact = run_with_cache(model, g.ids, KvDType::kF32, 64);
+  float max_abs = 0.0f;
+  for (float x : exact) max_abs = std::max(max_abs, std::fabs(x));
+  for (auto [dtype, tolerance] :
+       {std::pair{KvDType::kBF16, 5e-3f}, std::pair{KvDType::kFP8, 0.15f}}) {
+    const std::vector<float> got = run_with_cache(model, g.ids, dtype, 7);
+    ASSERT_EQ(got.size(), exact.size());
+    float worst = 0.0f;
+    for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - exact[i]));
+    EXPECT_LE(worst, tolerance * max_abs) << kv_dtype_name(dtype);
+    EXPECT_GT(worst, 0.0f) << kv_dtype_name(dtype) << ": nothing rounded?";
+    std::printf("%s cache: max |delta logit| %.3g x max |logit|\n",
+                std::string(kv_dtype_name(dtype)).c_str(), worst / max_abs);
+  }
 }
 
 // What the forward pass computed at each stage, recorded through the observer.
@@ -291,6 +343,19 @@ TEST(GlmMoeDsa, SelectionsHoldOnlyTopKKeys) {
     }
   EXPECT_GT(sparse, 0u);
   EXPECT_LE(seen.max_capacity, k);
+}
+
+TEST(GlmMoeDsa, AbsorbedFormWhenCheaperThanReexpandingThePrefix) {
+  ModelConfig c;  // GLM-5's attention dimensions
+  c.num_attention_heads = 64;
+  c.qk_nope_head_dim = 192;
+  c.qk_rope_head_dim = 64;
+  c.v_head_dim = 256;
+  c.kv_lora_rank = 512;
+  EXPECT_FALSE(absorbed_is_cheaper(c, 0, 512, 512 * 257));   // a fresh prompt: nothing to expand
+  EXPECT_TRUE(absorbed_is_cheaper(c, 1000, 1, 1001));        // decode
+  EXPECT_TRUE(absorbed_is_cheaper(c, 4096, 64, 64 * 2048));  // a short chunk after a long prefix
+  EXPECT_FALSE(absorbed_is_cheaper(c, 8, 512, 512 * 264));   // a long chunk after a short one
 }
 
 TEST(GoldenModels, ArePresent) {

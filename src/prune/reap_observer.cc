@@ -86,7 +86,7 @@ std::vector<std::vector<ExpertStats>> collect_reap_stats(
     batches.push_back(model.embed(std::move(seqs)));
   }
   auto drop_cache = [](Batch& b, int64_t L) {
-    for (int64_t s = 0; s < b.sequences(); ++s) b.sequence(s).cache->layers[L] = LayerCache{};
+    for (int64_t s = 0; s < b.sequences(); ++s) b.sequence(s).cache->layers[L].clear();
   };
   const WeightSource& source = model.weights();
   for (int64_t L = 0; L < c.num_hidden_layers; ++L) {

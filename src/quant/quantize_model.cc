@@ -80,7 +80,7 @@ class Chain {
       model.forward_layer(L, w, b, observer);
       if (!observe_only) save(i);
       b.hidden = {};
-      for (int64_t s = 0; s < b.sequences(); ++s) b.sequence(s).cache->layers[L] = LayerCache{};
+      for (int64_t s = 0; s < b.sequences(); ++s) b.sequence(s).cache->layers[L].clear();
     }
   }
   const SampleStore& store() const { return store_; }

@@ -102,6 +102,24 @@ float f8e4m3_to_f32(uint8_t b) {
   return sign ? -v : v;
 }
 
+uint8_t f32_to_f8e4m3(float f) {
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
+  if (std::isnan(f)) return 0x7f;
+  const float a = std::fabs(f);
+  uint32_t code;
+  if (a < 0x1p-6f) {
+    // Subnormals (and zero): steps of 2^-9; a count of 8 is the smallest normal, code 0x08.
+    code = static_cast<uint32_t>(std::nearbyint(a * 0x1p9f));
+  } else {
+    int e;
+    std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1): the leading bit is 2^(e-1)
+    // Three mantissa bits: steps of 2^(e-4). q in [8, 16]; 16 carries into the next binade.
+    const uint32_t q = static_cast<uint32_t>(std::nearbyint(std::ldexp(a, 4 - e)));
+    code = ((static_cast<uint32_t>(e - 1 + 7)) << 3) + (q - 8);
+  }
+  return static_cast<uint8_t>(sign | std::min<uint32_t>(code, 0x7e));
+}
+
 void convert_to_f32(DType dtype, const std::byte* src, size_t count, float* dst) {
   switch (dtype) {
     case DType::BF16:

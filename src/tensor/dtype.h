@@ -51,6 +51,8 @@ float f16_to_f32(uint16_t bits);
 uint16_t f32_to_f16(float f);
 // OCP FP8 E4M3 ("e4m3fn": no infinities, 0x7f/0xff are NaN, max 448).
 float f8e4m3_to_f32(uint8_t bits);
+// The nearest E4M3 value (ties to the even code), saturating at ±448; NaN stays NaN.
+uint8_t f32_to_f8e4m3(float f);
 
 // Converts `count` elements of `dtype` at `src` (unaligned bytes allowed) to float32.
 // Integer types convert by value. Throws Error for BOOL.

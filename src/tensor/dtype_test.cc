@@ -7,8 +7,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
+#include <random>
 
 #include "io/npy.h"
 
@@ -32,6 +34,41 @@ TEST(DtypeVsTorch, EveryF16PatternToF32) {
       ADD_FAILURE() << "f16 0x" << std::hex << bits << ": " << got << " != torch " << want[bits];
   }
   EXPECT_EQ(bad, 0);
+}
+
+// Encoding to E4M3 is checked against the (torch-checked) decoder: the code chosen is the
+// nearest of all 254 finite values, ties to the even code, saturating at ±448.
+TEST(Dtype, F32ToF8E4M3IsTheNearestCode) {
+  std::vector<float> values;
+  for (int b = 0; b < 256; ++b)
+    if ((b & 0x7f) != 0x7f) values.push_back(f8e4m3_to_f32(static_cast<uint8_t>(b)));
+  auto check = [&](float f) {
+    const uint8_t got = f32_to_f8e4m3(f);
+    const float v = f8e4m3_to_f32(got);
+    const float clamped = std::clamp(f, -448.0f, 448.0f);
+    for (int b = 0; b < 256; ++b) {
+      if ((b & 0x7f) == 0x7f) continue;
+      const float other = f8e4m3_to_f32(static_cast<uint8_t>(b));
+      const float d_got = std::fabs(v - clamped), d_other = std::fabs(other - clamped);
+      ASSERT_LE(d_got, d_other) << f << " -> 0x" << std::hex << int{got} << ", nearer 0x" << b;
+      if (d_got == d_other && other != v) {
+        ASSERT_EQ(got & 1, 0) << f << ": a tie goes to even";
+      }
+    }
+    if (f != 0.0f) {
+      ASSERT_EQ(std::signbit(v), std::signbit(f)) << f;
+    }
+  };
+  for (size_t i = 0; i + 1 < values.size(); ++i) {
+    check(values[i]);
+    check((values[i] + values[i + 1]) / 2);  // midpoints (ties) between neighbouring codes
+  }
+  std::mt19937 gen(3);
+  std::uniform_real_distribution<float> exponent(-12.0f, 10.0f);
+  for (int i = 0; i < 20000; ++i) check((i % 2 ? -1.0f : 1.0f) * std::exp2(exponent(gen)));
+  check(1e9f);
+  check(-500.0f);
+  EXPECT_EQ(f32_to_f8e4m3(std::nanf("")) & 0x7f, 0x7f);
 }
 
 TEST(DtypeVsTorch, EveryF8E4M3PatternToF32) {
