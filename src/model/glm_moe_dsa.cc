@@ -303,9 +303,11 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
     // heads share their keys, so the scores of all heads over the selected keys (gathered from
     // the cache) are two matrix products, then a softmax per head and one more product for the
     // latent-weighted sums; o[t, h] = W_UV[h] · o_lat[t, h], one product per head.
+    // int4 kv_b (fast path): q_abs and o as int4 x int8 products (AbsorbedKvB); else float32.
+    const AbsorbedKvB* int4_kv_b = kernels_ == Kernels::kFast ? w.absorbed_int4.get() : nullptr;
     Vec converted;
-    const float* kv_b = w.kv_b_proj.f32_rows();
-    if (kv_b == nullptr) {
+    const float* kv_b = int4_kv_b ? nullptr : w.kv_b_proj.f32_rows();
+    if (!int4_kv_b && kv_b == nullptr) {
       converted = w.kv_b_proj.to_f32();
       kv_b = converted.data();
     }
@@ -314,18 +316,46 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
       const std::vector<KeySelection>& sel = b.selection_[s];
       const int64_t T = b.length(s), r0 = b.first_row(s);
       Vec q_abs(static_cast<size_t>(T * NH * Rkv)), o_lat(q_abs.size());
-      pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
-        Vec qn(static_cast<size_t>(T * Dn)), qa(static_cast<size_t>(T * Rkv));
-        for (size_t hu = h0; hu < h1; ++hu) {
-          const int64_t h = static_cast<int64_t>(hu);
-          for (int64_t t = 0; t < T; ++t)
-            std::copy_n(&q[((r0 + t) * NH + h) * Dqk], Dn, &qn[t * Dn]);
-          const float* w_uk = kv_b + h * kv_width * Rkv;  // rows [0, Dn) of the head
-          matmul_nn(qn.data(), w_uk, qa.data(), T, Dn, Rkv);
-          for (int64_t t = 0; t < T; ++t)
-            std::copy_n(&qa[t * Rkv], Rkv, &q_abs[(t * NH + h) * Rkv]);
-        }
-      });
+      if (int4_kv_b) {
+        // Activation row (t, h, g): q_nope[t, h] scaled by kv_b's scales of group g, for the
+        // rows of W_UKᵀ in that group.
+        const int64_t G = int4_kv_b->group_size, groups = (Rkv + G - 1) / G;
+        Vec folded(static_cast<size_t>(T * NH * groups * Dn));
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t h = 0; h < NH; ++h)
+            for (int64_t g = 0; g < groups; ++g) {
+              const float* qn = &q[((r0 + t) * NH + h) * Dqk];
+              const float* sc = &int4_kv_b->uk_scales[(h * groups + g) * Dn];
+              float* dst = &folded[((t * NH + h) * groups + g) * Dn];
+              for (int64_t o = 0; o < Dn; ++o) dst[o] = sc[o] * qn[o];
+            }
+        Int8Acts acts;
+        quantize_acts(folded.data(), T * NH * groups, Dn, int4_act_block(int4_kv_b->uk_t[0]), acts);
+        constexpr int64_t TR = PackedInt4::kTileRows;
+        pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
+          for (int64_t h = static_cast<int64_t>(h0); h < static_cast<int64_t>(h1); ++h)
+            for (int64_t t = 0; t < T; ++t)
+              for (int64_t g = 0; g < groups; ++g) {
+                const int64_t m = (t * NH + h) * groups + g;
+                int4_tiles(int4_kv_b->uk_t[static_cast<size_t>(h)], acts, m, m + 1, g * G / TR,
+                           std::min(Rkv, (g + 1) * G) / TR, &q_abs[(t * NH + h) * Rkv],
+                           /*ldy=*/0, false);
+              }
+        });
+      } else {
+        pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
+          Vec qn(static_cast<size_t>(T * Dn)), qa(static_cast<size_t>(T * Rkv));
+          for (size_t hu = h0; hu < h1; ++hu) {
+            const int64_t h = static_cast<int64_t>(hu);
+            for (int64_t t = 0; t < T; ++t)
+              std::copy_n(&q[((r0 + t) * NH + h) * Dqk], Dn, &qn[t * Dn]);
+            const float* w_uk = kv_b + h * kv_width * Rkv;  // rows [0, Dn) of the head
+            matmul_nn(qn.data(), w_uk, qa.data(), T, Dn, Rkv);
+            for (int64_t t = 0; t < T; ++t)
+              std::copy_n(&qa[t * Rkv], Rkv, &q_abs[(t * NH + h) * Rkv]);
+          }
+        });
+      }
       // One token's attention over its keys; `pool` splits its products (a single token), or
       // tokens run side by side on the pool's workers.
       auto attend = [&](int64_t t, ThreadPool* pool) {
@@ -360,6 +390,19 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
         pool_.parallel_for(static_cast<size_t>(T), [&](size_t t0, size_t t1) {
           for (size_t t = t0; t < t1; ++t) attend(static_cast<int64_t>(t), nullptr);
         });
+      }
+      if (int4_kv_b) {
+        Int8Acts acts;
+        quantize_acts(o_lat.data(), T * NH, Rkv, int4_act_block(int4_kv_b->uv[0]), acts);
+        pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
+          for (int64_t h = static_cast<int64_t>(h0); h < static_cast<int64_t>(h1); ++h) {
+            const PackedInt4& w_uv = int4_kv_b->uv[static_cast<size_t>(h)];
+            for (int64_t t = 0; t < T; ++t)
+              int4_tiles(w_uv, acts, t * NH + h, t * NH + h + 1, 0, w_uv.tiles,
+                         &attn[((r0 + t) * NH + h) * Dv], /*ldy=*/0, false);
+          }
+        });
+        continue;
       }
       pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
         Vec ol(static_cast<size_t>(T * Rkv)), oh(static_cast<size_t>(T * Dv));

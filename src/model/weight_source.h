@@ -29,8 +29,9 @@ class WeightSource {
   WeightSource(const std::filesystem::path& dir, const ModelConfig& config);
   // The same, with every Linear made ready for the fast kernels (ops/linear.h, linear_fast) on the
   // pool: GPTQ int4 weights repacked (tensor/packed_int4.h; ~the checkpoint's size in anonymous
-  // memory), and kv_b_proj (any format) converted to float32 once, because absorbed MLA attention
-  // reads it per head, transposed, on every decoded token. Layer by layer, each layer's mapped
+  // memory), and kv_b_proj, which absorbed MLA attention reads per head, half of it transposed, on
+  // every decoded token: a symmetric int4 kv_b also gets W_UK transposed as int4 (AbsorbedKvB),
+  // any other is converted to float32 once. Layer by layer, each layer's mapped
   // pages released once packed. For serving: the whole model stays in memory.
   WeightSource(const std::filesystem::path& dir, const ModelConfig& config, ThreadPool& pack_pool);
   // Weights that live elsewhere (owned buffers in tests): acquire and release give no advice.

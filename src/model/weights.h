@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,6 +20,7 @@
 
 #include "io/model_config.h"
 #include "io/safetensors.h"
+#include "tensor/packed_int4.h"
 #include "tensor/weight.h"
 
 namespace whittle {
@@ -30,15 +32,28 @@ struct IndexerWeights {
   Weight weights_proj;                            // [index_n_heads, hidden]
 };
 
+// The fast path's absorbed attention over a symmetric int4 kv_b_proj (model/weight_source.cc), so
+// decode reads kv_b at 4 bits instead of as float32. Per head h, with W = kv_b's rows of the head:
+// q_abs = W_UKᵀ q_nope runs as an int4 product over W_UK transposed (unit scales; kv_b's scale of
+// row o, group g is folded into q_nope[o], one activation row per group), o = W_UV o_lat over
+// kv_b's own packed tiles.
+struct AbsorbedKvB {
+  int64_t group_size = 0;        // kv_b's, along kv_lora_rank
+  std::vector<PackedInt4> uk_t;  // per head: W_UKᵀ [kv_lora_rank, qk_nope_head_dim]
+  std::vector<float> uk_scales;  // [heads][groups][qk_nope_head_dim]: kv_b's scales of W_UK
+  std::vector<PackedInt4> uv;    // per head: W_UV [v_head_dim, kv_lora_rank], tiles of kv_b
+};
+
 struct AttentionWeights {
-  Weight q_a_proj;                        // [q_lora_rank, hidden]
-  std::vector<float> q_a_layernorm;       // [q_lora_rank]
-  Weight q_b_proj;                        // [heads * qk_head_dim, q_lora_rank]
-  Weight kv_a_proj_with_mqa;              // [kv_lora_rank + qk_rope_head_dim, hidden]
-  std::vector<float> kv_a_layernorm;      // [kv_lora_rank]
-  Weight kv_b_proj;                       // [heads * (qk_nope + v_head), kv_lora_rank]
-  Weight o_proj;                          // [hidden, heads * v_head]
-  std::optional<IndexerWeights> indexer;  // absent on "shared" (IndexShare) layers
+  Weight q_a_proj;                                   // [q_lora_rank, hidden]
+  std::vector<float> q_a_layernorm;                  // [q_lora_rank]
+  Weight q_b_proj;                                   // [heads * qk_head_dim, q_lora_rank]
+  Weight kv_a_proj_with_mqa;                         // [kv_lora_rank + qk_rope_head_dim, hidden]
+  std::vector<float> kv_a_layernorm;                 // [kv_lora_rank]
+  Weight kv_b_proj;                                  // [heads * (qk_nope + v_head), kv_lora_rank]
+  Weight o_proj;                                     // [hidden, heads * v_head]
+  std::optional<IndexerWeights> indexer;             // absent on "shared" (IndexShare) layers
+  std::shared_ptr<const AbsorbedKvB> absorbed_int4;  // fast path only, when kv_b allows
 };
 
 struct MlpWeights {  // SwiGLU: down(silu(gate x) * up x)

@@ -46,29 +46,45 @@ std::string packable(const Weight& w) {
 std::shared_ptr<const PackedInt4> pack_int4(const Weight& w, ThreadPool* pool) {
   if (const std::string why = packable(w); !why.empty())
     fail("internal: {} ({}) cannot be packed: {}", w.module(), w.describe(), why);
+  const int64_t groups = w.groups();
+  const int64_t group_size = groups == 1 ? w.cols() : w.gptq_params().group_size;
+  if (groups != (w.cols() + group_size - 1) / group_size)
+    fail("internal: {}: {} groups of {} for {} inputs", w.module(), groups, group_size, w.cols());
+  return pack_int4(
+      w.rows(), w.cols(), group_size, w.scale_dtype(), !w.gptq_params().sym,
+      [&w](int64_t r0, int64_t r1, uint8_t* codes, uint8_t* zeros, uint16_t* scales) {
+        w.gptq_unpack(r0, r1, codes, zeros, scales);
+      },
+      pool);
+}
+
+std::shared_ptr<const PackedInt4> pack_int4(int64_t rows, int64_t cols, int64_t group_size,
+                                            DType scale_dtype, bool has_zeros,
+                                            const Int4RowSource& source, ThreadPool* pool) {
   constexpr int64_t TR = PackedInt4::kTileRows;
+  if (rows < 1 || cols < 8 || cols % 8 != 0 || group_size < 8 || group_size % 8 != 0 ||
+      (scale_dtype != DType::F16 && scale_dtype != DType::BF16))
+    fail("internal: cannot pack int4 [{}, {}] in groups of {} with {} scales", rows, cols,
+         group_size, dtype_name(scale_dtype));
   auto packed = std::make_shared<PackedInt4>();
   PackedInt4& p = *packed;
-  p.rows = w.rows();
-  p.cols = w.cols();
-  p.groups = w.groups();
-  p.group_size = p.groups == 1 ? p.cols : w.gptq_params().group_size;
-  if (p.groups != (p.cols + p.group_size - 1) / p.group_size)
-    fail("internal: {}: {} groups of {} for {} inputs", w.module(), p.groups, p.group_size, p.cols);
+  p.rows = rows;
+  p.cols = cols;
+  p.group_size = group_size;
+  p.groups = (cols + group_size - 1) / group_size;
   p.tiles = (p.rows + TR - 1) / TR;
-  p.scale_dtype = w.scale_dtype();
-  p.has_zeros = !w.gptq_params().sym;
+  p.scale_dtype = scale_dtype;
+  p.has_zeros = has_zeros;
   p.codes_offset = round_up(static_cast<size_t>(p.groups * TR) * (2 + (p.has_zeros ? 1 : 0)), 64);
   p.tile_bytes = p.codes_offset + static_cast<size_t>(p.cols / 8) * PackedInt4::kBlockBytes;
   p.data = allocate(p.bytes());
-
   const int64_t K = p.cols, G = p.groups;
   auto pack_tiles = [&](size_t t0, size_t t1) {
     std::vector<uint8_t> codes(static_cast<size_t>(TR * K)), zeros(static_cast<size_t>(G * TR));
     std::vector<uint16_t> scales(static_cast<size_t>(G * TR));
     for (size_t t = t0; t < t1; ++t) {
       const int64_t r0 = static_cast<int64_t>(t) * TR, r1 = std::min(p.rows, r0 + TR), R = r1 - r0;
-      w.gptq_unpack(r0, r1, codes.data(), zeros.data(), scales.data());
+      source(r0, r1, codes.data(), zeros.data(), scales.data());
       std::byte* tile = p.data.get() + t * p.tile_bytes;
       std::memset(tile, 0, p.tile_bytes);  // padded rows: scale 0, codes 0
       auto* tile_scales = reinterpret_cast<uint16_t*>(tile);
@@ -99,20 +115,34 @@ void PackedInt4::rows_to_f32(int64_t r0, int64_t r1, float* dst) const {
   for (int64_t n = r0; n < r1; ++n) {
     const int64_t r = n % kTileRows;
     const std::byte* t = tile(n / kTileRows);
-    const auto* scales = reinterpret_cast<const uint16_t*>(t);
     const auto* zeros = reinterpret_cast<const uint8_t*>(t + groups * kTileRows * 2);
     const auto* codes = reinterpret_cast<const uint8_t*>(t + codes_offset);
     float* row = dst + (n - r0) * cols;
     for (int64_t k = 0; k < cols; ++k) {
       const int64_t g = k / group_size;
-      const uint16_t bits = scales[g * kTileRows + r];
-      const float scale = scale_dtype == DType::F16 ? f16_to_f32(bits) : bf16_to_f32(bits);
+      const float scale = packed_scale(*this, n, g);
       const float zero = has_zeros ? static_cast<float>(zeros[g * kTileRows + r]) : 8.0f;
       const uint8_t byte = codes[(k / 8) * kBlockBytes + 4 * r + (k % 4)];
       const int code = (k % 8) < 4 ? (byte & 15) : (byte >> 4);
       row[k] = scale * (static_cast<float>(code) - zero);
     }
   }
+}
+
+PackedInt4 tile_slice(const PackedInt4& w, int64_t t0, int64_t t1) {
+  if (t0 < 0 || t1 <= t0 || t1 > w.tiles) fail("internal: tiles [{}, {}) of {}", t0, t1, w.tiles);
+  PackedInt4 s = w;
+  s.data =
+      std::shared_ptr<std::byte>(w.data, w.data.get() + static_cast<size_t>(t0) * w.tile_bytes);
+  s.tiles = t1 - t0;
+  s.rows = std::min(w.rows, t1 * PackedInt4::kTileRows) - t0 * PackedInt4::kTileRows;
+  return s;
+}
+
+float packed_scale(const PackedInt4& w, int64_t row, int64_t group) {
+  const auto* scales = reinterpret_cast<const uint16_t*>(w.tile(row / PackedInt4::kTileRows));
+  const uint16_t bits = scales[group * PackedInt4::kTileRows + row % PackedInt4::kTileRows];
+  return w.scale_dtype == DType::F16 ? f16_to_f32(bits) : bf16_to_f32(bits);
 }
 
 }  // namespace whittle

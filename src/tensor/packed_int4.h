@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -57,5 +58,20 @@ std::string packable(const Weight& w);
 // Packs a packable weight (tiles spread over the pool). Memory: bytes() of anonymous memory, on
 // transparent huge pages where the system allows (decode streams it at memory bandwidth).
 std::shared_ptr<const PackedInt4> pack_int4(const Weight& w, ThreadPool* pool = nullptr);
+
+// Rows [r0, r1) of an int4 weight in Weight::gptq_unpack's layout: codes [r1 - r0][cols] (0..15),
+// zeros and 16-bit scales [groups][r1 - r0] (zeros ignored when symmetric).
+using Int4RowSource =
+    std::function<void(int64_t r0, int64_t r1, uint8_t* codes, uint8_t* zeros, uint16_t* scales)>;
+// Packs a weight made here rather than read from a checkpoint (a transposed slice, say).
+std::shared_ptr<const PackedInt4> pack_int4(int64_t rows, int64_t cols, int64_t group_size,
+                                            DType scale_dtype, bool has_zeros,
+                                            const Int4RowSource& source,
+                                            ThreadPool* pool = nullptr);
+
+// Tiles [t0, t1) of `w` as a weight of their own (rows t0 * 16 ...), sharing its memory.
+PackedInt4 tile_slice(const PackedInt4& w, int64_t t0, int64_t t1);
+// The 16-bit scale of `row`, `group`, as float32.
+float packed_scale(const PackedInt4& w, int64_t row, int64_t group);
 
 }  // namespace whittle
