@@ -22,6 +22,21 @@ void axpy(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// The temporaries of a forward pass live in thread_local buffers reused from call to call, so
+// that a decode step allocates nothing once warm (a thread runs one forward at a time; the pool's
+// workers run only pieces of one, with their own buffers). One grown past kKeepBytes by a long
+// prompt is given back at its next smaller use. A function's buffers that a pool lambda uses are
+// bound to references first: a thread_local named inside the lambda is the running thread's own.
+constexpr size_t kKeepBytes = size_t{16} << 20;
+
+template <class T>
+T* reuse(std::vector<T>& v, size_t n) {
+  if (v.capacity() * sizeof(T) > kKeepBytes && n * sizeof(T) <= kKeepBytes)
+    std::vector<T>().swap(v);
+  v.resize(n);
+  return v.data();
+}
+
 }  // namespace
 
 GlmMoeDsa::GlmMoeDsa(ModelConfig config, std::shared_ptr<const WeightSource> weights,
@@ -51,15 +66,25 @@ GlmMoeDsa GlmMoeDsa::load(const std::filesystem::path& dir, ThreadPool& pool, Ke
 }
 
 Batch GlmMoeDsa::embed(std::vector<SequenceInput> sequences) const {
-  const int64_t H = config_.hidden_size;
-  if (sequences.empty()) fail("no sequences to run");
   Batch b;
-  std::set<const KvCache*> caches;
-  for (const SequenceInput& s : sequences) {
+  b.seqs_ = std::move(sequences);
+  embed(b);
+  return b;
+}
+
+void GlmMoeDsa::embed(Batch& b) const {
+  const int64_t H = config_.hidden_size;
+  const std::vector<SequenceInput>& sequences = b.seqs_;
+  if (sequences.empty()) fail("no sequences to run");
+  b.start_.clear();
+  b.offset_.assign(1, 0);
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const SequenceInput& s = sequences[i];
     const int64_t T = static_cast<int64_t>(s.tokens.size());
     if (T == 0) fail("no tokens to run");
-    if (s.cache == nullptr || !caches.insert(s.cache).second)
-      fail("internal: each sequence of a batch needs its own cache");
+    bool shared = s.cache == nullptr;
+    for (size_t j = 0; j < i; ++j) shared = shared || sequences[j].cache == s.cache;
+    if (shared) fail("internal: each sequence of a batch needs its own cache");
     const KvCache& cache = *s.cache;
     if (static_cast<int64_t>(cache.layers.size()) != config_.num_hidden_layers)
       fail("internal: KV cache has {} layers, model has {}", cache.layers.size(),
@@ -79,14 +104,13 @@ Batch GlmMoeDsa::embed(std::vector<SequenceInput> sequences) const {
     b.start_.push_back(cache.length());
     b.offset_.push_back(b.offset_.back() + T);
   }
-  b.seqs_ = std::move(sequences);
   b.selection_.resize(b.seqs_.size());
-  b.hidden.resize(static_cast<size_t>(b.rows() * H));
+  b.selection_layer_ = -1;
+  reuse(b.hidden, static_cast<size_t>(b.rows() * H));
   const Weight& table = weights_->weights().embed_tokens;
   int64_t row = 0;
   for (const SequenceInput& s : b.seqs_)
     for (int32_t id : s.tokens) table.rows_to_f32(id, id + 1, &b.hidden[(row++) * H]);
-  return b;
 }
 
 void GlmMoeDsa::linear(const Weight& w, const float* x, int64_t rows, float* y, bool accumulate,
@@ -105,7 +129,9 @@ void GlmMoeDsa::forward_layer(int64_t layer, const LayerWeights& lw, Batch& b,
   const int64_t R = b.rows(), H = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   if (observer) observer->layer_input(layer, b, b.hidden.data());
-  Vec a(b.hidden.size()), delta(b.hidden.size());
+  thread_local Vec a, delta;
+  reuse(a, b.hidden.size());
+  reuse(delta, b.hidden.size());
   rms_norm_rows(b.hidden.data(), lw.input_layernorm.data(), a.data(), R, H, eps);
   attention(layer, lw.attn, b, a.data(), delta.data(), observer);
   axpy(1.0f, delta.data(), b.hidden.data(), R * H);
@@ -119,21 +145,29 @@ void GlmMoeDsa::forward_layer(int64_t layer, const LayerWeights& lw, Batch& b,
 }
 
 std::vector<float> GlmMoeDsa::head(const Batch& b, bool all_rows, ForwardObserver* observer) const {
+  std::vector<float> logits;
+  head(b, all_rows, logits, observer);
+  return logits;
+}
+
+void GlmMoeDsa::head(const Batch& b, bool all_rows, std::vector<float>& logits,
+                     ForwardObserver* observer) const {
   const int64_t H = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  std::vector<int64_t> rows;
+  thread_local std::vector<int64_t> rows;
+  rows.clear();
   for (int64_t s = 0; s < b.sequences(); ++s)
     for (int64_t r = all_rows ? b.first_row(s) : b.first_row(s + 1) - 1; r < b.first_row(s + 1);
          ++r)
       rows.push_back(r);
   const int64_t n = static_cast<int64_t>(rows.size());
-  Vec normed(static_cast<size_t>(n * H));
+  thread_local Vec normed;
+  reuse(normed, static_cast<size_t>(n * H));
   for (int64_t i = 0; i < n; ++i)
     rms_norm(&b.hidden[rows[i] * H], weights_->weights().norm.data(), &normed[i * H], H, eps);
   const Weight& lm_head = weights_->weights().lm_head;
-  Vec logits(static_cast<size_t>(n * lm_head.rows()));
+  logits.resize(static_cast<size_t>(n * lm_head.rows()));
   linear(lm_head, normed.data(), n, logits.data(), false, observer);
-  return logits;
 }
 
 std::vector<float> GlmMoeDsa::forward(Batch& b, bool all_rows, ForwardObserver* observer) const {
@@ -149,8 +183,19 @@ std::vector<float> GlmMoeDsa::prefill(std::span<const int32_t> tokens, KvCache& 
 
 std::vector<float> GlmMoeDsa::decode(int32_t token, KvCache& cache,
                                      ForwardObserver* observer) const {
-  Batch b = embed({SequenceInput{std::span<const int32_t>(&token, 1), &cache, /*absorbed=*/true}});
-  return forward(b, false, observer);
+  std::vector<float> logits;
+  decode(token, cache, logits, observer);
+  return logits;
+}
+
+void GlmMoeDsa::decode(int32_t token, KvCache& cache, std::vector<float>& logits,
+                       ForwardObserver* observer) const {
+  thread_local Batch b;  // its vectors keep their memory from token to token
+  b.seqs_.resize(1);
+  b.seqs_[0] = SequenceInput{std::span<const int32_t>(&token, 1), &cache, /*absorbed=*/true};
+  embed(b);
+  for (int64_t L = 0; L < config_.num_hidden_layers; ++L) forward_layer(L, b, observer);
+  head(b, /*all_rows=*/false, logits, observer);
 }
 
 bool absorbed_is_cheaper(const ModelConfig& c, int64_t cached, int64_t new_tokens,
@@ -177,15 +222,21 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
   const float latent_eps = static_cast<float>(c.latent_norm_eps);
 
   // Queries: q_a -> RMSNorm -> q_b, per head [nope | rope]; rope rotated at the token's position.
-  Vec q_lat(static_cast<size_t>(R * c.q_lora_rank));
+  // This thread's buffers, bound to references: the lambdas below that the pool's workers run
+  // must see these, not the workers' own thread_local instances.
+  thread_local Vec q_lat_buf, q_buf, ckv_buf, latent_buf, kpe_buf, attn_buf;
+  Vec &q_lat = q_lat_buf, &q = q_buf, &ckv = ckv_buf, &latent = latent_buf, &kpe = kpe_buf,
+      &attn = attn_buf;
+  reuse(q_lat, static_cast<size_t>(R * c.q_lora_rank));
   linear(w.q_a_proj, a, R, q_lat.data(), false, observer);
   rms_norm_rows(q_lat.data(), w.q_a_layernorm.data(), q_lat.data(), R, c.q_lora_rank, latent_eps);
-  Vec q(static_cast<size_t>(R * NH * Dqk));
+  reuse(q, static_cast<size_t>(R * NH * Dqk));
   linear(w.q_b_proj, q_lat.data(), R, q.data(), false, observer);
   // The compressed kv path: [latent | k_pe]; only the latent is normalised; both are cached.
-  Vec ckv(static_cast<size_t>(R * (Rkv + Dr)));
+  reuse(ckv, static_cast<size_t>(R * (Rkv + Dr)));
   linear(w.kv_a_proj_with_mqa, a, R, ckv.data(), false, observer);
-  Vec latent(static_cast<size_t>(Rkv)), kpe(static_cast<size_t>(Dr));
+  reuse(latent, static_cast<size_t>(Rkv));
+  reuse(kpe, static_cast<size_t>(Dr));
   for (int64_t s = 0; s < b.sequences(); ++s) {
     const int64_t P = b.start(s), T = b.length(s), r0 = b.first_row(s);
     LayerCache& lc = b.sequence(s).cache->layers[layer];
@@ -215,7 +266,7 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
 
   // DSA: this layer's own selection, or the last full layer's on IndexShare "shared" layers.
   if (w.indexer) {
-    b.selection_ = index(layer, *w.indexer, b, a, q_lat.data(), observer);
+    index(layer, *w.indexer, b, a, q_lat.data(), observer);
     b.selection_layer_ = layer;
   } else if (b.selection_layer_ != selection_source_[layer]) {
     fail("internal: layer {} reuses the selection of layer {}, but the batch holds layer {}'s",
@@ -225,7 +276,8 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
     for (int64_t s = 0; s < b.sequences(); ++s) observer->dsa_selection(layer, s, b.selection_[s]);
 
   const float scale = static_cast<float>(c.softmax_scale());
-  Vec attn(static_cast<size_t>(R * NH * Dv), 0.0f);
+  reuse(attn, static_cast<size_t>(R * NH * Dv));
+  std::fill(attn.begin(), attn.end(), 0.0f);
   const int64_t kv_width = Dn + Dv;
   auto attended = [&](int64_t s, int64_t t) {
     const KeySelection& ks = b.selection_[s][static_cast<size_t>(t)];
@@ -233,7 +285,8 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
   };
   // A sequence with a cached prefix runs absorbed when that is cheaper: its prefix's latents are
   // never expanded again chunk after chunk.
-  std::vector<int64_t> absorbed;
+  thread_local std::vector<int64_t> absorbed;
+  absorbed.clear();
   for (int64_t s = 0; s < b.sequences(); ++s) {
     int64_t keys = 0;
     for (int64_t t = 0; t < b.length(s); ++t) keys += attended(s, t);
@@ -315,12 +368,17 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
       const LayerCache& lc = b.sequence(s).cache->layers[layer];
       const std::vector<KeySelection>& sel = b.selection_[s];
       const int64_t T = b.length(s), r0 = b.first_row(s);
-      Vec q_abs(static_cast<size_t>(T * NH * Rkv)), o_lat(q_abs.size());
+      thread_local Vec q_abs_buf, o_lat_buf, folded_buf;
+      thread_local Int8Acts acts_buf;
+      Vec &q_abs = q_abs_buf, &o_lat = o_lat_buf, &folded = folded_buf;
+      Int8Acts& acts = acts_buf;
+      reuse(q_abs, static_cast<size_t>(T * NH * Rkv));
+      reuse(o_lat, q_abs.size());
       if (int4_kv_b) {
         // Activation row (t, h, g): q_nope[t, h] scaled by kv_b's scales of group g, for the
         // rows of W_UKᵀ in that group.
         const int64_t G = int4_kv_b->group_size, groups = (Rkv + G - 1) / G;
-        Vec folded(static_cast<size_t>(T * NH * groups * Dn));
+        reuse(folded, static_cast<size_t>(T * NH * groups * Dn));
         for (int64_t t = 0; t < T; ++t)
           for (int64_t h = 0; h < NH; ++h)
             for (int64_t g = 0; g < groups; ++g) {
@@ -329,7 +387,6 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
               float* dst = &folded[((t * NH + h) * groups + g) * Dn];
               for (int64_t o = 0; o < Dn; ++o) dst[o] = sc[o] * qn[o];
             }
-        Int8Acts acts;
         quantize_acts(folded.data(), T * NH * groups, Dn, int4_act_block(int4_kv_b->uk_t[0]), acts);
         constexpr int64_t TR = PackedInt4::kTileRows;
         pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
@@ -343,16 +400,23 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
               }
         });
       } else {
+        // Per head a slice of the caller's buffers (a worker's own would be allocated the first
+        // time the pool hands it a head, in the middle of a decode).
+        thread_local Vec qn_buf, qa_buf;
+        Vec &qn = qn_buf, &qa = qa_buf;
+        reuse(qn, static_cast<size_t>(NH * T * Dn));
+        reuse(qa, static_cast<size_t>(NH * T * Rkv));
         pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
-          Vec qn(static_cast<size_t>(T * Dn)), qa(static_cast<size_t>(T * Rkv));
           for (size_t hu = h0; hu < h1; ++hu) {
             const int64_t h = static_cast<int64_t>(hu);
+            float* qn_h = &qn[h * T * Dn];
+            float* qa_h = &qa[h * T * Rkv];
             for (int64_t t = 0; t < T; ++t)
-              std::copy_n(&q[((r0 + t) * NH + h) * Dqk], Dn, &qn[t * Dn]);
+              std::copy_n(&q[((r0 + t) * NH + h) * Dqk], Dn, &qn_h[t * Dn]);
             const float* w_uk = kv_b + h * kv_width * Rkv;  // rows [0, Dn) of the head
-            matmul_nn(qn.data(), w_uk, qa.data(), T, Dn, Rkv);
+            matmul_nn(qn_h, w_uk, qa_h, T, Dn, Rkv);
             for (int64_t t = 0; t < T; ++t)
-              std::copy_n(&qa[t * Rkv], Rkv, &q_abs[(t * NH + h) * Rkv]);
+              std::copy_n(&qa_h[t * Rkv], Rkv, &q_abs[(t * NH + h) * Rkv]);
           }
         });
       }
@@ -362,6 +426,12 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
         thread_local Vec keys, keys_pe, q_pe, scores;
         const KeySelection& ks = sel[static_cast<size_t>(t)];
         const int64_t n = attended(s, t);
+        // Room for every key a token of the reserved context can attend to (the DSA caps it).
+        const int64_t most =
+            c.index_topk > 0 ? std::min(lc.capacity(), c.index_topk) : lc.capacity();
+        keys.reserve(static_cast<size_t>(std::max(n, most) * Rkv));
+        keys_pe.reserve(static_cast<size_t>(std::max(n, most) * Dr));
+        scores.reserve(static_cast<size_t>(std::max(n, most) * NH));
         keys.resize(static_cast<size_t>(n * Rkv));
         keys_pe.resize(static_cast<size_t>(n * Dr));
         if (ks.all_visible) {
@@ -392,7 +462,6 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
         });
       }
       if (int4_kv_b) {
-        Int8Acts acts;
         quantize_acts(o_lat.data(), T * NH, Rkv, int4_act_block(int4_kv_b->uv[0]), acts);
         pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
           for (int64_t h = static_cast<int64_t>(h0); h < static_cast<int64_t>(h1); ++h) {
@@ -404,16 +473,21 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
         });
         continue;
       }
+      thread_local Vec ol_buf, oh_buf;  // per head a slice, as above
+      Vec &ol = ol_buf, &oh = oh_buf;
+      reuse(ol, static_cast<size_t>(NH * T * Rkv));
+      reuse(oh, static_cast<size_t>(NH * T * Dv));
       pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
-        Vec ol(static_cast<size_t>(T * Rkv)), oh(static_cast<size_t>(T * Dv));
         for (size_t hu = h0; hu < h1; ++hu) {
           const int64_t h = static_cast<int64_t>(hu);
+          float* ol_h = &ol[h * T * Rkv];
+          float* oh_h = &oh[h * T * Dv];
           for (int64_t t = 0; t < T; ++t)
-            std::copy_n(&o_lat[(t * NH + h) * Rkv], Rkv, &ol[t * Rkv]);
+            std::copy_n(&o_lat[(t * NH + h) * Rkv], Rkv, &ol_h[t * Rkv]);
           const float* w_uv = kv_b + (h * kv_width + Dn) * Rkv;
-          matmul_nt(ol.data(), w_uv, oh.data(), T, Rkv, Dv);
+          matmul_nt(ol_h, w_uv, oh_h, T, Rkv, Dv);
           for (int64_t t = 0; t < T; ++t)
-            std::copy_n(&oh[t * Dv], Dv, &attn[((r0 + t) * NH + h) * Dv]);
+            std::copy_n(&oh_h[t * Dv], Dv, &attn[((r0 + t) * NH + h) * Dv]);
         }
       });
     }
@@ -423,15 +497,17 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
   linear(w.o_proj, attn.data(), R, out, false, observer);
 }
 
-std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const IndexerWeights& w,
-                                                        Batch& b, const float* a,
-                                                        const float* q_lat,
-                                                        ForwardObserver* observer) const {
+void GlmMoeDsa::index(int64_t layer, const IndexerWeights& w, Batch& b, const float* a,
+                      const float* q_lat, ForwardObserver* observer) const {
   const ModelConfig& c = config_;
   const int64_t R = b.rows(), IH = c.index_n_heads, ID = c.index_head_dim;
   // Rope occupies the FIRST qk_rope_head_dim dims of indexer vectors (the last ones in MLA heads).
-  Vec q(static_cast<size_t>(R * IH * ID)), k(static_cast<size_t>(R * ID)),
-      head_w(static_cast<size_t>(R * IH));
+  thread_local Vec q_buf, k_buf, head_w_buf, key_buf, scores_buf, chunk_buf_;  // see reuse()
+  Vec &q = q_buf, &k = k_buf, &head_w = head_w_buf, &key = key_buf, &scores = scores_buf,
+      &chunk_buf = chunk_buf_;
+  reuse(q, static_cast<size_t>(R * IH * ID));
+  reuse(k, static_cast<size_t>(R * ID));
+  reuse(head_w, static_cast<size_t>(R * IH));
   linear(w.wq_b, q_lat, R, q.data(), false, observer);
   linear(w.wk, a, R, k.data(), false, observer);
   linear(w.weights_proj, a, R, head_w.data(), false, observer);
@@ -439,8 +515,10 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
   const float qk_scale = 1.0f / std::sqrt(static_cast<float>(ID));
   for (float& x : head_w) x *= w_scale;
 
-  std::vector<std::vector<KeySelection>> selections(static_cast<size_t>(b.sequences()));
-  Vec key(static_cast<size_t>(ID));
+  // Into the batch's selections, whose memory is reused from layer to layer and token to token.
+  std::vector<std::vector<KeySelection>>& selections = b.selection_;
+  selections.resize(static_cast<size_t>(b.sequences()));
+  reuse(key, static_cast<size_t>(ID));
   for (int64_t s = 0; s < b.sequences(); ++s) {
     const int64_t past = b.start(s), T = b.length(s), r0 = b.first_row(s);
     LayerCache& lc = b.sequence(s).cache->layers[layer];
@@ -456,6 +534,10 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
     }
     std::vector<KeySelection>& sel = selections[s];
     sel.resize(static_cast<size_t>(T));
+    for (KeySelection& ks : sel) {
+      ks.all_visible = true;
+      ks.keys.clear();
+    }
     // Scores of a block of tokens against every key they can see, one chunk of cached keys at a
     // time as a matrix product [tokens * IH, ID] x [chunk, ID]^T (the chunks side by side on the
     // pool), then I[t,s] = sum_h w_h * ReLU(q_h . k_s / sqrt(ID)) and the top-k of each token
@@ -466,20 +548,28 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
     const int64_t block =
         std::max<int64_t>(1, (int64_t{1} << 20) / std::max(past + T, IH * kKeyChunk));
     const bool keep_scores = observer && observer->wants_indexer_scores();
-    Vec scores;
     for (int64_t t0 = first; t0 < T; t0 += block) {
       const int64_t t1 = std::min(T, t0 + block), rows = t1 - t0, keys = past + t1;
-      scores.assign(static_cast<size_t>(rows * keys), 0.0f);
+      if (rows == 1) {
+        // Decode: room for the whole reserved context at once, not one more key per token.
+        scores.reserve(static_cast<size_t>(lc.capacity()));
+        top_k_reserve(lc.capacity());
+      }
+      reuse(scores, static_cast<size_t>(rows * keys));
+      std::fill(scores.begin(), scores.end(), 0.0f);
       const int64_t chunks = (keys + kKeyChunk - 1) / kKeyChunk;
+      // Per pool thread a slice of the caller's buffers: a chunk's keys and their dot products.
+      const size_t kbuf_len = static_cast<size_t>(kKeyChunk * ID),
+                   qk_len = static_cast<size_t>(rows * IH * kKeyChunk);
+      reuse(chunk_buf, pool_.size() * (kbuf_len + qk_len));
       pool_.parallel_for(static_cast<size_t>(chunks), [&](size_t c0, size_t c1) {
-        thread_local Vec kbuf, qk;
+        float* kbuf = &chunk_buf[ThreadPool::slot() * (kbuf_len + qk_len)];
+        float* qk = kbuf + kbuf_len;
         for (size_t ci = c0; ci < c1; ++ci) {
           const int64_t k0 = static_cast<int64_t>(ci) * kKeyChunk,
                         k1 = std::min(keys, k0 + kKeyChunk), n = k1 - k0;
-          kbuf.resize(static_cast<size_t>(n * ID));
-          lc.gather(KvPart::kIndex, k0, k1, kbuf.data());
-          qk.resize(static_cast<size_t>(rows * IH * n));
-          matmul_nt(&q[(r0 + t0) * IH * ID], kbuf.data(), qk.data(), rows * IH, ID, n);
+          lc.gather(KvPart::kIndex, k0, k1, kbuf);
+          matmul_nt(&q[(r0 + t0) * IH * ID], kbuf, qk, rows * IH, ID, n);
           for (int64_t t = t0; t < t1; ++t) {
             const int64_t visible = std::min(k1, past + t + 1), row = r0 + t;
             float* out = &scores[(t - t0) * keys];
@@ -496,7 +586,7 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
         for (size_t i = i0; i < i1; ++i) {
           const int64_t t = t0 + static_cast<int64_t>(i);
           sel[t].all_visible = false;
-          sel[t].keys = top_k(&scores[static_cast<int64_t>(i) * keys], past + t + 1, c.index_topk);
+          top_k(&scores[static_cast<int64_t>(i) * keys], past + t + 1, c.index_topk, sel[t].keys);
         }
       });
       for (int64_t t = t0; keep_scores && t < t1; ++t)
@@ -505,13 +595,14 @@ std::vector<std::vector<KeySelection>> GlmMoeDsa::index(int64_t layer, const Ind
             std::span<const float>(&scores[(t - t0) * keys], static_cast<size_t>(past + t + 1)));
     }
   }
-  return selections;
 }
 
 void GlmMoeDsa::mlp(const MlpWeights& w, const float* x, int64_t rows, float* out, bool accumulate,
                     ForwardObserver* observer) const {
   const int64_t I = w.gate_proj.rows();
-  Vec gate(static_cast<size_t>(rows * I)), up(gate.size());
+  thread_local Vec gate, up;  // see reuse()
+  reuse(gate, static_cast<size_t>(rows * I));
+  reuse(up, gate.size());
   linear(w.gate_proj, x, rows, gate.data(), false, observer);
   linear(w.up_proj, x, rows, up.data(), false, observer);
   silu_mul(gate.data(), up.data(), static_cast<int64_t>(gate.size()));
@@ -521,15 +612,24 @@ void GlmMoeDsa::mlp(const MlpWeights& w, const float* x, int64_t rows, float* ou
 void GlmMoeDsa::moe(int64_t layer, const MoeWeights& w, const float* x, int64_t R, float* out,
                     ForwardObserver* observer) const {
   const int64_t E = static_cast<int64_t>(w.experts.size()), H = config_.hidden_size;
-  // Router in fp32 (model/router.h).
-  Vec logits(static_cast<size_t>(R * E));
-  linear(w.router, x, R, logits.data(), false, observer);
-  const Routing routing = route(std::move(logits), R, w.correction_bias, config_);
+  // Router in fp32 (model/router.h). Buffers: see reuse().
+  thread_local Routing routing;
+  thread_local std::vector<std::vector<int64_t>> rows;
+  thread_local std::vector<std::vector<float>> gate;
+  reuse(routing.logits, static_cast<size_t>(R * E));
+  linear(w.router, x, R, routing.logits.data(), false, observer);
+  route(routing, R, w.correction_bias, config_);
   if (observer) observer->router(layer, routing);
 
   // Rows routed to each expert, ascending, with the weight applied to its output.
-  std::vector<std::vector<int64_t>> rows(static_cast<size_t>(E));
-  std::vector<std::vector<float>> gate(static_cast<size_t>(E));
+  if (rows.size() < static_cast<size_t>(E)) {
+    rows.resize(static_cast<size_t>(E));
+    gate.resize(static_cast<size_t>(E));
+  }
+  for (int64_t e = 0; e < E; ++e) {
+    rows[e].clear();
+    gate[e].clear();
+  }
   for (int64_t t = 0; t < R; ++t)
     for (int64_t j = 0; j < routing.k; ++j) {
       const int32_t e = routing.chosen[t * routing.k + j];
@@ -538,7 +638,7 @@ void GlmMoeDsa::moe(int64_t layer, const MoeWeights& w, const float* x, int64_t 
     }
   std::fill_n(out, R * H, 0.0f);
   if (kernels_ == Kernels::kFast && moe_fast(layer, w, x, R, rows, gate, out, observer)) return;
-  Vec xs, ys;
+  thread_local Vec xs, ys;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t n = static_cast<int64_t>(rows[e].size());
     if (n == 0) continue;  // only the routed experts run, on their rows
@@ -561,9 +661,9 @@ void gather_acts(const Int8Acts& all, const std::vector<int64_t>& rows, Int8Acts
   dst.cols = K;
   dst.group_size = all.group_size;
   dst.groups = G;
-  dst.q.resize(static_cast<size_t>(n * K));
-  dst.scale.resize(static_cast<size_t>(n * G));
-  dst.sum.resize(dst.scale.size());
+  reuse(dst.q, static_cast<size_t>(n * K));
+  reuse(dst.scale, static_cast<size_t>(n * G));
+  reuse(dst.sum, dst.scale.size());
   for (int64_t i = 0; i < n; ++i) {
     std::copy_n(&all.q[rows[i] * K], K, &dst.q[i * K]);
     std::copy_n(&all.scale[rows[i] * G], G, &dst.scale[i * G]);
@@ -588,18 +688,38 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
     Vec gate_out, up_out, down_out;
     Vec x_rows;  // the expert's input rows, gathered only for an observer
   };
+  struct Piece {
+    Job* job;
+    const Weight* weight;
+    float* y;
+    const Int8Acts* acts;
+    int64_t t0, t1;
+  };
   const int64_t E = static_cast<int64_t>(w.experts.size()), H = config_.hidden_size;
-  std::vector<Job> jobs;
-  jobs.reserve(static_cast<size_t>(E + 1));
+  // Job slots, their buffers and the piece list are reused from call to call (see reuse()).
+  thread_local std::vector<Job> job_slots;
+  thread_local std::vector<Piece> piece_buf;
+  thread_local Int8Acts all_buf;
+  if (job_slots.size() < static_cast<size_t>(E + 1)) job_slots.resize(static_cast<size_t>(E + 1));
+  size_t n_jobs = 0;
+  auto next_job = [&](const MlpWeights* mlp, const std::vector<int64_t>* r,
+                      const std::vector<float>* weights, int64_t expert) -> Job& {
+    Job& j = job_slots[n_jobs++];
+    j.mlp = mlp;
+    j.rows = r;
+    j.weights = weights;
+    j.expert = expert;
+    return j;
+  };
   for (int64_t e = 0; e < E; ++e)
-    if (!rows[e].empty())
-      jobs.push_back({&w.experts[e], {}, &rows[e], &gate[e], e, {}, {}, {}, {}, {}, {}});
+    if (!rows[e].empty()) next_job(&w.experts[e], &rows[e], &gate[e], e);
   if (w.shared) {
-    jobs.push_back({&*w.shared, {}, nullptr, nullptr, -1, {}, {}, {}, {}, {}, {}});
-    Job& s = jobs.back();
+    Job& s = next_job(&*w.shared, nullptr, nullptr, -1);
+    s.all_rows.clear();
     for (int64_t r = 0; r < R; ++r) s.all_rows.push_back(r);
     s.rows = &s.all_rows;
   }
+  const std::span<Job> jobs(job_slots.data(), n_jobs);
   // Every weight packed, with one activation block size for the input and one for the hidden.
   const PackedInt4* first = jobs.empty() ? nullptr : jobs[0].mlp->gate_proj.packed();
   const PackedInt4* first_down = jobs.empty() ? nullptr : jobs[0].mlp->down_proj.packed();
@@ -612,16 +732,16 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
           m->packed()->cols != (m == &j.mlp->down_proj ? first_down->cols : H))
         return false;
 
-  Int8Acts all;
+  Int8Acts& all = all_buf;
   quantize_acts(x, R, H, int4_act_block(*first), all);
   for (Job& j : jobs) {
     gather_acts(all, *j.rows, j.in);
     const int64_t n = j.in.rows, I = j.mlp->gate_proj.rows();
-    j.gate_out.resize(static_cast<size_t>(n * I));
-    j.up_out.resize(j.gate_out.size());
-    j.down_out.resize(static_cast<size_t>(n * H));
+    reuse(j.gate_out, static_cast<size_t>(n * I));
+    reuse(j.up_out, j.gate_out.size());
+    reuse(j.down_out, static_cast<size_t>(n * H));
     if (observer) {
-      j.x_rows.resize(static_cast<size_t>(n * H));
+      reuse(j.x_rows, static_cast<size_t>(n * H));
       for (int64_t i = 0; i < n; ++i) std::copy_n(x + (*j.rows)[i] * H, H, &j.x_rows[i * H]);
       observer->linear_input(j.mlp->gate_proj, j.x_rows.data(), n);
       observer->linear_input(j.mlp->up_proj, j.x_rows.data(), n);
@@ -629,15 +749,9 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
   }
   // One parallel job over every (expert, projection, tile pair), then one over the down
   // projections: two hand-offs to the pool per MoE layer, none per expert.
-  struct Piece {
-    Job* job;
-    const Weight* weight;
-    float* y;
-    const Int8Acts* acts;
-    int64_t t0, t1;
-  };
   constexpr int64_t kTilesPerPiece = 8;
-  std::vector<Piece> pieces;
+  std::vector<Piece>& pieces = piece_buf;  // bound here: the pool's workers read it
+  pieces.clear();
   auto run_pieces = [&] {
     pool_.parallel_for(pieces.size(), [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i) {

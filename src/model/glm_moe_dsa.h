@@ -105,6 +105,8 @@ class GlmMoeDsa {
   // The final norm and lm_head: logits [rows, vocab] of every row, or of each sequence's last row.
   std::vector<float> head(const Batch& batch, bool all_rows,
                           ForwardObserver* observer = nullptr) const;
+  void head(const Batch& batch, bool all_rows, std::vector<float>& logits,
+            ForwardObserver* observer = nullptr) const;
   // Every layer, then head().
   std::vector<float> forward(Batch& batch, bool all_rows,
                              ForwardObserver* observer = nullptr) const;
@@ -116,17 +118,22 @@ class GlmMoeDsa {
   // One token with the absorbed attention form. Returns logits [vocab].
   std::vector<float> decode(int32_t token, KvCache& cache,
                             ForwardObserver* observer = nullptr) const;
+  // The same into `logits`: once warm (the same model, a cache with room reserved), a decode step
+  // allocates no memory (test DecodeAllocations).
+  void decode(int32_t token, KvCache& cache, std::vector<float>& logits,
+              ForwardObserver* observer = nullptr) const;
 
  private:
   void linear(const Weight& w, const float* x, int64_t rows, float* y, bool accumulate,
               ForwardObserver* observer) const;
   void attention(int64_t layer, const AttentionWeights& w, Batch& b, const float* a, float* out,
                  ForwardObserver* observer) const;
-  // Scores the indexer keys and selects for every new row of every sequence; appends this
-  // layer's keys to the caches.
-  std::vector<std::vector<KeySelection>> index(int64_t layer, const IndexerWeights& w, Batch& b,
-                                               const float* a, const float* q_lat,
-                                               ForwardObserver* observer) const;
+  // Scores the indexer keys and selects for every new row of every sequence (into the batch's
+  // selections); appends this layer's keys to the caches.
+  void index(int64_t layer, const IndexerWeights& w, Batch& b, const float* a, const float* q_lat,
+             ForwardObserver* observer) const;
+  // embed() into a batch whose sequences are set, reusing its memory.
+  void embed(Batch& b) const;
   void mlp(const MlpWeights& w, const float* x, int64_t rows, float* out, bool accumulate,
            ForwardObserver* observer) const;
   void moe(int64_t layer, const MoeWeights& w, const float* x, int64_t rows, float* out,

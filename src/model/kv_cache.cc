@@ -65,6 +65,7 @@ LayerCache::LayerCache(KvDType dtype, int64_t page_tokens, int64_t latent, int64
 
 void LayerCache::reserve(int64_t tokens) {
   const int64_t pages = (tokens + page_tokens_ - 1) / page_tokens_;
+  pages_.reserve(static_cast<size_t>(pages));
   while (static_cast<int64_t>(pages_.size()) < pages) pages_.emplace_back(page_bytes_);
 }
 

@@ -48,6 +48,8 @@ class LayerCache {
   // Reads the listed tokens (any order) of `part` as float32 rows into dst [tokens.size(), width].
   void gather(KvPart part, std::span<const int32_t> tokens, float* dst) const;
   size_t bytes() const { return pages_.size() * page_bytes_; }
+  // Tokens there is room for without another page.
+  int64_t capacity() const { return static_cast<int64_t>(pages_.size()) * page_tokens_; }
   void clear() {
     pages_.clear();
     length = 0;
@@ -86,6 +88,10 @@ class KvCache {
   }
   void clear() {
     for (auto& l : layers) l.clear();
+  }
+  // Room for `tokens` tokens in every layer, allocated now rather than page by page as they come.
+  void reserve(int64_t tokens) {
+    for (auto& l : layers) l.reserve(tokens);
   }
   size_t bytes() const {
     size_t n = 0;

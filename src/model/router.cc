@@ -1,5 +1,6 @@
 #include "model/router.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -10,23 +11,32 @@ namespace whittle {
 
 Routing route(std::vector<float> logits, int64_t tokens, std::span<const float> correction_bias,
               const ModelConfig& c) {
+  Routing r;
+  r.logits = std::move(logits);
+  route(r, tokens, correction_bias, c);
+  return r;
+}
+
+void route(Routing& r, int64_t tokens, std::span<const float> correction_bias,
+           const ModelConfig& c) {
   // The layer's own expert count (a pruned view of a layer has fewer than the config says).
   const int64_t E = static_cast<int64_t>(correction_bias.size()), K = c.num_experts_per_tok;
-  if (static_cast<int64_t>(logits.size()) != tokens * E || E % c.n_group != 0 ||
+  if (static_cast<int64_t>(r.logits.size()) != tokens * E || E % c.n_group != 0 ||
       (c.n_group > 1 && E / c.n_group < 2) || K > E)
     fail("internal: routing {} logits for {} tokens of {} experts in {} groups, top-{}",
-         logits.size(), tokens, E, c.n_group, K);
+         r.logits.size(), tokens, E, c.n_group, K);
   const int64_t per_group = E / c.n_group;
-  Routing r;
   r.tokens = tokens;
   r.experts = E;
   r.k = K;
-  r.logits = std::move(logits);
-  r.chosen.reserve(static_cast<size_t>(tokens * K));
-  r.weights.reserve(static_cast<size_t>(tokens * K));
-  std::vector<float> score(static_cast<size_t>(E)), choice(static_cast<size_t>(E)),
-      group_score(static_cast<size_t>(c.n_group));
-  std::vector<bool> kept(static_cast<size_t>(c.n_group));
+  r.chosen.clear();
+  r.weights.clear();
+  // Reused from call to call: decode routes every MoE layer of every token.
+  thread_local std::vector<float> score, choice, group_score;
+  thread_local std::vector<int32_t> best, chosen;
+  score.resize(static_cast<size_t>(E));
+  choice.resize(static_cast<size_t>(E));
+  group_score.resize(static_cast<size_t>(c.n_group));
   for (int64_t t = 0; t < tokens; ++t) {
     const float* lg = &r.logits[t * E];
     for (int64_t e = 0; e < E; ++e) {
@@ -35,15 +45,15 @@ Routing route(std::vector<float> logits, int64_t tokens, std::span<const float> 
     }
     if (c.n_group > 1) {
       for (int64_t g = 0; g < c.n_group; ++g) {
-        std::vector<int32_t> best = top_k(&choice[g * per_group], per_group, 2);
+        top_k(&choice[g * per_group], per_group, 2, best);
         group_score[g] = choice[g * per_group + best[0]] + choice[g * per_group + best[1]];
       }
-      std::fill(kept.begin(), kept.end(), false);
-      for (int32_t g : top_k(group_score.data(), c.n_group, c.topk_group)) kept[g] = true;
+      top_k(group_score.data(), c.n_group, c.topk_group, best);
       for (int64_t e = 0; e < E; ++e)
-        if (!kept[e / per_group]) choice[e] = -std::numeric_limits<float>::infinity();
+        if (std::find(best.begin(), best.end(), e / per_group) == best.end())
+          choice[e] = -std::numeric_limits<float>::infinity();
     }
-    const std::vector<int32_t> chosen = top_k(choice.data(), E, K);
+    top_k(choice.data(), E, K, chosen);
     double sum = 0.0;
     for (int32_t e : chosen) sum += score[e];
     for (int32_t e : chosen) {
@@ -53,7 +63,6 @@ Routing route(std::vector<float> logits, int64_t tokens, std::span<const float> 
       r.weights.push_back(weight * static_cast<float>(c.routed_scaling_factor));
     }
   }
-  return r;
 }
 
 }  // namespace whittle

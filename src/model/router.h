@@ -25,5 +25,8 @@ struct Routing {
 // `correction_bias` (config.n_routed_experts, or fewer in a pruned view of the layer).
 Routing route(std::vector<float> logits, int64_t tokens, std::span<const float> correction_bias,
               const ModelConfig& config);
+// The same in place: `r.logits` holds the router's output; chosen and weights reuse r's memory.
+void route(Routing& r, int64_t tokens, std::span<const float> correction_bias,
+           const ModelConfig& config);
 
 }  // namespace whittle

@@ -50,18 +50,36 @@ void softmax(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-std::vector<int32_t> top_k(const float* x, int64_t n, int64_t k) {
+namespace {
+std::vector<int32_t>& top_k_scratch() {
+  thread_local std::vector<int32_t> idx;  // reused: the DSA indexer calls top_k per token and layer
+  return idx;
+}
+}  // namespace
+
+void top_k_reserve(int64_t n) {
+  top_k_scratch().reserve(static_cast<size_t>(n));
+}
+
+void top_k(const float* x, int64_t n, int64_t k, std::vector<int32_t>& out) {
   if (k < 0 || k > n) fail("internal: top-{} of {} values", k, n);
-  std::vector<int32_t> idx(static_cast<size_t>(n));
+  std::vector<int32_t>& idx = top_k_scratch();
+  idx.resize(static_cast<size_t>(n));
   std::iota(idx.begin(), idx.end(), 0);
   auto greater = [x](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
   // `greater` is a strict total order (ties go to the lower index), so selecting the k first and
   // sorting them gives exactly what partial_sort gives, in about half the comparisons.
   std::nth_element(idx.begin(), idx.begin() + k, idx.end(), greater);
   std::sort(idx.begin(), idx.begin() + k, greater);
-  // A fresh k-long vector, not idx.resize(k): resize keeps capacity n, and the DSA indexer keeps
-  // one selection per token, which made its memory O(T^2) (80 GB per layer at a 200k context).
-  return std::vector<int32_t>(idx.begin(), idx.begin() + k);
+  // Only k values into `out` (its capacity then stays near k): the DSA indexer keeps one selection
+  // per token, and n-long ones made its memory O(T^2) (80 GB per layer at a 200k context).
+  out.assign(idx.begin(), idx.begin() + k);
+}
+
+std::vector<int32_t> top_k(const float* x, int64_t n, int64_t k) {
+  std::vector<int32_t> out;
+  top_k(x, n, k, out);
+  return out;
 }
 
 }  // namespace whittle

@@ -25,5 +25,9 @@ void softmax(float* x, int64_t n);
 
 // Indices of the k largest values (k <= n), in descending value order; ties go to the lower index.
 std::vector<int32_t> top_k(const float* x, int64_t n, int64_t k);
+// The same into `out` (reusing its memory).
+void top_k(const float* x, int64_t n, int64_t k, std::vector<int32_t>& out);
+// Makes this thread's top_k scratch hold n values, so that calls up to n allocate nothing.
+void top_k_reserve(int64_t n);
 
 }  // namespace whittle

@@ -58,6 +58,8 @@ GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int3
   Sampler sampler(options.sampling);
   GenerationResult r;
 
+  // Every page the generation can need, now: the decode loop below then allocates nothing.
+  cache.reserve(cache.length() + prompt_len + max_tokens);
   const auto t0 = Clock::now();
   std::vector<float> logits = model.prefill(prompt, cache, /*all_logits=*/false);
   const auto t1 = Clock::now();
@@ -79,7 +81,7 @@ GenerationResult generate(GlmMoeDsa& model, KvCache& cache, std::span<const int3
     }
     // The last token is not decoded: nobody would read its logits.
     if (r.sampled == max_tokens) break;
-    logits = model.decode(next, cache);
+    model.decode(next, cache, logits);
   }
   if (r.stop == StopReason::kMaxTokens && max_tokens < options.max_tokens)
     r.stop = StopReason::kContext;

@@ -42,7 +42,10 @@ ThreadPool::ThreadPool(size_t threads) {
     workers_.reserve(wanted);
     for (size_t i = 0; i < wanted; ++i) {
       if (before_worker_start_for_testing) before_worker_start_for_testing(i);
-      workers_.emplace_back([this] { worker_loop(); });
+      workers_.emplace_back([this, i] {
+        slot_ = i + 1;
+        worker_loop();
+      });
     }
   } catch (const std::exception& e) {
     // Leaving with joinable threads would call std::terminate; stop and join the ones running.
@@ -88,8 +91,7 @@ void ThreadPool::run_chunks() {
   }
 }
 
-void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn,
-                              size_t grain) {
+void ThreadPool::parallel_for(size_t n, RangeFn fn, size_t grain) {
   if (n == 0) return;
   grain = std::max<size_t>(grain, 1);
   // Rounded-up divisions written so that they cannot overflow for any n.
