@@ -1,6 +1,7 @@
 #include "model/kv_cache.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -21,6 +22,17 @@ int64_t fp8_blocks(int64_t width) {
 // The rope key stays 16-bit in the fp8 format: it carries the position, and it is small.
 bool fp8_part(KvDType dtype, KvPart part) {
   return dtype == KvDType::kFP8 && part != KvPart::kRope;
+}
+
+// E4M3 code -> float32, by table: reading an fp8 cache back is one lookup per value.
+const std::array<float, 256>& fp8_values() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int b = 0; b < 256; ++b)
+      t[static_cast<size_t>(b)] = f8e4m3_to_f32(static_cast<uint8_t>(b));
+    return t;
+  }();
+  return table;
 }
 
 size_t row_bytes(KvDType dtype, KvPart part, int64_t width) {
@@ -110,11 +122,12 @@ void LayerCache::read_row(KvPart part, int64_t t, float* dst) const {
   } else if (!fp8_part(dtype_, part)) {
     convert_to_f32(DType::BF16, src, static_cast<size_t>(p.width), dst);
   } else {
+    const std::array<float, 256>& value = fp8_values();
     for (int64_t b = 0; b < fp8_blocks(p.width); ++b) {
       float scale;
       std::memcpy(&scale, src + p.width + 4 * b, 4);
       for (int64_t i = b * kFp8Block; i < std::min(p.width, (b + 1) * kFp8Block); ++i)
-        dst[i] = f8e4m3_to_f32(static_cast<uint8_t>(src[i])) * scale;
+        dst[i] = value[static_cast<uint8_t>(src[i])] * scale;
     }
   }
 }
