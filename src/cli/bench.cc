@@ -17,6 +17,7 @@
 #include "model/glm_moe_dsa.h"
 #include "ops/cpu_isa.h"
 #include "ops/linear.h"
+#include "ops/matmul.h"
 #include "ops/memory_bandwidth.h"
 #include "tensor/packed_int4.h"
 #include "util/error.h"
@@ -155,6 +156,7 @@ Command add_bench(CLI::App& app) {
         {"cores", std::thread::hardware_concurrency()},
         {"threads", threads},
         {"kernels", o->reference ? std::string("reference") : std::string(isa_name(active_isa()))},
+        {"openblas_core", openblas_core()},
         {"bandwidth_gbs", bw.best_gbs},
         {"bandwidth_median_gbs", bw.median_gbs},
         {"load_seconds", load_s},
@@ -177,8 +179,9 @@ Command add_bench(CLI::App& app) {
       return 0;
     }
     fmt::print("model      {}\n", o->model);
-    fmt::print("machine    {}, {} cores; {} threads; kernels {}\n", cpu_name(),
-               std::thread::hardware_concurrency(), threads, j["kernels"].get<std::string>());
+    fmt::print("machine    {}, {} cores; {} threads; kernels {}, OpenBLAS {}\n", cpu_name(),
+               std::thread::hardware_concurrency(), threads, j["kernels"].get<std::string>(),
+               openblas_core());
     fmt::print("bandwidth  {:.1f} GB/s read (best of 7; median {:.1f})\n", bw.best_gbs,
                bw.median_gbs);
     fmt::print("load       {:.1f} s ({:.2f} GB Linear weights, {:.2f} GB packed int4)\n", load_s,

@@ -171,6 +171,23 @@ TEST(Cli, GenerateIsReproducibleAndStaysInTheTokenizerVocabulary) {
   }
 }
 
+// OpenBLAS chooses its kernels from the CPU's model number when it loads; on a VM with a generic
+// model it takes SSE3 (Prescott) ones. whittle then runs itself again with OPENBLAS_CORETYPE set,
+// so what computes (the last core OpenBLAS reports) is never below this CPU's vector width.
+TEST(Cli, OpenBlasRunsKernelsForThisCpu) {
+  if (!__builtin_cpu_supports("avx2")) GTEST_SKIP() << "a CPU without AVX2";
+  CommandOutcome r = run_command({"env", "-u", "OPENBLAS_CORETYPE", "OPENBLAS_VERBOSE=2",
+                                  WHITTLE_BINARY, "info", kModel.string()},
+                                 "2>&1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const size_t at = r.output.rfind("Core: ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const std::string core = r.output.substr(at + 6, r.output.find('\n', at) - at - 6);
+  for (const char* old : {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
+                          "Sandybridge", "Katmai", "Coppermine", "Northwood", "Banias"})
+    EXPECT_NE(core, old) << r.output;
+}
+
 TEST(Cli, MissingModelFolder) {
   Outcome r = whittle({"info", "/nonexistent/model"});
   EXPECT_EQ(r.status, 1);

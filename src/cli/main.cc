@@ -3,15 +3,28 @@
 #include <fmt/core.h>
 #include <fmt/ranges.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "ops/matmul.h"
 #include "util/error.h"
 
 int main(int argc, char** argv) {
+  // OpenBLAS has already chosen its kernels (at load); where it chose below this CPU (a VM with a
+  // generic model number gets SSE3 kernels), run again with OPENBLAS_CORETYPE set. Once only: the
+  // second run finds the variable set. A user's own OPENBLAS_CORETYPE is left alone.
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    if (const char* core = whittle::openblas_better_core()) {
+      setenv("OPENBLAS_CORETYPE", core, 1);
+      execv("/proc/self/exe", argv);  // returns only on failure: then carry on as we are
+    }
+  }
   CLI::App app{"whittle: prune, quantize and run GLM-5-architecture MoE models"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "whittle 0.1");

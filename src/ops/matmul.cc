@@ -3,10 +3,37 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cctype>
+#include <initializer_list>
+#include <string_view>
 
 #include "util/thread_pool.h"
 
 namespace whittle {
+
+std::string openblas_core() {
+  std::string name = openblas_get_corename();
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
+const char* openblas_better_core() {
+#if defined(__x86_64__)
+  const std::string core = openblas_core();
+  auto one_of = [&](std::initializer_list<std::string_view> names) {
+    for (std::string_view n : names)
+      if (core == n) return true;
+    return false;
+  };
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return one_of({"skylakex", "cooperlake", "sapphirerapids"}) ? nullptr : "SKYLAKEX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return one_of({"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids"}) ? nullptr
+                                                                                  : "HASWELL";
+#endif
+  return nullptr;
+}
 
 namespace {
 

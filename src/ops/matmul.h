@@ -6,10 +6,20 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace whittle {
 
 class ThreadPool;
+
+// OpenBLAS picks its kernels once, when it is loaded, from the CPU's model number; on a virtual
+// machine that reports a generic model it falls back to Prescott (SSE3) kernels: sgemm ~3x slower
+// on an AVX-512 machine (prefill of a GLM-5-shaped model 26 -> 38 tokens/s). Returns the core
+// OpenBLAS should be told to use through OPENBLAS_CORETYPE (read only at load) when the one it
+// chose is below what the CPU supports ("SKYLAKEX" for AVX-512, "HASWELL" for AVX2), else null.
+const char* openblas_better_core();
+// The kernel set OpenBLAS chose ("skylakex", "prescott", ...).
+std::string openblas_core();
 
 // y = x · W^T (+ y when accumulate). x: [M, K] row-major, W: [N, K] row-major, y: [M, N].
 // With a pool, products of at least kParallelMatmulFlops are split over its workers by output
