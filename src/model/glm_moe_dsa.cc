@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <set>
 
 #include "model/router.h"
 #include "ops/elementwise.h"
@@ -35,6 +34,32 @@ T* reuse(std::vector<T>& v, size_t n) {
     std::vector<T>().swap(v);
   v.resize(n);
   return v.data();
+}
+
+// One float32 product per attention head over the pool: for head h, the `in_width` values of each
+// of the T tokens' head rows (row t·heads + h of `in`, rows `in_stride` apart) are gathered,
+// `product(h, x [T, in_width], y [T, out_width])` runs, and y goes back to the same rows of `out`.
+// Each head works in its own slice of this thread's scratch, sized before the pool starts (a
+// worker's own would be allocated the first time the pool hands it a head, mid-decode).
+template <class Product>
+void per_head(ThreadPool& pool, int64_t heads, int64_t T, const float* in, int64_t in_stride,
+              int64_t in_width, float* out, int64_t out_stride, int64_t out_width,
+              const Product& product) {
+  thread_local Vec xs_buf, ys_buf;
+  Vec &xs = xs_buf, &ys = ys_buf;
+  reuse(xs, static_cast<size_t>(heads * T * in_width));
+  reuse(ys, static_cast<size_t>(heads * T * out_width));
+  pool.parallel_for(static_cast<size_t>(heads), [&](size_t h0, size_t h1) {
+    for (int64_t h = static_cast<int64_t>(h0); h < static_cast<int64_t>(h1); ++h) {
+      float* x = &xs[h * T * in_width];
+      float* y = &ys[h * T * out_width];
+      for (int64_t t = 0; t < T; ++t)
+        std::copy_n(&in[(t * heads + h) * in_stride], in_width, &x[t * in_width]);
+      product(h, x, y);
+      for (int64_t t = 0; t < T; ++t)
+        std::copy_n(&y[t * out_width], out_width, &out[(t * heads + h) * out_stride]);
+    }
+  });
 }
 
 }  // namespace
@@ -400,25 +425,11 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
               }
         });
       } else {
-        // Per head a slice of the caller's buffers (a worker's own would be allocated the first
-        // time the pool hands it a head, in the middle of a decode).
-        thread_local Vec qn_buf, qa_buf;
-        Vec &qn = qn_buf, &qa = qa_buf;
-        reuse(qn, static_cast<size_t>(NH * T * Dn));
-        reuse(qa, static_cast<size_t>(NH * T * Rkv));
-        pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
-          for (size_t hu = h0; hu < h1; ++hu) {
-            const int64_t h = static_cast<int64_t>(hu);
-            float* qn_h = &qn[h * T * Dn];
-            float* qa_h = &qa[h * T * Rkv];
-            for (int64_t t = 0; t < T; ++t)
-              std::copy_n(&q[((r0 + t) * NH + h) * Dqk], Dn, &qn_h[t * Dn]);
-            const float* w_uk = kv_b + h * kv_width * Rkv;  // rows [0, Dn) of the head
-            matmul_nn(qn_h, w_uk, qa_h, T, Dn, Rkv);
-            for (int64_t t = 0; t < T; ++t)
-              std::copy_n(&qa_h[t * Rkv], Rkv, &q_abs[(t * NH + h) * Rkv]);
-          }
-        });
+        per_head(pool_, NH, T, &q[r0 * NH * Dqk], Dqk, Dn, q_abs.data(), Rkv, Rkv,
+                 [&](int64_t h, const float* x, float* y) {
+                   const float* w_uk = kv_b + h * kv_width * Rkv;  // rows [0, Dn) of the head
+                   matmul_nn(x, w_uk, y, T, Dn, Rkv);
+                 });
       }
       // One token's attention over its keys; `pool` splits its products (a single token), or
       // tokens run side by side on the pool's workers.
@@ -473,23 +484,10 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
         });
         continue;
       }
-      thread_local Vec ol_buf, oh_buf;  // per head a slice, as above
-      Vec &ol = ol_buf, &oh = oh_buf;
-      reuse(ol, static_cast<size_t>(NH * T * Rkv));
-      reuse(oh, static_cast<size_t>(NH * T * Dv));
-      pool_.parallel_for(static_cast<size_t>(NH), [&](size_t h0, size_t h1) {
-        for (size_t hu = h0; hu < h1; ++hu) {
-          const int64_t h = static_cast<int64_t>(hu);
-          float* ol_h = &ol[h * T * Rkv];
-          float* oh_h = &oh[h * T * Dv];
-          for (int64_t t = 0; t < T; ++t)
-            std::copy_n(&o_lat[(t * NH + h) * Rkv], Rkv, &ol_h[t * Rkv]);
-          const float* w_uv = kv_b + (h * kv_width + Dn) * Rkv;
-          matmul_nt(ol_h, w_uv, oh_h, T, Rkv, Dv);
-          for (int64_t t = 0; t < T; ++t)
-            std::copy_n(&oh_h[t * Dv], Dv, &attn[((r0 + t) * NH + h) * Dv]);
-        }
-      });
+      per_head(pool_, NH, T, o_lat.data(), Rkv, Rkv, &attn[r0 * NH * Dv], Dv, Dv,
+               [&](int64_t h, const float* x, float* y) {
+                 matmul_nt(x, kv_b + (h * kv_width + Dn) * Rkv, y, T, Rkv, Dv);
+               });
     }
   }
   for (int64_t s = 0; s < b.sequences(); ++s)
