@@ -35,6 +35,12 @@ const std::array<float, 256>& fp8_values() {
   return table;
 }
 
+// Indexer keys are kept on layers with an indexer of their own (not on IndexShare "shared" ones).
+int64_t index_width(const ModelConfig& config, int64_t layer) {
+  const auto L = static_cast<size_t>(layer);
+  return L < config.indexer_full.size() && config.indexer_full[L] ? config.index_head_dim : 0;
+}
+
 size_t row_bytes(KvDType dtype, KvPart part, int64_t width) {
   if (width == 0) return 0;
   if (fp8_part(dtype, part)) return static_cast<size_t>(width + 4 * fp8_blocks(width));
@@ -89,9 +95,8 @@ const std::byte* LayerCache::row(KvPart part, int64_t t) const {
 
 void LayerCache::store(KvPart part, int64_t t, const float* values) {
   const Part& p = parts_[static_cast<int>(part)];
-  if (t < 0 || t / page_tokens_ >= static_cast<int64_t>(pages_.size()))
-    fail("internal: KV cache store at token {} beyond the {} reserved", t,
-         static_cast<int64_t>(pages_.size()) * page_tokens_);
+  if (t < 0 || t >= capacity())
+    fail("internal: KV cache store at token {} beyond the {} reserved", t, capacity());
   std::byte* dst = const_cast<std::byte*>(row(part, t));
   if (dtype_ == KvDType::kF32) {
     std::memcpy(dst, values, static_cast<size_t>(p.width) * 4);
@@ -134,14 +139,13 @@ void LayerCache::read_row(KvPart part, int64_t t, float* dst) const {
 
 void LayerCache::gather(KvPart part, int64_t t0, int64_t t1, float* dst) const {
   const int64_t w = width(part);
-  if (t0 < 0 || t1 > static_cast<int64_t>(pages_.size()) * page_tokens_)
-    fail("internal: KV cache read of tokens [{}, {}) beyond the {} reserved", t0, t1,
-         static_cast<int64_t>(pages_.size()) * page_tokens_);
+  if (t0 < 0 || t1 > capacity())
+    fail("internal: KV cache read of tokens [{}, {}) beyond the {} reserved", t0, t1, capacity());
   for (int64_t t = t0; t < t1; ++t) read_row(part, t, dst + (t - t0) * w);
 }
 
 void LayerCache::gather(KvPart part, std::span<const int32_t> tokens, float* dst) const {
-  const int64_t w = width(part), reserved = static_cast<int64_t>(pages_.size()) * page_tokens_;
+  const int64_t w = width(part), reserved = capacity();
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= reserved)
       fail("internal: KV cache read of token {} beyond the {} reserved", tokens[i], reserved);
@@ -151,23 +155,17 @@ void LayerCache::gather(KvPart part, std::span<const int32_t> tokens, float* dst
 
 KvCache::KvCache(const ModelConfig& config, KvDType dtype, int64_t page_tokens) : dtype_(dtype) {
   layers.reserve(static_cast<size_t>(config.num_hidden_layers));
-  for (int64_t L = 0; L < config.num_hidden_layers; ++L) {
-    const bool indexer = static_cast<size_t>(L) < config.indexer_full.size() &&
-                         config.indexer_full[static_cast<size_t>(L)];
+  for (int64_t L = 0; L < config.num_hidden_layers; ++L)
     layers.emplace_back(dtype, page_tokens, config.kv_lora_rank, config.qk_rope_head_dim,
-                        indexer ? config.index_head_dim : 0);
-  }
+                        index_width(config, L));
 }
 
 size_t KvCache::bytes_per_token(const ModelConfig& config, KvDType dtype) {
   size_t n = 0;
-  for (int64_t L = 0; L < config.num_hidden_layers; ++L) {
-    const bool indexer = static_cast<size_t>(L) < config.indexer_full.size() &&
-                         config.indexer_full[static_cast<size_t>(L)];
+  for (int64_t L = 0; L < config.num_hidden_layers; ++L)
     n += row_bytes(dtype, KvPart::kLatent, config.kv_lora_rank) +
          row_bytes(dtype, KvPart::kRope, config.qk_rope_head_dim) +
-         row_bytes(dtype, KvPart::kIndex, indexer ? config.index_head_dim : 0);
-  }
+         row_bytes(dtype, KvPart::kIndex, index_width(config, L));
   return n;
 }
 
