@@ -324,10 +324,20 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
     const LayerCache& lc = b.sequence(s).cache->layers[layer];
     const int64_t P = b.start(s), T = b.length(s), S = P + T, r0 = b.first_row(s);
     const std::vector<KeySelection>& sel = b.selection_[s];
-    Vec latents(static_cast<size_t>(S * Rkv)), k_pe(static_cast<size_t>(S * Dr));
+    // Buffers kept from layer to layer (see reuse()): fresh ones of this size come from the kernel
+    // as new zeroed pages, which cost ~8 % of a 512-token prefill.
+    // References bound here: the pool's workers name them (a thread_local named inside the lambda
+    // would be the worker's own).
+    thread_local Vec latents_buf, k_pe_buf, kv_buf;
+    Vec &latents = latents_buf, &k_pe = k_pe_buf, &kv = kv_buf;
+    reuse(latents, static_cast<size_t>(S * Rkv));
+    reuse(k_pe, static_cast<size_t>(S * Dr));
     lc.gather(KvPart::kLatent, 0, S, latents.data());
     lc.gather(KvPart::kRope, 0, S, k_pe.data());
-    Vec kv(static_cast<size_t>(S * NH * kv_width));
+    reuse(kv, static_cast<size_t>(S * NH * kv_width));
+    // Float32 here on both paths: the int8 activations of the fast kernels on the latents doubled
+    // the worst prefill logit error on the bundled model's int4 export (fast_path_test) to save
+    // ~2 % of a prefill.
     whittle::linear(w.kv_b_proj, latents.data(), S, kv.data(), false, &pool_);
     // Per head, blocks of query rows as matrix products: scores = Q_h · K_hᵀ over every cached
     // key, the keys a row may not attend to (later ones; those the DSA did not select) masked to
@@ -335,24 +345,24 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
     constexpr int64_t kRowsPerBlock = 128;  // bounds the scores to 128 x S floats per thread
     const int64_t row_blocks = (T + kRowsPerBlock - 1) / kRowsPerBlock;
     pool_.parallel_for(static_cast<size_t>(NH * row_blocks), [&](size_t begin, size_t end) {
-      Vec qh, kh, vh, scores, out_h;
+      thread_local Vec qh, kh, vh, scores, out_h;  // each worker's own, kept (see reuse())
       for (size_t i = begin; i < end; ++i) {
         const int64_t hd = static_cast<int64_t>(i) / row_blocks;
         const int64_t t0 = static_cast<int64_t>(i) % row_blocks * kRowsPerBlock;
         const int64_t t1 = std::min(T, t0 + kRowsPerBlock), rows = t1 - t0;
         const int64_t keys = P + t1;  // no row of the block sees past its last token
-        qh.resize(static_cast<size_t>(rows * Dqk));
+        reuse(qh, static_cast<size_t>(rows * Dqk));
         for (int64_t t = t0; t < t1; ++t)
           std::copy_n(&q[((r0 + t) * NH + hd) * Dqk], Dqk, &qh[(t - t0) * Dqk]);
-        kh.resize(static_cast<size_t>(keys * Dqk));
-        vh.resize(static_cast<size_t>(keys * Dv));
+        reuse(kh, static_cast<size_t>(keys * Dqk));
+        reuse(vh, static_cast<size_t>(keys * Dv));
         for (int64_t k = 0; k < keys; ++k) {
           const float* src = &kv[(k * NH + hd) * kv_width];
           std::copy_n(src, Dn, &kh[k * Dqk]);
           std::copy_n(&k_pe[k * Dr], Dr, &kh[k * Dqk + Dn]);
           std::copy_n(src + Dn, Dv, &vh[k * Dv]);
         }
-        scores.resize(static_cast<size_t>(rows * keys));
+        reuse(scores, static_cast<size_t>(rows * keys));
         matmul_nt(qh.data(), kh.data(), scores.data(), rows, Dqk, keys);
         for (int64_t t = t0; t < t1; ++t) {
           float* row = &scores[(t - t0) * keys];
@@ -367,7 +377,7 @@ void GlmMoeDsa::attention(int64_t layer, const AttentionWeights& w, Batch& b, co
           }
           softmax(row, keys);
         }
-        out_h.resize(static_cast<size_t>(rows * Dv));
+        reuse(out_h, static_cast<size_t>(rows * Dv));
         matmul_nn(scores.data(), vh.data(), out_h.data(), rows, keys, Dv);
         for (int64_t t = t0; t < t1; ++t)
           std::copy_n(&out_h[(t - t0) * Dv], Dv, &attn[((r0 + t) * NH + hd) * Dv]);

@@ -22,11 +22,14 @@ constexpr int64_t TR = PackedInt4::kTileRows;
 // also costs ~40 cycles of arithmetic); measured on the 2-core dev box (docs/BENCHMARKS.md).
 constexpr int64_t kPrefetchBytes = 1024;
 
-// The per-group arithmetic every kernel set shares, so that they agree to the bit: the exact
-// integer dot product minus the zero point's share, times scale · activation scale, added by fma.
-inline float group_term(int32_t dot, int32_t zero, int32_t qsum, float scale, float act_scale,
-                        float acc) {
-  return std::fma(static_cast<float>(dot - zero * qsum), scale * act_scale, acc);
+// The float steps every kernel set shares, in the same order, so that they agree to the bit (see
+// int4_linear.h): per activation block b, T = fma(dot_b, a_b, T); per weight group g,
+// acc = fma(s_g, T, acc) then acc = fma(-(z_g·s_g), C_g, acc), C_g from group_sums.
+inline float block_step(int32_t dot, float act_scale, float t) {
+  return std::fma(static_cast<float>(dot), act_scale, t);
+}
+inline float group_step(float t, float scale, int32_t zero, float c, float acc) {
+  return std::fma(-(static_cast<float>(zero) * scale), c, std::fma(scale, t, acc));
 }
 
 inline float scale_value(const PackedInt4& w, uint16_t bits) {
@@ -47,20 +50,26 @@ TileView view(const PackedInt4& w, int64_t t) {
 }
 
 // Every kernel walks the activation blocks of weight group g: [k0, k1) runs of at most
-// x.group_size inputs (plain loops: a lambda inside a target("avx512...") function would not
-// inherit the target, and its intrinsics would not compile without -march=native).
+// x.group_size inputs, kb counting them (plain loops: a lambda inside a target("avx512...")
+// function would not inherit the target, and its intrinsics would not compile without
+// -march=native). `corr` holds C_g of the kernel's activation rows, w.groups apart (group_sums).
+
+// Most activation rows a kernel call takes (the AVX-512 kernels' register budget).
+constexpr int64_t kMaxRows = 8;
 
 // out[i][r] for activation rows m .. m + rows - 1 of tile t.
 void tile_scalar(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int64_t rows,
-                 float (*out)[TR]) {
+                 const float* corr, float (*out)[TR]) {
   const TileView v = view(w, t);
   for (int64_t i = 0; i < rows; ++i) std::fill_n(out[i], TR, 0.0f);
   const uint8_t* block = v.codes;
-  for (int64_t g = 0; g < w.groups; ++g)
+  int64_t kb = 0;
+  for (int64_t g = 0; g < w.groups; ++g) {
+    float sum[kMaxRows][TR] = {};  // T
     for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
-         k0 += x.group_size) {
+         k0 += x.group_size, ++kb) {
       const int64_t k1 = std::min(end, k0 + x.group_size);
-      int32_t dot[4][TR] = {};
+      int32_t dot[kMaxRows][TR] = {};
       for (int64_t k = k0; k < k1; k += 8, block += PackedInt4::kBlockBytes)
         for (int64_t i = 0; i < rows; ++i) {
           const int8_t* q = &x.q[(m + i) * x.cols + k];
@@ -70,13 +79,16 @@ void tile_scalar(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, i
               dot[i][r] += (byte & 15) * q[j] + (byte >> 4) * q[4 + j];
             }
         }
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;
+      for (int64_t i = 0; i < rows; ++i)
         for (int64_t r = 0; r < TR; ++r)
-          out[i][r] = group_term(dot[i][r], v.zeros ? v.zeros[g * TR + r] : 8, x.sum[mb],
-                                 scale_value(w, v.scales[g * TR + r]), x.scale[mb], out[i][r]);
-      }
+          sum[i][r] = block_step(dot[i][r], x.scale[(m + i) * x.groups + kb], sum[i][r]);
     }
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t r = 0; r < TR; ++r)
+        out[i][r] =
+            group_step(sum[i][r], scale_value(w, v.scales[g * TR + r]),
+                       v.zeros ? v.zeros[g * TR + r] : 8, corr[i * w.groups + g], out[i][r]);
+  }
 }
 
 #if defined(__x86_64__)
@@ -98,127 +110,118 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i dpbusd512(__m512i a
   return acc;
 }
 
-// The weight group's scales (f16 or bf16) and zero points of the 16 rows of a tile.
-WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 group_scales512(const PackedInt4& w,
-                                                                            const TileView& v,
-                                                                            int64_t g) {
+// A weight group's scales s (f16 or bf16) and z·s, 16 rows of a tile.
+struct GroupScales512 {
+  __m512 scale, zero_scale;
+};
+WHITTLE_AVX512 inline __attribute__((always_inline)) GroupScales512 group_scales512(
+    const PackedInt4& w, const TileView& v, int64_t g) {
   const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v.scales + g * TR));
-  return w.scale_dtype == DType::F16
-             ? _mm512_cvtph_ps(raw)
-             : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  const __m512 scale = w.scale_dtype == DType::F16
+                           ? _mm512_cvtph_ps(raw)
+                           : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  const __m512 zero = v.zeros ? _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                                    reinterpret_cast<const __m128i*>(v.zeros + g * TR))))
+                              : _mm512_set1_ps(8.0f);
+  return {scale, _mm512_mul_ps(zero, scale)};
 }
-WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i group_zeros512(const TileView& v,
-                                                                            int64_t g) {
-  return v.zeros ? _mm512_cvtepu8_epi32(
-                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.zeros + g * TR)))
-                 : _mm512_set1_epi32(8);
+// block_step and group_step, 16 rows at once.
+WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 block_step512(__m512i dot,
+                                                                          float act_scale,
+                                                                          __m512 t) {
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(act_scale), t);
 }
-// acc += (dot - zero·Σq) · (scale · activation scale): the shared group_term, 16 rows at once.
-// Symmetric weights (zero 8 in every row) take 8·Σq as one broadcast instead of a vector multiply.
-WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 flush512(__m512 acc, __m512i dot,
-                                                                     bool sym, __m512i zero,
-                                                                     __m512 scale, int32_t qsum,
-                                                                     float act) {
-  const __m512i zero_share =
-      sym ? _mm512_set1_epi32(8 * qsum) : _mm512_mullo_epi32(zero, _mm512_set1_epi32(qsum));
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(dot, zero_share)),
-                         _mm512_mul_ps(scale, _mm512_set1_ps(act)), acc);
+WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 group_step512(__m512 t,
+                                                                          const GroupScales512& s,
+                                                                          float c, __m512 acc) {
+  return _mm512_fnmadd_ps(s.zero_scale, _mm512_set1_ps(c), _mm512_fmadd_ps(s.scale, t, acc));
 }
 
-// AVX-512: one 64-byte block is 16 rows x 8 inputs; dpbusd takes 4 of them per 32-bit lane. Two
-// blocks per step with their own accumulators keep four dpbusd chains in flight per row.
+// AVX-512, MB activation rows: one 64-byte block is 16 rows x 8 inputs, dpbusd takes 4 of them per
+// 32-bit lane; each unpacked block serves every activation row. Two accumulator chains per row (low
+// and high nibbles): with one, a row's two dependent dpbusd per block left 4 rows latency-bound.
+// The output rows live in `out` (L1) and are updated once per weight group, which leaves registers
+// for 8 rows: 16 chains, 8 group sums, the two unpacked halves.
 template <int MB>
 WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
-                                float (*out)[TR]) {
+                                const float* corr, float (*out)[TR]) {
   const TileView v = view(w, t);
   const __m512i nibble = _mm512_set1_epi8(0x0F);
-  __m512 acc[MB];
-  for (int i = 0; i < MB; ++i) acc[i] = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int i = 0; i < MB; ++i) _mm512_store_ps(out[i], _mm512_setzero_ps());
   const uint8_t* block = v.codes;
+  const int8_t* q = &x.q[m * x.cols];
+  const float* act = &x.scale[m * x.groups];
+  int64_t kb = 0;
   for (int64_t g = 0; g < w.groups; ++g) {
-    const __m512 scale = group_scales512(w, v, g);
-    const __m512i zero = group_zeros512(v, g);
+    __m512 sum[MB];
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i) sum[i] = _mm512_setzero_ps();
     for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
-         k0 += x.group_size) {
+         k0 += x.group_size, ++kb) {
       const int64_t k1 = std::min(end, k0 + x.group_size);
-      const int64_t blocks = (k1 - k0) / 8;
-      const int8_t* q[MB];
-      for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];
-      __m512i d0[MB], d1[MB], d2[MB], d3[MB];
-      for (int i = 0; i < MB; ++i) d0[i] = d1[i] = d2[i] = d3[i] = _mm512_setzero_si512();
-      int64_t b = 0;
-      for (; b + 2 <= blocks; b += 2, block += 2 * PackedInt4::kBlockBytes) {
+      __m512i lo_dot[MB], hi_dot[MB];
+#pragma GCC unroll 8
+      for (int i = 0; i < MB; ++i) lo_dot[i] = hi_dot[i] = _mm512_setzero_si512();
+      for (int64_t k = k0; k < k1; k += 8, block += PackedInt4::kBlockBytes) {
         _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes + 64, _MM_HINT_T0);
-        const __m512i c0 = _mm512_load_si512(block), c1 = _mm512_load_si512(block + 64);
-        const __m512i lo0 = _mm512_and_si512(c0, nibble);
-        const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble);
-        const __m512i lo1 = _mm512_and_si512(c1, nibble);
-        const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(c1, 4), nibble);
+        const __m512i c = _mm512_load_si512(block);
+        const __m512i lo = _mm512_and_si512(c, nibble);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble);
+#pragma GCC unroll 8
         for (int i = 0; i < MB; ++i) {
-          const int8_t* qb = q[i] + 8 * b;
-          d0[i] = dpbusd512(d0[i], lo0, _mm512_set1_epi32(load_i32(qb)));
-          d1[i] = dpbusd512(d1[i], hi0, _mm512_set1_epi32(load_i32(qb + 4)));
-          d2[i] = dpbusd512(d2[i], lo1, _mm512_set1_epi32(load_i32(qb + 8)));
-          d3[i] = dpbusd512(d3[i], hi1, _mm512_set1_epi32(load_i32(qb + 12)));
+          lo_dot[i] = dpbusd512(lo_dot[i], lo, _mm512_set1_epi32(load_i32(q + i * x.cols + k)));
+          hi_dot[i] = dpbusd512(hi_dot[i], hi, _mm512_set1_epi32(load_i32(q + i * x.cols + k + 4)));
         }
       }
-      for (; b < blocks; ++b, block += PackedInt4::kBlockBytes) {
-        const __m512i c0 = _mm512_load_si512(block);
-        const __m512i lo0 = _mm512_and_si512(c0, nibble);
-        const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble);
-        for (int i = 0; i < MB; ++i) {
-          const int8_t* qb = q[i] + 8 * b;
-          d0[i] = dpbusd512(d0[i], lo0, _mm512_set1_epi32(load_i32(qb)));
-          d1[i] = dpbusd512(d1[i], hi0, _mm512_set1_epi32(load_i32(qb + 4)));
-        }
-      }
-      for (int i = 0; i < MB; ++i) {
-        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;
-        const __m512i dot =
-            _mm512_add_epi32(_mm512_add_epi32(d0[i], d1[i]), _mm512_add_epi32(d2[i], d3[i]));
-        acc[i] = flush512(acc[i], dot, !w.has_zeros, zero, scale, x.sum[mb], x.scale[mb]);
-      }
+#pragma GCC unroll 8
+      for (int i = 0; i < MB; ++i)
+        sum[i] =
+            block_step512(_mm512_add_epi32(lo_dot[i], hi_dot[i]), act[i * x.groups + kb], sum[i]);
     }
+    const GroupScales512 s = group_scales512(w, v, g);
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i)
+      _mm512_store_ps(out[i],
+                      group_step512(sum[i], s, corr[i * w.groups + g], _mm512_load_ps(out[i])));
   }
-  for (int i = 0; i < MB; ++i) _mm512_storeu_ps(out[i], acc[i]);
 }
 
 // One activation row against two adjacent tiles at once: two streams of code blocks in flight (one
 // stream left the kernel at ~70 % of the bandwidth two cores can pull; docs/BENCHMARKS.md), and
 // each broadcast activation word serves both tiles.
 WHITTLE_AVX512 void tile_pair_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
-                                     float (*out)[TR]) {
+                                     const float* corr, float (*out)[TR]) {
   const TileView va = view(w, t), vb = view(w, t + 1);
   const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512 acc_a = _mm512_setzero_ps(), acc_b = _mm512_setzero_ps();
   const uint8_t *ba = va.codes, *bb = vb.codes;
+  const int8_t* q = &x.q[m * x.cols];
+  const float* act = &x.scale[m * x.groups];
+  int64_t kb = 0;
   for (int64_t g = 0; g < w.groups; ++g) {
-    const __m512 scale_a = group_scales512(w, va, g), scale_b = group_scales512(w, vb, g);
-    const __m512i zero_a = group_zeros512(va, g), zero_b = group_zeros512(vb, g);
+    __m512 sum_a = _mm512_setzero_ps(), sum_b = _mm512_setzero_ps();
     for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
-         k0 += x.group_size) {
+         k0 += x.group_size, ++kb) {
       const int64_t k1 = std::min(end, k0 + x.group_size);
-      const int8_t* q = &x.q[m * x.cols + k0];
       __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
-      for (int64_t b = 0; b < (k1 - k0) / 8;
-           ++b, ba += PackedInt4::kBlockBytes, bb += PackedInt4::kBlockBytes) {
+      for (int64_t k = k0; k < k1;
+           k += 8, ba += PackedInt4::kBlockBytes, bb += PackedInt4::kBlockBytes) {
         _mm_prefetch(reinterpret_cast<const char*>(ba) + kPrefetchBytes, _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(bb) + kPrefetchBytes, _MM_HINT_T0);
         const __m512i ca = _mm512_load_si512(ba), cb = _mm512_load_si512(bb);
-        const __m512i x0 = _mm512_set1_epi32(load_i32(q + 8 * b));
-        const __m512i x1 = _mm512_set1_epi32(load_i32(q + 8 * b + 4));
+        const __m512i x0 = _mm512_set1_epi32(load_i32(q + k));
+        const __m512i x1 = _mm512_set1_epi32(load_i32(q + k + 4));
         a0 = dpbusd512(a0, _mm512_and_si512(ca, nibble), x0);
         a1 = dpbusd512(a1, _mm512_and_si512(_mm512_srli_epi16(ca, 4), nibble), x1);
         b0 = dpbusd512(b0, _mm512_and_si512(cb, nibble), x0);
         b1 = dpbusd512(b1, _mm512_and_si512(_mm512_srli_epi16(cb, 4), nibble), x1);
       }
-      const int64_t mb = m * x.groups + k0 / x.group_size;
-      acc_a = flush512(acc_a, _mm512_add_epi32(a0, a1), !w.has_zeros, zero_a, scale_a, x.sum[mb],
-                       x.scale[mb]);
-      acc_b = flush512(acc_b, _mm512_add_epi32(b0, b1), !w.has_zeros, zero_b, scale_b, x.sum[mb],
-                       x.scale[mb]);
+      sum_a = block_step512(_mm512_add_epi32(a0, a1), act[kb], sum_a);
+      sum_b = block_step512(_mm512_add_epi32(b0, b1), act[kb], sum_b);
     }
+    acc_a = group_step512(sum_a, group_scales512(w, va, g), corr[g], acc_a);
+    acc_b = group_step512(sum_b, group_scales512(w, vb, g), corr[g], acc_b);
   }
   _mm512_storeu_ps(out[0], acc_a);
   _mm512_storeu_ps(out[1], acc_b);
@@ -244,53 +247,49 @@ WHITTLE_AVX2 inline __attribute__((always_inline)) __m256i dot_avx2(__m256i acc,
   __m256 acc[MB][2];                                                                                \
   for (int i = 0; i < MB; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();                         \
   const uint8_t* block = v.codes;                                                                   \
+  int64_t kb = 0;                                                                                   \
   for (int64_t g = 0; g < w.groups; ++g) {                                                          \
-    __m256 scale[2];                                                                                \
-    __m256i zero[2];                                                                                \
-    for (int h = 0; h < 2; ++h) {                                                                   \
-      const __m128i raw =                                                                           \
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.scales + g * TR + 8 * h));             \
-      scale[h] = w.scale_dtype == DType::F16                                                        \
-                     ? _mm256_cvtph_ps(raw)                                                         \
-                     : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));      \
-      zero[h] = _mm256_set1_epi32(8);                                                               \
-      if (v.zeros) {                                                                                \
-        int64_t z;                                                                                  \
-        std::memcpy(&z, v.zeros + g * TR + 8 * h, 8);                                               \
-        zero[h] = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z));                                       \
-      }                                                                                             \
-    }                                                                                               \
+    __m256 sum[MB][2];                                                                              \
+    for (int i = 0; i < MB; ++i) sum[i][0] = sum[i][1] = _mm256_setzero_ps();                       \
     for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;                     \
-         k0 += x.group_size) {                                                                      \
+         k0 += x.group_size, ++kb) {                                                                \
       const int64_t k1 = std::min(end, k0 + x.group_size);                                          \
-      const int8_t* q[MB];                                                                          \
-      for (int i = 0; i < MB; ++i) q[i] = &x.q[(m + i) * x.cols + k0];                              \
-      __m256i d[MB][2][2];                                                                          \
-      for (int i = 0; i < MB; ++i)                                                                  \
-        d[i][0][0] = d[i][0][1] = d[i][1][0] = d[i][1][1] = _mm256_setzero_si256();                 \
-      for (int64_t b = 0; b < (k1 - k0) / 8; ++b, block += PackedInt4::kBlockBytes) {               \
+      __m256i d[MB][2];                                                                             \
+      for (int i = 0; i < MB; ++i) d[i][0] = d[i][1] = _mm256_setzero_si256();                      \
+      for (int64_t k = k0; k < k1; k += 8, block += PackedInt4::kBlockBytes) {                      \
         for (int h = 0; h < 2; ++h) {                                                               \
           const __m256i c = _mm256_load_si256(reinterpret_cast<const __m256i*>(block + 32 * h));    \
           const __m256i lo = _mm256_and_si256(c, nibble);                                           \
           const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble);                     \
           for (int i = 0; i < MB; ++i) {                                                            \
-            const int8_t* qb = q[i] + 8 * b;                                                        \
-            d[i][h][0] = DOT(d[i][h][0], lo, _mm256_set1_epi32(load_i32(qb)));                      \
-            d[i][h][1] = DOT(d[i][h][1], hi, _mm256_set1_epi32(load_i32(qb + 4)));                  \
+            const int8_t* qb = &x.q[(m + i) * x.cols + k];                                          \
+            d[i][h] = DOT(d[i][h], lo, _mm256_set1_epi32(load_i32(qb)));                            \
+            d[i][h] = DOT(d[i][h], hi, _mm256_set1_epi32(load_i32(qb + 4)));                        \
           }                                                                                         \
         }                                                                                           \
       }                                                                                             \
       for (int i = 0; i < MB; ++i) {                                                                \
-        const int64_t mb = (m + i) * x.groups + k0 / x.group_size;                                  \
-        for (int h = 0; h < 2; ++h) {                                                               \
-          const __m256i dot = _mm256_add_epi32(d[i][h][0], d[i][h][1]);                             \
-          const __m256i shifted =                                                                   \
-              _mm256_sub_epi32(dot, _mm256_mullo_epi32(zero[h], _mm256_set1_epi32(x.sum[mb])));     \
-          acc[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(shifted),                                  \
-                                      _mm256_mul_ps(scale[h], _mm256_set1_ps(x.scale[mb])),         \
-                                      acc[i][h]);                                                   \
-        }                                                                                           \
+        const __m256 a = _mm256_set1_ps(x.scale[(m + i) * x.groups + kb]);                          \
+        for (int h = 0; h < 2; ++h)                                                                 \
+          sum[i][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d[i][h]), a, sum[i][h]);                   \
       }                                                                                             \
+    }                                                                                               \
+    for (int h = 0; h < 2; ++h) {                                                                   \
+      const __m128i raw =                                                                           \
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.scales + g * TR + 8 * h));             \
+      const __m256 scale = w.scale_dtype == DType::F16                                              \
+                     ? _mm256_cvtph_ps(raw)                                                         \
+                     : _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));      \
+      __m256 zero = _mm256_set1_ps(8.0f);                                                           \
+      if (v.zeros) {                                                                                \
+        int64_t z;                                                                                  \
+        std::memcpy(&z, v.zeros + g * TR + 8 * h, 8);                                               \
+        zero = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(z)));                      \
+      }                                                                                             \
+      const __m256 zero_scale = _mm256_mul_ps(zero, scale);                                         \
+      for (int i = 0; i < MB; ++i)                                                                  \
+        acc[i][h] = _mm256_fnmadd_ps(zero_scale, _mm256_set1_ps(corr[i * w.groups + g]),            \
+                                     _mm256_fmadd_ps(scale, sum[i][h], acc[i][h]));                 \
     }                                                                                               \
   }                                                                                                 \
   for (int i = 0; i < MB; ++i) {                                                                    \
@@ -301,13 +300,13 @@ WHITTLE_AVX2 inline __attribute__((always_inline)) __m256i dot_avx2(__m256i acc,
 
 template <int MB>
 WHITTLE_AVX2 void tile_avx2(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
-                            float (*out)[TR]) {
+                            const float* corr, float (*out)[TR]) {
   WHITTLE_TILE256_BODY(dot_avx2)
 }
 
 template <int MB>
 WHITTLE_AVXVNNI void tile_avxvnni(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
-                                  float (*out)[TR]) {
+                                  const float* corr, float (*out)[TR]) {
   WHITTLE_TILE256_BODY(dot_vnni)
 }
 #undef WHITTLE_TILE256_BODY
@@ -317,8 +316,9 @@ WHITTLE_AVXVNNI void tile_avxvnni(const PackedInt4& w, int64_t t, const Int8Acts
 // row j holding inputs 4j .. 4j+3 of the 16 weight rows, which is a packed block's low nibbles for
 // even j and its high ones for odd j. Each 16 activation rows are the A operand, read in place from
 // Int8Acts (int8, `cols` bytes apart), and one `tdpbsud` gives the 16 x 16 exact int32 dot products
-// of an activation block. The float step per block is flush512's, so the bits equal every other
-// kernel set's. Used where every activation block is whole (amx_fits; else the VNNI kernels).
+// of an activation block. The float steps are block_step512's and group_step512's, so the bits
+// equal every other kernel set's. Used where every activation block is whole (amx_fits; else the
+// VNNI kernels).
 #define WHITTLE_AMX                                                         \
   __attribute__((                                                           \
       target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,amx-tile," \
@@ -369,32 +369,40 @@ WHITTLE_AMX void amx_unpack(const PackedInt4& w, int64_t t, uint8_t* dst) {
   }
 }
 
-// acc[i] += activation block kb's products (c, from a C tile) for rows m .. m + 15.
-WHITTLE_AMX inline __attribute__((always_inline)) void amx_flush(const PackedInt4& w,
-                                                                 const TileView& v,
-                                                                 const Int8Acts& x, int64_t m,
+// sum[i] = block_step of activation block kb's products (c, from a C tile) for rows m .. m + 15.
+WHITTLE_AMX inline __attribute__((always_inline)) void amx_block(const Int8Acts& x, int64_t m,
                                                                  int64_t kb, const int32_t (*c)[TR],
-                                                                 __m512* acc) {
-  const int64_t g = kb * x.group_size / w.group_size;
-  const __m512 scale = group_scales512(w, v, g);
-  const __m512i zero = group_zeros512(v, g);
+                                                                 __m512* sum) {
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kAmxRows; ++i)
+    sum[i] = block_step512(_mm512_load_si512(c[i]), x.scale[(m + i) * x.groups + kb], sum[i]);
+}
+
+// out[i] = group_step of weight group g for rows m .. m + 15; sum starts again from zero.
+WHITTLE_AMX inline __attribute__((always_inline)) void amx_group(const PackedInt4& w,
+                                                                 const TileView& v, int64_t g,
+                                                                 const float* corr, __m512* sum,
+                                                                 float (*out)[TR]) {
+  const GroupScales512 s = group_scales512(w, v, g);
 #pragma GCC unroll 16
   for (int64_t i = 0; i < kAmxRows; ++i) {
-    const int64_t mb = (m + i) * x.groups + kb;
-    acc[i] = flush512(acc[i], _mm512_load_si512(c[i]), !w.has_zeros, zero, scale, x.sum[mb],
-                      x.scale[mb]);
+    _mm512_store_ps(out[i],
+                    group_step512(sum[i], s, corr[i * w.groups + g], _mm512_load_ps(out[i])));
+    sum[i] = _mm512_setzero_ps();
   }
 }
 
 // out[i][r] for activation rows m .. m + 15 of tile t, whose B operand is `unpacked`.
 WHITTLE_AMX void tile_amx(const PackedInt4& w, int64_t t, const uint8_t* unpacked,
-                          const Int8Acts& x, int64_t m, float (*out)[TR]) {
+                          const Int8Acts& x, int64_t m, const float* corr, float (*out)[TR]) {
   const TileView v = view(w, t);
   const int64_t block = x.group_size, blocks = x.groups, b_bytes = block * TR;
+  const int64_t per_group = w.group_size / block;  // whole (amx_fits); the last group may be short
   const int8_t* a = &x.q[m * x.cols];
   alignas(64) int32_t c[2][2][kAmxRows][TR];  // [step parity][chain]
-  __m512 acc[kAmxRows];
-  for (__m512& r : acc) r = _mm512_setzero_ps();
+  __m512 sum[kAmxRows];
+  for (__m512& r : sum) r = _mm512_setzero_ps();
+  for (int64_t i = 0; i < kAmxRows; ++i) std::fill_n(out[i], TR, 0.0f);
   // Step s flushes the products of step s - 1, then issues the tile products of blocks 2s and
   // 2s + 1 (in this order the flush's loads do not queue behind the new tile stores). Measured on
   // the dev box (GLM-5 expert [2048, 6144], 128 rows, one thread): 167 GMAC/s against 104 for the
@@ -403,9 +411,10 @@ WHITTLE_AMX void tile_amx(const PackedInt4& w, int64_t t, const uint8_t* unpacke
   for (int64_t kb = 0; kb < blocks + 2; kb += 2) {
     int32_t(*now)[kAmxRows][TR] = c[kb / 2 % 2];
     int32_t(*last)[kAmxRows][TR] = c[(kb / 2 + 1) % 2];
-    if (kb >= 2) {
-      amx_flush(w, v, x, m, kb - 2, last[0], acc);
-      if (kb - 1 < blocks) amx_flush(w, v, x, m, kb - 1, last[1], acc);
+    for (int64_t j = kb - 2; j >= 0 && j < std::min(kb, blocks); ++j) {
+      amx_block(x, m, j, last[j - (kb - 2)], sum);
+      if ((j + 1) % per_group == 0 || j + 1 == blocks)  // the group's last block
+        amx_group(w, v, j / per_group, corr, sum, out);
     }
     if (kb < blocks) {
       _tile_zero(0);
@@ -422,41 +431,64 @@ WHITTLE_AMX void tile_amx(const PackedInt4& w, int64_t t, const uint8_t* unpacke
       _tile_stored(3, now[1], 64);
     }
   }
-  for (int64_t i = 0; i < kAmxRows; ++i) _mm512_store_ps(out[i], acc[i]);
 }
 #endif  // __x86_64__
 
-// Activation rows of tile t, up to 4 (AVX-512) or 2 (256-bit: 16 vector registers) at a
-// time.
+// Activation rows of tile t, up to kMaxRows (AVX-512, scalar) or 2 (256-bit: 16 vector registers)
+// at a time.
 void tile_rows(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int64_t rows,
-               float (*out)[TR], Isa isa) {
+               const float* corr, float (*out)[TR], Isa isa) {
 #if defined(__x86_64__)
   switch (isa) {
     case Isa::kAvx512Vnni:
     case Isa::kAmx:
       switch (rows) {
         case 1:
-          return tile_avx512<1>(w, t, x, m, out);
+          return tile_avx512<1>(w, t, x, m, corr, out);
         case 2:
-          return tile_avx512<2>(w, t, x, m, out);
+          return tile_avx512<2>(w, t, x, m, corr, out);
         case 3:
-          return tile_avx512<3>(w, t, x, m, out);
+          return tile_avx512<3>(w, t, x, m, corr, out);
+        case 4:
+          return tile_avx512<4>(w, t, x, m, corr, out);
+        case 5:
+          return tile_avx512<5>(w, t, x, m, corr, out);
+        case 6:
+          return tile_avx512<6>(w, t, x, m, corr, out);
+        case 7:
+          return tile_avx512<7>(w, t, x, m, corr, out);
         default:
-          return tile_avx512<4>(w, t, x, m, out);
+          return tile_avx512<8>(w, t, x, m, corr, out);
       }
     case Isa::kAvxVnni:
-      return rows == 1 ? tile_avxvnni<1>(w, t, x, m, out) : tile_avxvnni<2>(w, t, x, m, out);
+      return rows == 1 ? tile_avxvnni<1>(w, t, x, m, corr, out)
+                       : tile_avxvnni<2>(w, t, x, m, corr, out);
     case Isa::kAvx2:
-      return rows == 1 ? tile_avx2<1>(w, t, x, m, out) : tile_avx2<2>(w, t, x, m, out);
+      return rows == 1 ? tile_avx2<1>(w, t, x, m, corr, out) : tile_avx2<2>(w, t, x, m, corr, out);
     case Isa::kScalar:
       break;
   }
 #endif
-  tile_scalar(w, t, x, m, rows, out);
+  tile_scalar(w, t, x, m, rows, corr, out);
 }
 
 int64_t rows_per_call(Isa isa) {
-  return isa >= Isa::kAvx512Vnni || isa == Isa::kScalar ? 4 : 2;
+  return isa >= Isa::kAvx512Vnni || isa == Isa::kScalar ? kMaxRows : 2;
+}
+
+// C_g = Σ_b (Σq)_b · a_b over weight group g's activation blocks, fma in block order, for rows
+// m0 .. m1 - 1 ([rows][w.groups]): the zero point's share, the same for every output.
+void group_sums(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, float* corr) {
+  for (int64_t m = m0; m < m1; ++m) {
+    int64_t kb = 0;
+    for (int64_t g = 0; g < w.groups; ++g) {
+      float c = 0.0f;
+      for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
+           k0 += x.group_size, ++kb)
+        c = block_step(x.sum[m * x.groups + kb], x.scale[m * x.groups + kb], c);
+      corr[(m - m0) * w.groups + g] = c;
+    }
+  }
 }
 
 }  // namespace
@@ -498,17 +530,23 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
                 int64_t t1, float* y, int64_t ldy, bool accumulate, Isa isa) {
   const int64_t step = rows_per_call(isa);
   alignas(64) float out[16][TR];
-  auto store = [&](int64_t t, int64_t m, int64_t rows, float(*tile_out)[TR], int64_t stride) {
+  auto store = [&](int64_t t, int64_t m, int64_t rows, float(*tile_out)[TR]) {
     const int64_t n0 = t * TR, width = std::min(TR, w.rows - n0);
     for (int64_t i = 0; i < rows; ++i) {
       float* dst = y + (m + i) * ldy + n0;
-      const float* src = tile_out[i * stride];
+      const float* src = tile_out[i];
       if (accumulate)
         for (int64_t r = 0; r < width; ++r) dst[r] += src[r];
       else
         std::copy_n(src, width, dst);
     }
   };
+  thread_local std::vector<float> corr_buf;  // grows only: no allocation once warm
+  if (corr_buf.size() < static_cast<size_t>((m1 - m0) * w.groups))
+    corr_buf.resize(static_cast<size_t>((m1 - m0) * w.groups));
+  float* corr = corr_buf.data();
+  group_sums(w, x, m0, m1, corr);
+  auto corr_of = [&](int64_t m) { return corr + (m - m0) * w.groups; };
   int64_t m_vnni = m0;  // rows from here on take the VNNI (or narrower) kernels
 #if defined(__x86_64__)
   const bool amx = isa == Isa::kAmx && m1 - m0 >= kAmxRows && amx_fits(w, x);
@@ -524,22 +562,22 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
     if (amx) {
       amx_unpack(w, t, unpacked.data());
       for (int64_t m = m0; m < m_vnni; m += kAmxRows) {
-        tile_amx(w, t, unpacked.data(), x, m, out);
-        store(t, m, kAmxRows, out, 1);
+        tile_amx(w, t, unpacked.data(), x, m, corr_of(m), out);
+        store(t, m, kAmxRows, out);
       }
     }
     if (isa >= Isa::kAvx512Vnni && m1 - m0 == 1 && t + 1 < t1) {
-      tile_pair_avx512(w, t, x, m0, out);
-      store(t, m0, 1, out, 1);
-      store(t + 1, m0, 1, out + 1, 1);
+      tile_pair_avx512(w, t, x, m0, corr, out);
+      store(t, m0, 1, out);
+      store(t + 1, m0, 1, out + 1);
       ++t;
       continue;
     }
 #endif
     for (int64_t m = m_vnni; m < m1; m += step) {
       const int64_t rows = std::min(step, m1 - m);
-      tile_rows(w, t, x, m, rows, out, isa);
-      store(t, m, rows, out, 1);
+      tile_rows(w, t, x, m, rows, corr_of(m), out, isa);
+      store(t, m, rows, out);
     }
   }
 #if defined(__x86_64__)

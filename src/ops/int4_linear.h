@@ -3,12 +3,15 @@
 // `dpbusd` on AVX-512 or AVX-VNNI, `maddubs` on AVX2, plain C++ otherwise; ops/cpu_isa.h).
 //
 // Activations are quantized per block b of 32 inputs (kActBlock; fewer when the weight's group size
-// is not a multiple of 32), a block lying inside one weight group g(b). Per output n, row m:
+// is not a multiple of 32), a block lying inside one weight group g. Per output n, row m:
 //   x[m,k] ≈ a[m,b]·q[m,k],  q int8 in [-127, 127],  a[m,b] = max_k∈b |x[m,k]| / 127
-//   y[m,n] = Σ_b (s[g(b),n]·a[m,b]) · (Σ_k∈b u[n,k]·q[m,k] − z[g(b),n]·Σ_k∈b q[m,k])
-// The inner sums are exact int32; each block adds one float fma, in the same order on every ISA, so
-// all kernel sets give the same bits (tests). Against the float product x · Wᵀ, the only error
-// beyond float rounding is the activations' rounding, |x − a·q| ≤ a/2 per input, hence
+//   y[m,n] = Σ_g s[g,n]·T[g] − z[g,n]·s[g,n]·C[g],  T[g] = Σ_b∈g a[m,b]·(Σ_k∈b u[n,k]·q[m,k]),
+//                                                   C[g] = Σ_b∈g a[m,b]·(Σ_k∈b q[m,k])
+// The inner sums are exact int32; T and C are fma chains over the blocks and each group adds two
+// fmas, in the same order on every ISA, so all kernel sets give the same bits (tests). C does not
+// depend on n: it is computed once per row, and the per-block float work is one convert and one fma
+// per 16 outputs (the integer dot products dominate). Against the float product x · Wᵀ, the only
+// error beyond float rounding is the activations' rounding, |x − a·q| ≤ a/2 per input, hence
 //   |y_int4 − y_f32| ≤ Σ_b (a[m,b]/2) · Σ_k∈b |W[n,k]|    (int8_error_bound; tested)
 // which is about 1/254 of Σ|W||x| at worst and ~100× less in practice (errors of random sign).
 // Blocks of 32 rather than whole groups of 128: one outlier of a hidden state (LLMs have a few,
