@@ -187,6 +187,67 @@ WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& 
   }
 }
 
+// Up to 4 activation rows against two adjacent tiles: each broadcast activation word serves both
+// tiles, which halves the broadcast loads per dpbusd against tile_avx512. out[i] for tile t, out[MB
+// + i] for tile t + 1.
+template <int MB>
+WHITTLE_AVX512 void tile2_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
+                                 const float* corr, float (*out)[TR]) {
+  const TileView va = view(w, t), vb = view(w, t + 1);
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+#pragma GCC unroll 8
+  for (int i = 0; i < 2 * MB; ++i) _mm512_store_ps(out[i], _mm512_setzero_ps());
+  const uint8_t *ba = va.codes, *bb = vb.codes;
+  const int8_t* q = &x.q[m * x.cols];
+  const float* act = &x.scale[m * x.groups];
+  int64_t kb = 0;
+  for (int64_t g = 0; g < w.groups; ++g) {
+    __m512 sum_a[MB], sum_b[MB];
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; ++i) sum_a[i] = sum_b[i] = _mm512_setzero_ps();
+    for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
+         k0 += x.group_size, ++kb) {
+      const int64_t k1 = std::min(end, k0 + x.group_size);
+      __m512i da[MB], db[MB];
+#pragma GCC unroll 4
+      for (int i = 0; i < MB; ++i) da[i] = db[i] = _mm512_setzero_si512();
+      for (int64_t k = k0; k < k1;
+           k += 8, ba += PackedInt4::kBlockBytes, bb += PackedInt4::kBlockBytes) {
+        _mm_prefetch(reinterpret_cast<const char*>(ba) + kPrefetchBytes, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(bb) + kPrefetchBytes, _MM_HINT_T0);
+        const __m512i ca = _mm512_load_si512(ba), cb = _mm512_load_si512(bb);
+        const __m512i lo_a = _mm512_and_si512(ca, nibble), lo_b = _mm512_and_si512(cb, nibble);
+        const __m512i hi_a = _mm512_and_si512(_mm512_srli_epi16(ca, 4), nibble);
+        const __m512i hi_b = _mm512_and_si512(_mm512_srli_epi16(cb, 4), nibble);
+#pragma GCC unroll 4
+        for (int i = 0; i < MB; ++i) {
+          const __m512i x0 = _mm512_set1_epi32(load_i32(q + i * x.cols + k));
+          da[i] = dpbusd512(da[i], lo_a, x0);
+          db[i] = dpbusd512(db[i], lo_b, x0);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < MB; ++i) {
+          const __m512i x1 = _mm512_set1_epi32(load_i32(q + i * x.cols + k + 4));
+          da[i] = dpbusd512(da[i], hi_a, x1);
+          db[i] = dpbusd512(db[i], hi_b, x1);
+        }
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < MB; ++i) {
+        sum_a[i] = block_step512(da[i], act[i * x.groups + kb], sum_a[i]);
+        sum_b[i] = block_step512(db[i], act[i * x.groups + kb], sum_b[i]);
+      }
+    }
+    const GroupScales512 s_a = group_scales512(w, va, g), s_b = group_scales512(w, vb, g);
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; ++i) {
+      const float c = corr[i * w.groups + g];
+      _mm512_store_ps(out[i], group_step512(sum_a[i], s_a, c, _mm512_load_ps(out[i])));
+      _mm512_store_ps(out[MB + i], group_step512(sum_b[i], s_b, c, _mm512_load_ps(out[MB + i])));
+    }
+  }
+}
+
 // One activation row against two adjacent tiles at once: two streams of code blocks in flight (one
 // stream left the kernel at ~70 % of the bandwidth two cores can pull; docs/BENCHMARKS.md), and
 // each broadcast activation word serves both tiles.
@@ -491,13 +552,55 @@ void group_sums(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
   }
 }
 
+// One activation block: a = max |x| / 127, q = round(x / a) clamped to ±127 (a NaN input to -127,
+// the same on both paths), Σq. The vector path gives the same bits: max is exact in any order and
+// cvtps rounds to nearest even as nearbyint does.
+void quantize_block(const float* x, int64_t n, int8_t* q, float& scale, int32_t& sum) {
+  float amax = 0.0f;
+  for (int64_t k = 0; k < n; ++k) amax = std::max(amax, std::fabs(x[k]));
+  if (!std::isfinite(amax)) amax = 0.0f;  // a NaN or inf input poisons the output either way
+  const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+  sum = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    q[k] = static_cast<int8_t>(std::nearbyint(std::fmin(std::fmax(x[k] * inv, -127.0f), 127.0f)));
+    sum += q[k];
+  }
+  scale = amax / 127.0f;
+}
+
+#if defined(__x86_64__)
+// n a multiple of 16.
+WHITTLE_AVX512 void quantize_block_avx512(const float* x, int64_t n, int8_t* q, float& scale,
+                                          int32_t& sum) {
+  __m512 amax = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n; k += 16)  // max(|x|, amax): a NaN |x| keeps amax, as std::max does
+    amax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + k)), amax);
+  float a = _mm512_reduce_max_ps(amax);
+  if (!std::isfinite(a)) a = 0.0f;
+  const __m512 inv = _mm512_set1_ps(a > 0.0f ? 127.0f / a : 0.0f);
+  const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+  __m512i total = _mm512_setzero_si512();
+  for (int64_t k = 0; k < n; k += 16) {
+    // max(v, -127): a NaN v gives -127, as std::fmax does.
+    const __m512 v =
+        _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(x + k), inv), lo), hi);
+    const __m512i r = _mm512_cvtps_epi32(v);
+    total = _mm512_add_epi32(total, r);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtsepi32_epi8(r));
+  }
+  sum = _mm512_reduce_add_epi32(total);
+  scale = a / 127.0f;
+}
+#endif
+
 }  // namespace
 
 int64_t int4_act_block(const PackedInt4& w) {
   return std::gcd<int64_t>(kActBlock, w.group_size);
 }
 
-void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int8Acts& out) {
+void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int8Acts& out,
+                   Isa isa) {
   if (group_size < 1) fail("internal: activation group size {}", group_size);
   out.rows = M;
   out.cols = K;
@@ -506,23 +609,23 @@ void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int
   out.q.resize(static_cast<size_t>(M * K));
   out.scale.resize(static_cast<size_t>(M * out.groups));
   out.sum.resize(out.scale.size());
+#if defined(__x86_64__)
+  const bool vector = isa >= Isa::kAvx512Vnni;
+#endif
   for (int64_t m = 0; m < M; ++m)
     for (int64_t g = 0; g < out.groups; ++g) {
-      const int64_t k0 = g * group_size, k1 = std::min(K, k0 + group_size);
-      const float* xs = x + m * K;
-      float amax = 0.0f;
-      for (int64_t k = k0; k < k1; ++k) amax = std::max(amax, std::fabs(xs[k]));
-      if (!std::isfinite(amax)) amax = 0.0f;  // a NaN or inf input poisons the output either way
-      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-      int32_t sum = 0;
-      int8_t* q = &out.q[m * K];
-      for (int64_t k = k0; k < k1; ++k) {
-        const float r = std::nearbyint(std::clamp(xs[k] * inv, -127.0f, 127.0f));
-        q[k] = static_cast<int8_t>(r);
-        sum += q[k];
+      const int64_t k0 = g * group_size, n = std::min(K, k0 + group_size) - k0;
+      const float* xs = x + m * K + k0;
+      int8_t* q = &out.q[m * K + k0];
+      float& scale = out.scale[m * out.groups + g];
+      int32_t& sum = out.sum[m * out.groups + g];
+#if defined(__x86_64__)
+      if (vector && n % 16 == 0) {
+        quantize_block_avx512(xs, n, q, scale, sum);
+        continue;
       }
-      out.scale[m * out.groups + g] = amax / 127.0f;
-      out.sum[m * out.groups + g] = sum;
+#endif
+      quantize_block(xs, n, q, scale, sum);
     }
 }
 
@@ -570,6 +673,20 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
       tile_pair_avx512(w, t, x, m0, corr, out);
       store(t, m0, 1, out);
       store(t + 1, m0, 1, out + 1);
+      ++t;
+      continue;
+    }
+    // 4 to 7 rows (a few sequences decoding together): two tiles per call, so that each broadcast
+    // activation word serves both (from 8 rows on, tile_avx512's 8 rows per unpacked block win).
+    if (!amx && isa >= Isa::kAvx512Vnni && t + 1 < t1 && m1 - m0 >= 4 && m1 - m0 < kMaxRows) {
+      tile2_avx512<4>(w, t, x, m0, corr, out);
+      store(t, m0, 4, out);
+      store(t + 1, m0, 4, out + 4);
+      if (const int64_t rest = m1 - m0 - 4; rest > 0)
+        for (int64_t u = t; u < t + 2; ++u) {
+          tile_rows(w, u, x, m0 + 4, rest, corr_of(m0 + 4), out, isa);
+          store(u, m0 + 4, rest, out);
+        }
       ++t;
       continue;
     }

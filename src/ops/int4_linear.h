@@ -43,8 +43,10 @@ struct Int8Acts {
 int64_t int4_act_block(const PackedInt4& w);
 
 // Quantizes x [M, K] in blocks of `group_size` (int4_act_block of the weight it will meet);
-// `out`'s buffers are reused (no allocation once they are large enough).
-void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int8Acts& out);
+// `out`'s buffers are reused (no allocation once they are large enough). Every ISA gives the same
+// bits (AVX-512 for blocks of a multiple of 16 inputs).
+void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int8Acts& out,
+                   Isa isa = active_isa());
 
 // y [M, w.rows] = x · Wᵀ (+ y when accumulate), x [M, w.cols]. Output tiles are spread over the
 // pool; results do not depend on the thread count.

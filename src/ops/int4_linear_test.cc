@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "ops/linear.h"
@@ -128,6 +129,31 @@ TEST(Int4Linear, QuantizedActivationsUseTheWholeRangePerGroup) {
   EXPECT_EQ(a.sum[1], 0);
   EXPECT_EQ(a.q[8], 127);  // the short last group has its own scale
   EXPECT_EQ(a.q[9], 64);
+}
+
+TEST(Int4Linear, QuantizedActivationsAreTheSameOnEveryIsa) {
+  // Blocks of 32, 16 and 8 (scalar only) and a short last block; ties of the rounding (127 · k.5 /
+  // amax exactly), zeros, outliers, a NaN and an inf in their own rows.
+  const int64_t M = 6, K = 200;
+  std::vector<float> x = random_acts(M, K, 7);
+  for (int64_t k = 0; k < 32; ++k) x[K + k] = k == 0 ? 127.0f : static_cast<float>(k % 9) - 4.5f;
+  std::fill_n(&x[2 * K + 32], 32, 0.0f);
+  x[3 * K + 40] = std::nanf("");
+  x[4 * K + 70] = std::numeric_limits<float>::infinity();
+  for (int64_t group : {32, 16, 8, 64}) {
+    Int8Acts scalar;
+    quantize_acts(x.data(), M, K, group, scalar, Isa::kScalar);
+    EXPECT_EQ(scalar.q[K + 1], -4);  // -3.5 → -4: ties to even
+    EXPECT_EQ(scalar.q[K + 2], -2);  // -2.5 → -2
+    for (Isa isa : supported_isas()) {
+      SCOPED_TRACE(fmt::format("{} group {}", isa_name(isa), group));
+      Int8Acts a;
+      quantize_acts(x.data(), M, K, group, a, isa);
+      EXPECT_EQ(a.q, scalar.q);
+      EXPECT_EQ(a.sum, scalar.sum);
+      for (size_t i = 0; i < a.scale.size(); ++i) ASSERT_EQ(a.scale[i], scalar.scale[i]) << i;
+    }
+  }
 }
 
 }  // namespace
