@@ -109,6 +109,15 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i dpbusd512(__m512i a
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(q));
   return acc;
 }
+// The same with the 4 activation bytes at q broadcast by the instruction itself ({1to16}): one
+// fused uop instead of a broadcast load and the product (dpbusd alone: 4.0 → 5.3 G/s per core on
+// the dev box).
+WHITTLE_AVX512 inline __attribute__((always_inline)) __m512i dpbusd512(__m512i acc, __m512i u,
+                                                                       const int8_t* q) {
+  using Word = int32_t __attribute__((may_alias, aligned(1)));
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const Word*>(q)));
+  return acc;
+}
 
 // A weight group's scales s (f16 or bf16) and z·s, 16 rows of a tile.
 struct GroupScales512 {
@@ -170,8 +179,8 @@ WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& 
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble);
 #pragma GCC unroll 8
         for (int i = 0; i < MB; ++i) {
-          lo_dot[i] = dpbusd512(lo_dot[i], lo, _mm512_set1_epi32(load_i32(q + i * x.cols + k)));
-          hi_dot[i] = dpbusd512(hi_dot[i], hi, _mm512_set1_epi32(load_i32(q + i * x.cols + k + 4)));
+          lo_dot[i] = dpbusd512(lo_dot[i], lo, q + i * x.cols + k);
+          hi_dot[i] = dpbusd512(hi_dot[i], hi, q + i * x.cols + k + 4);
         }
       }
 #pragma GCC unroll 8
@@ -221,15 +230,13 @@ WHITTLE_AVX512 void tile2_avx512(const PackedInt4& w, int64_t t, const Int8Acts&
         const __m512i hi_b = _mm512_and_si512(_mm512_srli_epi16(cb, 4), nibble);
 #pragma GCC unroll 4
         for (int i = 0; i < MB; ++i) {
-          const __m512i x0 = _mm512_set1_epi32(load_i32(q + i * x.cols + k));
-          da[i] = dpbusd512(da[i], lo_a, x0);
-          db[i] = dpbusd512(db[i], lo_b, x0);
+          da[i] = dpbusd512(da[i], lo_a, q + i * x.cols + k);
+          db[i] = dpbusd512(db[i], lo_b, q + i * x.cols + k);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < MB; ++i) {
-          const __m512i x1 = _mm512_set1_epi32(load_i32(q + i * x.cols + k + 4));
-          da[i] = dpbusd512(da[i], hi_a, x1);
-          db[i] = dpbusd512(db[i], hi_b, x1);
+          da[i] = dpbusd512(da[i], hi_a, q + i * x.cols + k + 4);
+          db[i] = dpbusd512(db[i], hi_b, q + i * x.cols + k + 4);
         }
       }
 #pragma GCC unroll 4
