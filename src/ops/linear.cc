@@ -12,17 +12,22 @@ namespace whittle {
 
 namespace {
 constexpr int64_t kBlockFloats = int64_t{1} << 16;  // 256 KB of converted rows per thread
+// From kWideRows activation rows on, blocks of 8 MB: sgemm packs the activations again for every
+// block, which with 16-row blocks of a 6144-wide weight cost as much as the products.
+constexpr int64_t kWideRows = 64;
+constexpr int64_t kWideBlockFloats = int64_t{1} << 21;
 }  // namespace
 
-int64_t linear_block_rows(int64_t cols) {
-  return std::max<int64_t>(16, kBlockFloats / std::max<int64_t>(cols, 1) / 16 * 16);
+int64_t linear_block_rows(int64_t cols, int64_t M) {
+  const int64_t floats = M >= kWideRows ? kWideBlockFloats : kBlockFloats;
+  return std::max<int64_t>(16, floats / std::max<int64_t>(cols, 1) / 16 * 16);
 }
 
 void linear(const Weight& w, const float* x, int64_t M, float* y, bool accumulate,
             ThreadPool* pool) {
   const int64_t N = w.rows(), K = w.cols();
   if (M == 0 || N == 0) return;
-  const int64_t block = linear_block_rows(K), blocks = (N + block - 1) / block;
+  const int64_t block = linear_block_rows(K, M), blocks = (N + block - 1) / block;
   const float* in_place = w.f32_rows();
   auto run = [&](size_t b0, size_t b1) {
     thread_local std::vector<float> buffer;

@@ -29,8 +29,8 @@ void linear_fast(const Weight& w, const float* x, int64_t M, float* y, bool accu
 // Bytes of weights one linear_fast call reads for `w` (the packed copy when there is one).
 size_t linear_fast_bytes(const Weight& w);
 
-// Rows of W converted per block by linear().
-int64_t linear_block_rows(int64_t cols);
+// Rows of W converted per block by linear() for M activation rows.
+int64_t linear_block_rows(int64_t cols, int64_t M);
 
 // The same product with the whole weight converted and double accumulation; slow, for tests.
 void linear_reference(const Weight& w, const float* x, int64_t M, float* y,
