@@ -6,7 +6,8 @@
 # the tokenizer's pre-tokenizer) and quantized with its own llama-quantize. Both engines get the
 # synthetic model of tools/synth/make_glm5_shaped.py with the same shapes and layer count: whittle
 # the GPTQ int4 checkpoint (--gptq: what the recipe ships), llama.cpp Q4_0 and Q4_K_M made from the
-# bf16 checkpoint (via q8_0, to save disk). Prints llama-bench's pp/tg and `whittle bench`.
+# bf16 checkpoint (via q8_0, to save disk), and Q4_K_M with the modules the recipe keeps in 16 bit
+# in bf16 (the same bytes per token as whittle's). Prints llama-bench's pp/tg and `whittle bench`.
 #
 #   bench/llamacpp_vs_whittle.sh            # WORK=/work/synth LAYERS=6 EXPERTS=32 THREADS=2
 # Needs: python3 -m venv .venv with torch, transformers, numpy, safetensors, sentencepiece
@@ -52,6 +53,12 @@ for q in Q4_0 Q4_K_M; do
   out=$WORK/glm5-$tag-$q.gguf
   [[ -f $out ]] || "$LLAMA_BUILD/bin/llama-quantize" --allow-requantize "$q8" "$out" "$q" "$THREADS"
 done
+# The same bytes as the recipe reads: Q4_K_M with the modules the recipe keeps in 16 bit (lm_head,
+# the dense MLP, the indexer's weights_proj) in bf16, as whittle's checkpoint has them.
+recipe16=$WORK/glm5-$tag-Q4_K_M-recipe16.gguf
+[[ -f $recipe16 ]] || "$LLAMA_BUILD/bin/llama-quantize" --allow-requantize \
+  --output-tensor-type bf16 --tensor-type 'blk\.0\.ffn_(gate|up|down)=bf16' \
+  --tensor-type 'indexer\.proj=bf16' "$q8" "$recipe16" Q4_K_M "$THREADS"
 
 [[ -x build/whittle ]] || make build
 echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), $THREADS threads, prompt $PROMPT, gen $GEN"
@@ -59,7 +66,7 @@ echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), $THREADS threads
 # (llama-cpp-python 0.3.36's) aborts on GLM-DSA while reserving the graph
 # ("GGML_ASSERT(*cur_backend_id != -1)", ggml-backend.cpp:1294): some node of the graph is then
 # supported by no backend. Without repacking it runs its plain Q4_0 / Q4_K kernels.
-for q in Q4_0 Q4_K_M; do
+for q in Q4_0 Q4_K_M Q4_K_M-recipe16; do
   "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p "$PROMPT" -n "$GEN" \
     -r 1 --repack 0
 done
