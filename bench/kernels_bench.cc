@@ -99,6 +99,7 @@ BENCHMARK(Int4Gemv)
     ->Args({6144, 2048, 1})
     ->Args({2048, 6144, 4})
     ->Args({2048, 6144, 128})
+    ->Args({2048, 6144, 512})
     ->UseRealTime();
 // 1 GiB of bf16 rows: lm_head-sized.
 BENCHMARK(Bf16Gemv)->Args({87381, 6144, 1})->Args({87381, 6144, 4})->UseRealTime();

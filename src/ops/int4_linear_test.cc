@@ -53,6 +53,8 @@ const Shape kShapes[] = {
     {48, 24, 64, 16, true, DType::F16},
     {20, 40, 96, 8, false, DType::F16},
     {33, 40, 200, 64, true, DType::F16},
+    // more rows than int4_tiles takes at once (64), with a remainder
+    {130, 40, 256, 128, false, DType::F16},
 };
 
 TEST(Int4Linear, IntegerKernelsAreExactOnTheQuantizedActivations) {
