@@ -509,25 +509,14 @@ void tile_rows(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int
 #if defined(__x86_64__)
   switch (isa) {
     case Isa::kAvx512Vnni:
-    case Isa::kAmx:
-      switch (rows) {
-        case 1:
-          return tile_avx512<1>(w, t, x, m, corr, out);
-        case 2:
-          return tile_avx512<2>(w, t, x, m, corr, out);
-        case 3:
-          return tile_avx512<3>(w, t, x, m, corr, out);
-        case 4:
-          return tile_avx512<4>(w, t, x, m, corr, out);
-        case 5:
-          return tile_avx512<5>(w, t, x, m, corr, out);
-        case 6:
-          return tile_avx512<6>(w, t, x, m, corr, out);
-        case 7:
-          return tile_avx512<7>(w, t, x, m, corr, out);
-        default:
-          return tile_avx512<8>(w, t, x, m, corr, out);
-      }
+    case Isa::kAmx: {
+      using Kernel = void (*)(const PackedInt4&, int64_t, const Int8Acts&, int64_t, const float*,
+                              float(*)[TR]);
+      static constexpr Kernel kByRows[kMaxRows] = {tile_avx512<1>, tile_avx512<2>, tile_avx512<3>,
+                                                   tile_avx512<4>, tile_avx512<5>, tile_avx512<6>,
+                                                   tile_avx512<7>, tile_avx512<8>};
+      return kByRows[std::min(rows, kMaxRows) - 1](w, t, x, m, corr, out);
+    }
     case Isa::kAvxVnni:
       return rows == 1 ? tile_avxvnni<1>(w, t, x, m, corr, out)
                        : tile_avxvnni<2>(w, t, x, m, corr, out);
