@@ -48,8 +48,7 @@ bool parse_call(std::string_view body, const ojson& tools, ParsedToolCall& call)
   call.name = std::string(trim(body.substr(0, first_key)));
   if (call.name.empty()) return false;
   std::string_view rest = first_key == std::string_view::npos ? "" : body.substr(first_key);
-  while (!trim(rest).empty()) {
-    rest = trim(rest);
+  while (!(rest = trim(rest)).empty()) {
     if (!rest.starts_with(kKeyBegin)) return false;
     const size_t key_end = rest.find(kKeyEnd);
     if (key_end == std::string_view::npos) return false;

@@ -4,7 +4,8 @@
 // (the form the chat template renders them in) parsed into OpenAI `tool_calls`. An argument value
 // is kept as a string where the tool's JSON schema says the parameter is a string (or the tool or
 // parameter is unknown and the value is not JSON); otherwise it is parsed as JSON, as vLLM's
-// GLM-4.5 tool parser does, so that rendering the parsed call again gives the same text.
+// GLM-4.5 tool parser does (it also tries Python literals, which the chat template never writes),
+// so that rendering the parsed call again gives the same text.
 #pragma once
 
 #include <nlohmann/json.hpp>
