@@ -10,7 +10,7 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   nlohmann-json3-dev libcli11-dev libfmt-dev
-  libpcre2-dev libutf8proc-dev libopenblas-dev
+  libpcre2-dev libutf8proc-dev libopenblas-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev
 )
 case "${1:-}" in

@@ -273,7 +273,7 @@ TEST(Cli, UnknownSubcommandIsNamed) {
   Outcome r = whittle({"foo"});
   EXPECT_EQ(r.status, 2);
   EXPECT_THAT(r.output, HasSubstr("unknown subcommand 'foo' (expected one of: info, generate, "
-                                  "logits, eval, prune, quantize, bench)"));
+                                  "logits, eval, prune, quantize, bench, serve, chat)"));
 }
 
 TEST(Cli, BadOptionValuesAreUsageErrorsNamingTheOptionAndRange) {

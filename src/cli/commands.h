@@ -16,5 +16,7 @@ Command add_eval(CLI::App& app);
 Command add_prune(CLI::App& app);
 Command add_quantize(CLI::App& app);
 Command add_bench(CLI::App& app);
+Command add_serve(CLI::App& app);
+Command add_chat(CLI::App& app);
 
 }  // namespace whittle::cli

@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   add(whittle::cli::add_prune);
   add(whittle::cli::add_quantize);
   add(whittle::cli::add_bench);
+  add(whittle::cli::add_serve);
+  add(whittle::cli::add_chat);
   // CLI11 says only "A subcommand is required" for `whittle foo`.
   if (argc > 1 && argv[1][0] != '-') {
     std::vector<std::string> names;

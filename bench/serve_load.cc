@@ -1,0 +1,201 @@
+// whittle_serve_load: a bounded load test of `whittle serve` on loopback. It starts the server in
+// process on a free 127.0.0.1 port (the same Engine and Server the CLI runs), then
+//   1. one stream:  `--requests1` completions one after another,
+//   2. N streams:   N clients at once (--streams, default 8), one request each, same lengths,
+//   3. the load:    --clients concurrent clients (default 32) sending --total requests in all with
+//                   prompt lengths mixed from a few to --max-prompt tokens,
+// and prints requests/s, generated tokens/s, latency percentiles and failures for each, and the
+// ratio of phase 2's aggregate tokens/s to phase 1's. It stops by itself: fixed request counts,
+// each with a 600 s read timeout (a request that times out counts as failed). Exit status 1 when
+// any request failed.
+#include <httplib.h>
+
+#include <fmt/core.h>
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "model/glm_moe_dsa.h"
+#include "serve/engine.h"
+#include "serve/openai_api.h"
+#include "serve/server.h"
+#include "tokenizer/bpe_tokenizer.h"
+#include "util/thread_pool.h"
+
+using namespace whittle;
+using Clock = std::chrono::steady_clock;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+struct Outcome {
+  bool ok = false;
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  double seconds = 0;
+};
+
+struct PhaseResult {
+  std::string name;
+  int clients = 0;
+  std::vector<Outcome> outcomes;
+  double wall = 0;
+};
+
+Outcome complete(int port, const std::string& prompt, int64_t max_tokens, uint64_t seed) {
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(600, 0);
+  const ojson body{
+      {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0.8}, {"seed", seed}};
+  const auto t0 = Clock::now();
+  Outcome o;
+  auto r = client.Post("/v1/completions", body.dump(), "application/json");
+  o.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!r || r->status != 200) {
+    fmt::print(stderr, "request failed: {}\n",
+               r ? fmt::format("HTTP {} {}", r->status, r->body) : httplib::to_string(r.error()));
+    return o;
+  }
+  const ojson j = ojson::parse(r->body, nullptr, false);
+  if (j.is_discarded() || !j.contains("usage")) return o;
+  o.ok = true;
+  o.prompt_tokens = j["usage"]["prompt_tokens"];
+  o.completion_tokens = j["usage"]["completion_tokens"];
+  return o;
+}
+
+// `clients` threads take requests from a shared list until it is empty.
+PhaseResult run_phase(std::string name, int port, int clients,
+                      const std::vector<std::pair<std::string, int64_t>>& requests) {
+  PhaseResult p{std::move(name), clients, std::vector<Outcome>(requests.size()), 0};
+  std::atomic<size_t> next{0};
+  const auto t0 = Clock::now();
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c)
+    threads.emplace_back([&] {
+      for (size_t i; (i = next++) < requests.size();)
+        p.outcomes[i] = complete(port, requests[i].first, requests[i].second, i + 1);
+    });
+  for (auto& t : threads) t.join();
+  p.wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  return p;
+}
+
+double report(const PhaseResult& p) {
+  int64_t failed = 0, prompt = 0, completion = 0;
+  std::vector<double> latency;
+  for (const Outcome& o : p.outcomes) {
+    if (!o.ok) {
+      ++failed;
+      continue;
+    }
+    prompt += o.prompt_tokens;
+    completion += o.completion_tokens;
+    latency.push_back(o.seconds);
+  }
+  std::sort(latency.begin(), latency.end());
+  const auto pct = [&](double q) {
+    return latency.empty() ? 0.0
+                           : latency[std::min(latency.size() - 1, size_t(q * latency.size()))];
+  };
+  const double tps = completion / p.wall;
+  fmt::print(
+      "| {} | {} | {} | {} | {:.1f} | {:.2f} | {:.1f} | {:.1f} | {:.2f} / {:.2f} / {:.2f} |\n",
+      p.name, p.clients, p.outcomes.size(), failed, p.wall, p.outcomes.size() / p.wall,
+      prompt / p.wall, tps, pct(0.5), pct(0.95), latency.empty() ? 0.0 : latency.back());
+  return failed > 0 ? -1 : tps;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Bounded load test of whittle serve on loopback"};
+  std::string model_dir;
+  int64_t threads = 0, parallel = 8, streams = 8, clients = 32, total = 96, requests1 = 4,
+          max_tokens = 64, max_prompt = 1024;
+  app.add_option("MODEL", model_dir, "model folder")->required();
+  app.add_option("--threads", threads, "compute threads (0: one per core)");
+  app.add_option("--parallel", parallel, "the server's --parallel")->capture_default_str();
+  app.add_option("--streams", streams, "phase 2's concurrent streams")->capture_default_str();
+  app.add_option("--clients", clients, "phase 3's concurrent clients")->capture_default_str();
+  app.add_option("--total", total, "phase 3's requests")->capture_default_str();
+  app.add_option("--requests1", requests1, "phase 1's requests")->capture_default_str();
+  app.add_option("--max-tokens", max_tokens, "new tokens per request")->capture_default_str();
+  app.add_option("--max-prompt", max_prompt, "longest phase-3 prompt, tokens")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  const std::filesystem::path dir(model_dir);
+  BpeTokenizer tokenizer = BpeTokenizer::load(dir / "tokenizer.json");
+  ThreadPool pool(checked_thread_count(threads));
+  GlmMoeDsa model = GlmMoeDsa::load(dir, pool, Kernels::kFast);
+  ServedModel served{.id = dir.filename().string(), .tokenizer = &tokenizer};
+  served.defaults = generation_defaults(model.config());
+  served.stop_ids = model.config().eos_token_ids;
+  Engine engine(
+      model,
+      {.parallel = parallel, .max_waiting = clients + 8, .sample_vocab = tokenizer.vocab_size()});
+  Server server(engine, served, {.port = 0});
+  server.bind();
+  std::thread http([&] { server.serve(); });
+
+  // Prompts: pieces of a text file of the model's own kind (its calibration text when present).
+  std::string text;
+  for (const char* name : {"calibration.txt", "README.md"}) {
+    std::ifstream in(dir / name);
+    if (in) {
+      std::stringstream ss;
+      ss << in.rdbuf();
+      text = ss.str();
+      break;
+    }
+  }
+  const std::vector<int32_t> ids = tokenizer.encode(text.empty() ? "hello world" : text);
+  std::mt19937_64 rng(1);
+  const auto prompt_of = [&](int64_t n) {
+    n = std::max<int64_t>(1, std::min<int64_t>(n, static_cast<int64_t>(ids.size())));
+    const size_t at = std::uniform_int_distribution<size_t>(0, ids.size() - n)(rng);
+    return tokenizer.decode(std::span<const int32_t>(ids).subspan(at, n), true);
+  };
+  fmt::print(
+      "model {}, {} compute threads, --parallel {}, {} new tokens per request "
+      "(temperature 0.8)\n\n",
+      served.id, pool.size(), parallel, max_tokens);
+  fmt::print(
+      "| phase | clients | requests | failed | wall s | requests/s | prompt tok/s | "
+      "generated tok/s | latency p50 / p95 / max s |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::vector<std::pair<std::string, int64_t>> short_requests;
+  for (int64_t i = 0; i < std::max(requests1, streams); ++i)
+    short_requests.emplace_back(prompt_of(16), max_tokens);
+  const double one =
+      report(run_phase("1 stream", server.port(), 1,
+                       std::vector(short_requests.begin(), short_requests.begin() + requests1)));
+  const double many =
+      report(run_phase(fmt::format("{} streams", streams), server.port(), static_cast<int>(streams),
+                       std::vector(short_requests.begin(), short_requests.begin() + streams)));
+  std::vector<std::pair<std::string, int64_t>> mixed;
+  for (int64_t i = 0; i < total; ++i) {
+    // Log-uniform lengths: many short prompts, some long ones.
+    const double u = std::uniform_real_distribution<double>(0, 1)(rng);
+    mixed.emplace_back(prompt_of(static_cast<int64_t>(std::exp(u * std::log(max_prompt)))),
+                       max_tokens);
+  }
+  const double load = report(run_phase(fmt::format("{} clients, mixed prompts", clients),
+                                       server.port(), static_cast<int>(clients), mixed));
+  const Engine::Stats s = engine.stats();
+  fmt::print(
+      "\n{} streams / 1 stream, generated tokens/s: {:.2f}x; engine steps {}, prefix "
+      "hits {} ({} tokens reused)\n",
+      streams, many / one, s.steps, s.prefix_hits, s.reused_tokens);
+  engine.stop(true);
+  server.stop();
+  http.join();
+  return one < 0 || many < 0 || load < 0 ? 1 : 0;
+}
