@@ -23,7 +23,12 @@
 #include <sstream>
 #include <thread>
 
+#include <unistd.h>
+
+#include <cstdlib>
+
 #include "model/glm_moe_dsa.h"
+#include "ops/matmul.h"
 #include "serve/engine.h"
 #include "serve/openai_api.h"
 #include "serve/server.h"
@@ -116,6 +121,13 @@ double report(const PhaseResult& p) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As the whittle binary does (cli/main.cc): OpenBLAS's best kernels for this CPU.
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    if (const char* core = openblas_better_core()) {
+      setenv("OPENBLAS_CORETYPE", core, 1);
+      execv("/proc/self/exe", argv);
+    }
+  }
   CLI::App app{"Bounded load test of whittle serve on loopback"};
   std::string model_dir;
   int64_t threads = 0, parallel = 8, streams = 8, clients = 32, total = 96, requests1 = 4,
@@ -166,7 +178,7 @@ int main(int argc, char** argv) {
   };
   fmt::print(
       "model {}, {} compute threads, --parallel {}, {} new tokens per request "
-      "(temperature 0.8)\n\n",
+      "(temperature 0.8, ignore_eos)\n\n",
       served.id, pool.size(), parallel, max_tokens);
   fmt::print(
       "| phase | clients | requests | failed | wall s | requests/s | prompt tok/s | "

@@ -15,8 +15,13 @@ namespace whittle {
 
 class ThreadPool;
 
-// Activation rows this kernel takes at once; more go to the converted-block sgemm of linear().
+// Activation rows this kernel takes at once.
 inline constexpr int64_t kDense16MaxRows = 4;
+// linear_fast runs up to this many rows (a server's batched decode step) as groups of
+// kDense16MaxRows, reading the weight once per group; more (a prefill) go to the converted-block
+// sgemm of linear(). Each row's sums run in the same order whatever the other rows, so a sequence
+// decodes the same bits alone or batched.
+inline constexpr int64_t kDense16BatchRows = 32;
 
 // True for dense BF16 / F16 weights (2-byte aligned, as safetensors lays them out).
 bool dense16_supported(const Weight& w);

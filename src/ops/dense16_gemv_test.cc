@@ -61,12 +61,34 @@ TEST(Dense16Gemv, MatchesTheReferenceOnEveryIsaAndShape) {
         }
 }
 
-TEST(Dense16Gemv, LinearFastTakesFewRowsOnly) {
+// What makes batched decoding change nothing but speed: a row gives the same bits alone and with
+// any other rows, in linear_fast's groups too.
+TEST(Dense16Gemv, ARowIsTheSameBitsAloneOrBatched) {
+  ThreadPool pool(2);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (int64_t K : {15, 100, 1000}) {
+    Stored s = random_weight(DType::BF16, 37, K, static_cast<uint32_t>(K));
+    const int64_t M = kDense16BatchRows;
+    std::vector<float> x(static_cast<size_t>(M * K)), batched(static_cast<size_t>(M * 37));
+    for (float& v : x) v = d(rng);
+    linear_fast(s.weight, x.data(), M, batched.data(), false, &pool);
+    for (int64_t m = 0; m < M; ++m) {
+      std::vector<float> alone(37);
+      linear_fast(s.weight, &x[m * K], 1, alone.data(), false, &pool);
+      ASSERT_EQ(alone, std::vector<float>(batched.begin() + m * 37, batched.begin() + m * 37 + 37))
+          << "K " << K << " row " << m;
+    }
+  }
+}
+
+TEST(Dense16Gemv, LinearFastTakesDecodeBatchesOnly) {
   Stored s = random_weight(DType::BF16, 8, 64, 9);
   EXPECT_TRUE(dense16_supported(s.weight));
-  std::vector<float> x(64 * 6, 0.5f), fast(8 * 6), ref(8 * 6);
-  linear_fast(s.weight, x.data(), 6, fast.data());  // more rows than the GEMV takes: sgemm
-  linear(s.weight, x.data(), 6, ref.data());
+  constexpr int64_t M = kDense16BatchRows + 1;  // more rows than a decode batch: sgemm
+  std::vector<float> x(64 * M, 0.5f), fast(8 * M), ref(8 * M);
+  linear_fast(s.weight, x.data(), M, fast.data());
+  linear(s.weight, x.data(), M, ref.data());
   EXPECT_EQ(fast, ref);
   // Data at an odd address (not a safetensors layout) is left to the converting path.
   std::vector<std::byte> odd(1 + 8 * 64 * 2);

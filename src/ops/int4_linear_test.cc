@@ -92,6 +92,27 @@ TEST(Int4Linear, IntegerKernelsAreExactOnTheQuantizedActivations) {
   }
 }
 
+// What makes batched decoding change nothing but speed: a row gives the same bits alone and with
+// other rows (its activations are quantized on their own, and its sums run in the same order).
+TEST(Int4Linear, ARowIsTheSameBitsAloneOrBatched) {
+  ThreadPool pool(2);
+  uint32_t seed = 300;
+  for (const Shape& s : kShapes) {
+    PackedGptq g = pack_gptq(4, s.N, s.K, s.G, false, false, false, seed++, s.scale_dtype);
+    Weight w = Weight::gptq("m", g.tensors(), s.N, s.K, GptqParams{4, s.G, false, s.sym});
+    auto packed = pack_int4(w);
+    const std::vector<float> x = random_acts(s.M, s.K, seed++);
+    std::vector<float> batched(static_cast<size_t>(s.M * s.N)), alone(static_cast<size_t>(s.N));
+    int4_linear(*packed, x.data(), s.M, batched.data(), false, &pool);
+    for (int64_t m = 0; m < s.M; ++m) {
+      int4_linear(*packed, &x[m * s.K], 1, alone.data(), false, &pool);
+      ASSERT_EQ(alone,
+                std::vector<float>(batched.begin() + m * s.N, batched.begin() + (m + 1) * s.N))
+          << fmt::format("M {} N {} K {} G {} row {}", s.M, s.N, s.K, s.G, m);
+    }
+  }
+}
+
 TEST(Int4Linear, FloatProductIsWithinTheInt8Bound) {
   uint32_t seed = 300;
   double worst = 0.0;

@@ -29,11 +29,14 @@ const char* finish_reason_name(FinishReason reason) {
   return "?";
 }
 
-void Stream::wait(size_t seen, std::chrono::milliseconds timeout, State& out) {
+void Stream::wait(size_t seen, std::chrono::milliseconds timeout, State& out, bool finish_only) {
   std::unique_lock lock(mutex_);
-  changed_.wait_for(lock, timeout, [&] {
-    return state_.tokens.size() > seen || state_.finish != FinishReason::kRunning;
-  });
+  if (finish_only)
+    finish_.wait_for(lock, timeout, [&] { return state_.finish != FinishReason::kRunning; });
+  else
+    token_or_finish_.wait_for(lock, timeout, [&] {
+      return state_.tokens.size() > seen || state_.finish != FinishReason::kRunning;
+    });
   out.tokens.assign(
       state_.tokens.begin() + static_cast<std::ptrdiff_t>(std::min(seen, state_.tokens.size())),
       state_.tokens.end());
@@ -50,7 +53,7 @@ void Stream::push(int32_t token) {
     std::lock_guard lock(mutex_);
     state_.tokens.push_back(token);
   }
-  changed_.notify_all();
+  token_or_finish_.notify_all();
 }
 
 void Stream::finish(FinishReason reason, std::string error) {
@@ -60,7 +63,8 @@ void Stream::finish(FinishReason reason, std::string error) {
     state_.finish = reason;
     state_.error = std::move(error);
   }
-  changed_.notify_all();
+  token_or_finish_.notify_all();
+  finish_.notify_all();
 }
 
 struct Engine::Sequence {
@@ -219,36 +223,21 @@ void Engine::retire(Sequence& seq, FinishReason reason, std::string error) {
   while (static_cast<int64_t>(cached_.size()) > options_.prefix_cache) cached_.pop_back();
 }
 
-void Engine::step() {
-  std::vector<SequenceInput> inputs;
-  std::vector<Sequence*> batch;
-  int64_t chunk_left = options_.prefill_chunk;
-  for (auto& seq : running_) {
-    const size_t done = seq->prompt_fed();
-    if (done < seq->job.prompt.size()) {
-      const int64_t n =
-          std::min<int64_t>(chunk_left, static_cast<int64_t>(seq->job.prompt.size() - done));
-      if (n == 0) continue;  // the step's prompt tokens are spent; next step
-      chunk_left -= n;
-      inputs.push_back(SequenceInput{
-          std::span<const int32_t>(seq->job.prompt).subspan(done, static_cast<size_t>(n)),
-          seq->cache.get(), /*absorbed=*/false});
-    } else {
-      inputs.push_back(
-          SequenceInput{std::span<const int32_t>(&seq->last, 1), seq->cache.get(), true});
-    }
-    batch.push_back(seq.get());
+void Engine::forward(std::span<Sequence* const> seqs, const std::vector<SequenceInput>& inputs) {
+  try {
+    Batch b = model_.embed(inputs);
+    for (int64_t L = 0; L < model_.config().num_hidden_layers; ++L) model_.forward_layer(L, b);
+    model_.head(b, /*all_rows=*/false, logits_);
+  } catch (const std::exception& e) {
+    // The caches of this batch are part-written: end its sequences, with the reason.
+    for (Sequence* seq : seqs) retire(*seq, FinishReason::kError, e.what());
+    return;
   }
-  if (batch.empty()) return;
-  Batch b = model_.embed(inputs);
-  for (int64_t L = 0; L < model_.config().num_hidden_layers; ++L) model_.forward_layer(L, b);
-  model_.head(b, /*all_rows=*/false, logits_);
-
   const int64_t vocab = model_.config().vocab_size;
   const int64_t n_sample =
       options_.sample_vocab > 0 ? std::min(options_.sample_vocab, vocab) : vocab;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    Sequence& seq = *batch[i];
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    Sequence& seq = *seqs[i];
     const SequenceInput& in = inputs[i];
     seq.fed.insert(seq.fed.end(), in.tokens.begin(), in.tokens.end());
     if (seq.fed.size() < seq.job.prompt.size()) continue;  // more prompt to run first
@@ -268,6 +257,36 @@ void Engine::step() {
     seq.last = token;
     if (seq.sampled >= seq.job.max_tokens) retire(seq, FinishReason::kLength);
   }
+}
+
+void Engine::step() {
+  // Prompt chunks first, each sequence in a batch of its own; then every decoding sequence in one
+  // batch. Kept apart so that a token's arithmetic does not depend on what else runs: a batch's
+  // Linears see only its own rows, and the fast kernels give each row the same bits alone or with
+  // up to 32 others (ops/dense16_gemv.h, ops/int4_linear.h). A prompt that fits one chunk is then
+  // run exactly as `whittle generate` runs it, and its decoding too, whatever the load.
+  std::vector<Sequence*> decoding;
+  std::vector<SequenceInput> decode_inputs;
+  int64_t chunk_left = options_.prefill_chunk;
+  for (auto& seq : running_) {
+    const size_t done = seq->prompt_fed();
+    if (done == seq->job.prompt.size()) {
+      decoding.push_back(seq.get());
+      decode_inputs.push_back(
+          SequenceInput{std::span<const int32_t>(&seq->last, 1), seq->cache.get(), true});
+      continue;
+    }
+    const int64_t n =
+        std::min<int64_t>(chunk_left, static_cast<int64_t>(seq->job.prompt.size() - done));
+    if (n == 0) continue;  // the step's prompt tokens are spent; next step
+    chunk_left -= n;
+    Sequence* one[] = {seq.get()};
+    forward(one,
+            {SequenceInput{
+                std::span<const int32_t>(seq->job.prompt).subspan(done, static_cast<size_t>(n)),
+                seq->cache.get(), /*absorbed=*/false}});
+  }
+  if (!decoding.empty()) forward(decoding, decode_inputs);
   std::erase_if(running_, [](const auto& s) { return s->cache == nullptr; });
   ++stats_.steps;
 }
@@ -304,13 +323,7 @@ void Engine::run() {
     for (auto& seq : running_)
       if (seq->stream->cancelled()) retire(*seq, FinishReason::kCancelled);
     std::erase_if(running_, [](const auto& s) { return s->cache == nullptr; });
-    try {
-      step();
-    } catch (const std::exception& e) {
-      // A failed step leaves every cache in the batch part-written: end them all, with the reason.
-      for (auto& seq : running_) retire(*seq, FinishReason::kError, e.what());
-      running_.clear();
-    }
+    step();
     std::lock_guard lock(mutex_);
     stats_.running = static_cast<int64_t>(running_.size());
   }

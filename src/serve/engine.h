@@ -3,10 +3,12 @@
 //   1. admits waiting requests while fewer than `parallel` sequences run and the KV page pool can
 //      hold each one's prompt plus its max tokens (reserved up front, so a running sequence never
 //      runs out of pages and nothing is ever preempted),
-//   2. runs ONE batch through the model: a chunk of every admitted prompt not yet cached (at most
-//      `prefill_chunk` prompt tokens per step in all) and the last sampled token of every decoding
-//      sequence, each with its own cache, then
+//   2. runs a chunk of every admitted prompt not yet cached (at most `prefill_chunk` prompt tokens
+//      per step in all, so that running streams keep going), each sequence in a batch of its own,
+//      then ONE batch with the last sampled token of every decoding sequence, each with its own
+//      cache, and
 //   3. samples each sequence whose input is all cached, and hands the token to its Stream.
+// Batches are kept this way so that batching changes nothing but speed (engine.cc, step()).
 // A request whose prompt starts with tokens an earlier one cached (a conversation resent with one
 // more turn) shares that cache's whole pages instead of recomputing them (KvCache::share_prefix).
 // Finished caches are kept, least recently used first out, while their pages are not needed.
@@ -25,6 +27,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -68,9 +71,11 @@ class Stream {
     std::string error;          // kError: what went wrong
     double queued_seconds = 0, first_token_seconds = 0;
   };
-  // Waits until the stream holds more than `seen` tokens, has finished, or `timeout` passed; then
-  // copies its state (only tokens[seen:] into out.tokens, which is cleared first).
-  void wait(size_t seen, std::chrono::milliseconds timeout, State& out);
+  // Waits until the stream holds more than `seen` tokens (unless `finish_only`), has finished, or
+  // `timeout` passed; then copies its state (only tokens[seen:] into out.tokens, which is cleared
+  // first). A whole-response client waits with finish_only, so that the model thread does not
+  // wake it for every token.
+  void wait(size_t seen, std::chrono::milliseconds timeout, State& out, bool finish_only = false);
   void cancel() { cancelled_ = true; }
   bool cancelled() const { return cancelled_; }
 
@@ -80,7 +85,7 @@ class Stream {
   void finish(FinishReason reason, std::string error = {});
 
   std::mutex mutex_;
-  std::condition_variable changed_;
+  std::condition_variable token_or_finish_, finish_;
   State state_;
   std::atomic<bool> cancelled_{false};
 };
@@ -119,6 +124,8 @@ class Engine {
   void run();
   bool admit(std::unique_ptr<Sequence>& seq);  // false: no pages for it now
   void step();
+  // One batch through the model, then a token sampled for each sequence whose input is all cached.
+  void forward(std::span<Sequence* const> seqs, const std::vector<SequenceInput>& inputs);
   void retire(Sequence& seq, FinishReason reason, std::string error = {});
 
   const GlmMoeDsa& model_;

@@ -225,9 +225,10 @@ Response::~Response() {
   stream_->cancel();
 }
 
-void Response::pull(std::chrono::milliseconds timeout) {
+void Response::pull(std::chrono::milliseconds timeout, bool finish_only) {
   if (finished_) return;
-  stream_->wait(seen_, timeout, state_);
+  // A stop string can only be found in the text, so a request with one reads every token.
+  stream_->wait(seen_, timeout, state_, finish_only && prepared_.request.stop.empty());
   seen_ += state_.tokens.size();
   for (int32_t t : state_.tokens)
     if (!text_.push(t)) {
@@ -323,7 +324,7 @@ std::vector<ojson> Response::next_chunks(std::chrono::milliseconds timeout) {
 }
 
 std::string Response::wait_body(std::chrono::milliseconds timeout) {
-  pull(timeout);
+  pull(timeout, /*finish_only=*/true);
   if (!finished_) return "";
   done_ = true;
   if (state_.finish == FinishReason::kError)

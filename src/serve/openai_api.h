@@ -114,7 +114,8 @@ class Response {
   void cancel() { stream_->cancel(); }
 
  private:
-  void pull(std::chrono::milliseconds timeout);  // new tokens into text_
+  // New tokens into text_; `finish_only`: wait for the end rather than for the next token.
+  void pull(std::chrono::milliseconds timeout, bool finish_only = false);
   nlohmann::ordered_json chunk(nlohmann::ordered_json choice) const;
   nlohmann::ordered_json usage() const;
   std::string finish_reason() const;

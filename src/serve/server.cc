@@ -2,6 +2,7 @@
 #include "serve/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <fmt/core.h>
 
@@ -37,6 +38,14 @@ Server::Server(Engine& engine, const ServedModel& model, ServerOptions options)
       static_cast<size_t>(engine_.options().max_waiting + engine_.options().parallel + 8);
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_payload_max_length(options_.max_body_bytes);
+  // cpp-httplib listens with a backlog of 5: 32 clients connecting at once overflow it, and a
+  // connection whose handshake the kernel dropped can fail later as a read error. The listening
+  // socket is kept so that bind() can listen again with the system's maximum.
+  http_->set_socket_options([this](int fd) {
+    const int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);  // what cpp-httplib's default does
+    listen_fd_ = fd;
+  });
 
   http_->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (options_.api_key.empty() || req.path == "/health")
@@ -131,6 +140,7 @@ void Server::bind() {
   if (port_ < 0)
     fail("cannot listen on {}:{} (in use, or not an address of this machine)", options_.host,
          options_.port);
+  if (listen_fd_ >= 0) ::listen(listen_fd_, SOMAXCONN);
 }
 
 void Server::serve() {

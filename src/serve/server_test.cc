@@ -75,6 +75,23 @@ TEST_F(ServeTest, BatchedEqualsSequential) {
   EXPECT_EQ(engine.stats().running, 0);
 }
 
+// On the fast kernels, which the server runs: a request's tokens are computed as if it ran alone
+// (the kernels' tests check the bits), so greedy output is the generation loop's whatever the load.
+TEST_F(ServeTest, OnTheFastKernelsBatchedGreedyEqualsAlone) {
+  GlmMoeDsa fast = GlmMoeDsa::load(model_dir(), *pool_, Kernels::kFast);
+  Engine engine(fast, {.parallel = 8});
+  std::vector<std::shared_ptr<Stream>> streams;
+  for (int i = 0; i < 10; ++i) streams.push_back(engine.submit(greedy(prompt(i, 2 + 7 * i), 40)));
+  for (int i = 0; i < 10; ++i) {
+    KvCache cache(fast.config());
+    const std::vector<int32_t> alone =
+        generate(fast, cache, prompt(i, 2 + 7 * i),
+                 GenerationOptions{.max_tokens = 40, .sampling = {.temperature = 0.0f}})
+            .tokens;
+    EXPECT_EQ(drain(*streams[i]).tokens, alone) << i;
+  }
+}
+
 TEST_F(ServeTest, PromptsLongerThanAChunkRunInPieces) {
   Engine engine(*model_, {.parallel = 2, .prefill_chunk = 7});
   const std::vector<int32_t> p = prompt(3, 40);
@@ -109,6 +126,7 @@ TEST_F(ServeTest, CancelFreesThePages) {
   auto s = engine.submit(greedy(prompt(7, 10), 2000));
   Stream::State part;
   s->wait(0, 10s, part);
+  ASSERT_EQ(part.finish, FinishReason::kRunning) << part.error;
   ASSERT_FALSE(part.tokens.empty());
   EXPECT_GT(engine.stats().kv_used, 0u);
   s->cancel();
@@ -132,10 +150,11 @@ TEST_F(ServeTest, SubmitRefusesWhatCanNeverRunAndAFullQueue) {
   EXPECT_EQ(status(greedy({1, -2}, 5)), 400);
   EXPECT_EQ(status(greedy(prompt(1, 3000), 1)), 400);
   EXPECT_EQ(status(greedy(prompt(1, 2000), 1001)), 400);
-  // One runs, one waits, the third finds the queue full (each takes thousands of steps).
+  // One runs, one waits, and one finds the queue full (each takes thousands of steps).
   std::vector<int> got;
   for (int i = 0; i < 3; ++i) got.push_back(status(greedy(prompt(i, 5), 2990)));
-  EXPECT_EQ(got.back(), 429);
+  // Which (one or two) depends on when the model thread admits the first.
+  EXPECT_GE(std::count(got.begin(), got.end(), 429), 1) << got[0] << got[1] << got[2];
   engine.stop(/*cancel=*/true);
   EXPECT_EQ(status(greedy(prompt(1, 5), 5)), 503);
 }
