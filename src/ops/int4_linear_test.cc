@@ -57,13 +57,24 @@ const Shape kShapes[] = {
     {130, 40, 256, 128, false, DType::F16},
 };
 
+// A random GPTQ weight of shape s, and its packing for the kernels.
+struct RandomInt4 {
+  RandomInt4(const Shape& s, uint32_t seed)
+      : gptq(pack_gptq(4, s.N, s.K, s.G, false, false, false, seed, s.scale_dtype)),
+        weight(Weight::gptq("m", gptq.tensors(), s.N, s.K, GptqParams{4, s.G, false, s.sym})),
+        packed(pack_int4(weight)) {}
+  PackedGptq gptq;
+  Weight weight;
+  std::shared_ptr<const PackedInt4> packed;
+};
+
 TEST(Int4Linear, IntegerKernelsAreExactOnTheQuantizedActivations) {
   ThreadPool pool(2);
   uint32_t seed = 100;
   for (const Shape& s : kShapes) {
-    PackedGptq g = pack_gptq(4, s.N, s.K, s.G, false, false, false, seed++, s.scale_dtype);
-    Weight w = Weight::gptq("m", g.tensors(), s.N, s.K, GptqParams{4, s.G, false, s.sym});
-    auto packed = pack_int4(w);
+    const RandomInt4 r(s, seed++);
+    const Weight& w = r.weight;
+    const auto& packed = r.packed;
     const std::vector<float> dense = w.to_f32(), x = random_acts(s.M, s.K, seed++);
     Int8Acts acts;
     quantize_acts(x.data(), s.M, s.K, int4_act_block(*packed), acts);
@@ -98,9 +109,8 @@ TEST(Int4Linear, ARowIsTheSameBitsAloneOrBatched) {
   ThreadPool pool(2);
   uint32_t seed = 300;
   for (const Shape& s : kShapes) {
-    PackedGptq g = pack_gptq(4, s.N, s.K, s.G, false, false, false, seed++, s.scale_dtype);
-    Weight w = Weight::gptq("m", g.tensors(), s.N, s.K, GptqParams{4, s.G, false, s.sym});
-    auto packed = pack_int4(w);
+    const RandomInt4 r(s, seed++);
+    const auto& packed = r.packed;
     const std::vector<float> x = random_acts(s.M, s.K, seed++);
     std::vector<float> batched(static_cast<size_t>(s.M * s.N)), alone(static_cast<size_t>(s.N));
     int4_linear(*packed, x.data(), s.M, batched.data(), false, &pool);
@@ -117,9 +127,9 @@ TEST(Int4Linear, FloatProductIsWithinTheInt8Bound) {
   uint32_t seed = 300;
   double worst = 0.0;
   for (const Shape& s : kShapes) {
-    PackedGptq g = pack_gptq(4, s.N, s.K, s.G, false, false, false, seed++, s.scale_dtype);
-    Weight w = Weight::gptq("m", g.tensors(), s.N, s.K, GptqParams{4, s.G, false, s.sym});
-    auto packed = pack_int4(w);
+    const RandomInt4 r(s, seed++);
+    const Weight& w = r.weight;
+    const auto& packed = r.packed;
     const std::vector<float> x = random_acts(s.M, s.K, seed++);
     std::vector<float> fast(static_cast<size_t>(s.M * s.N)), ref(fast.size());
     int4_linear(*packed, x.data(), s.M, fast.data(), false, nullptr);

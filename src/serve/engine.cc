@@ -165,6 +165,8 @@ Engine::Stats Engine::stats() const {
   std::lock_guard lock(mutex_);
   Stats s = stats_;
   s.kv_used = pool_->used();
+  s.finished = finished_;
+  s.cancelled = cancelled_;
   return s;
 }
 
@@ -210,6 +212,8 @@ bool Engine::admit(std::unique_ptr<Sequence>& seq) {
 
 void Engine::retire(Sequence& seq, FinishReason reason, std::string error) {
   seq.stream->finish(reason, std::move(error));
+  // Atomics: retire runs with and without mutex_ held.
+  ++(reason == FinishReason::kCancelled ? cancelled_ : finished_);
   const bool complete = reason == FinishReason::kStopId || reason == FinishReason::kLength;
   if (!complete || !seq.cache || !seq.cache->consistent() ||
       seq.cache->length() != static_cast<int64_t>(seq.fed.size()) || options_.prefix_cache <= 0) {

@@ -112,6 +112,7 @@ class Engine {
     int64_t running = 0, waiting = 0;
     size_t kv_used = 0, kv_budget = 0;
     int64_t steps = 0, prefix_hits = 0, reused_tokens = 0;
+    int64_t finished = 0, cancelled = 0;  // sequences that ran, by how they ended
   };
   Stats stats() const;
 
@@ -137,6 +138,7 @@ class Engine {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   bool stopping_ = false, cancel_all_ = false;
   Stats stats_;
+  std::atomic<int64_t> finished_{0}, cancelled_{0};
 
   // The model thread's own state.
   std::vector<std::unique_ptr<Sequence>> running_;

@@ -19,9 +19,6 @@ void send_error(httplib::Response& res, const RequestError& e) {
   res.set_content(e.body().dump(), "application/json");
 }
 
-// How long a non-streaming request waits before its answer is sent chunked (see server.h), and
-// how often it then probes the connection.
-constexpr milliseconds kPlainWait{1000}, kProbe{1000};
 // How long a streaming request waits for tokens before it checks the connection again.
 constexpr milliseconds kEventWait{250};
 
@@ -107,14 +104,14 @@ Server::Server(Engine& engine, const ServedModel& model, ServerOptions options)
         return;
       }
       // Most answers come within the first wait and go out whole, with their length.
-      std::string body = answer->wait_body(kPlainWait);
+      std::string body = answer->wait_body(options_.plain_wait);
       if (answer->done()) {
         res.set_content(body, "application/json");
         return;
       }
       res.set_chunked_content_provider(
-          "application/json", [answer](size_t, httplib::DataSink& sink) {
-            const std::string body = answer->wait_body(kProbe);
+          "application/json", [answer, probe = options_.probe](size_t, httplib::DataSink& sink) {
+            const std::string body = answer->wait_body(probe);
             const std::string_view out = answer->done() ? std::string_view(body) : " ";
             if (!sink.write(out.data(), out.size())) {
               answer->cancel();

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -28,6 +29,9 @@ struct ServerOptions {
   int port = 8080;           // 0: any free port (port() says which)
   std::string api_key = "";  // "": no key needed
   size_t max_body_bytes = 32u << 20;
+  // A whole-response request still running after `plain_wait` is answered chunked, and the
+  // connection probed every `probe` (see above).
+  std::chrono::milliseconds plain_wait{1000}, probe{1000};
 };
 
 class Server {

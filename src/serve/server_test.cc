@@ -135,6 +135,18 @@ TEST_F(ServeTest, CancelFreesThePages) {
   EXPECT_EQ(engine.stats().kv_used, 0u);
 }
 
+TEST_F(ServeTest, StopCancelsWhatRunsAndWhatWaits) {
+  Engine engine(*model_, {.parallel = 1});
+  std::vector<std::shared_ptr<Stream>> streams;
+  for (int i = 0; i < 3; ++i) streams.push_back(engine.submit(greedy(prompt(i, 5), 4000)));
+  Stream::State first;
+  streams[0]->wait(0, 10s, first);  // the first one runs
+  engine.stop(/*cancel=*/true);     // returns: the model thread has ended
+  for (auto& s : streams) EXPECT_EQ(drain(*s).finish, FinishReason::kCancelled);
+  EXPECT_EQ(engine.stats().cancelled, 1);  // the two that waited never ran
+  EXPECT_EQ(engine.stats().kv_used, 0u);
+}
+
 TEST_F(ServeTest, SubmitRefusesWhatCanNeverRunAndAFullQueue) {
   Engine engine(*model_, {.parallel = 1, .max_waiting = 1, .ctx = 3000});
   const auto status = [&](Job job) {
@@ -360,6 +372,26 @@ TEST_F(ServerTest, AClientThatGoesAwayFreesItsPages) {
   for (int i = 0; i < 500 && engine_->stats().kv_used > 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(engine_->stats().kv_used, 0u);
   EXPECT_EQ(engine_->stats().running, 0);
+}
+
+TEST_F(ServerTest, AWholeResponseClientThatGoesAwayIsNoticedToo) {
+  start({.parallel = 2, .prefix_cache = 0},
+        {.plain_wait = std::chrono::milliseconds(20), .probe = std::chrono::milliseconds(20)});
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = ojson{{"prompt", "Once"}, {"max_tokens", 4000}, {"ignore_eos", true}}.dump();
+  req.set_header("Content-Type", "application/json");
+  int received = 0;
+  // The first bytes are the probes' spaces; the client hangs up on them.
+  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++received < 2; };
+  client_->send(req);
+  EXPECT_EQ(received, 2);
+  for (int i = 0; i < 500 && engine_->stats().cancelled == 0; ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(engine_->stats().cancelled, 1);
+  EXPECT_EQ(engine_->stats().finished, 0);  // it did not run to its 4,000 tokens
+  EXPECT_EQ(engine_->stats().kv_used, 0u);
 }
 
 }  // namespace
