@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -74,22 +75,36 @@ TEST(ServeCli, AnswersOnItsPortAndStopsCleanlyOnSigterm) {
   ASSERT_TRUE(health);
   EXPECT_EQ(health->status, 200);
   // A long request still running when SIGTERM comes is cancelled and answered.
+  std::atomic<bool> streaming{false};
+  std::string body;
   std::thread slow([&] {
     httplib::Client c("127.0.0.1", port);
     c.set_read_timeout(60, 0);
-    auto r =
-        c.Post("/v1/completions",
-               nlohmann::json{
-                   {"prompt", "Once"}, {"max_tokens", 4000}, {"stream", true}, {"ignore_eos", true}}
-                   .dump(),
-               "application/json");
-    ASSERT_TRUE(r);
-    EXPECT_THAT(r->body, HasSubstr("\"finish_reason\":\"abort\""));
-    EXPECT_THAT(r->body, HasSubstr("data: [DONE]"));
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = nlohmann::json{
+        {"prompt", "Once"},
+        {"max_tokens", 4000},
+        {"stream", true},
+        {"ignore_eos",
+         true}}.dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      body.append(data, n);
+      streaming = true;
+      return true;
+    };
+    EXPECT_TRUE(c.send(req));
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  for (int i = 0; i < 3000 && !streaming; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(streaming);
   kill(pid, SIGTERM);
   slow.join();
+  EXPECT_THAT(body, HasSubstr("\"finish_reason\":\"abort\""));
+  EXPECT_TRUE(body.ends_with("data: [DONE]\n\n"))
+      << body.substr(body.size() - std::min<size_t>(body.size(), 300));
   while (std::fgets(line, sizeof line, log)) text += line;
   std::fclose(log);
   int status = 0;
