@@ -292,7 +292,6 @@ void Engine::step() {
   }
   if (!decoding.empty()) forward(decoding, decode_inputs);
   std::erase_if(running_, [](const auto& s) { return s->cache == nullptr; });
-  ++stats_.steps;
 }
 
 void Engine::run() {
@@ -330,6 +329,7 @@ void Engine::run() {
     step();
     std::lock_guard lock(mutex_);
     stats_.running = static_cast<int64_t>(running_.size());
+    ++stats_.steps;
   }
 }
 
