@@ -214,8 +214,10 @@ void Engine::retire(Sequence& seq, FinishReason reason, std::string error) {
   seq.stream->finish(reason, std::move(error));
   // Atomics: retire runs with and without mutex_ held.
   ++(reason == FinishReason::kCancelled ? cancelled_ : finished_);
-  const bool complete = reason == FinishReason::kStopId || reason == FinishReason::kLength;
-  if (!complete || !seq.cache || !seq.cache->consistent() ||
+  // A cancelled sequence's cache is as good as a finished one's for the tokens it holds (a stop
+  // string cancels, and the agent's next turn starts with that text); the kept caches give their
+  // pages back as soon as a new sequence needs them.
+  if (reason == FinishReason::kError || !seq.cache || !seq.cache->consistent() ||
       seq.cache->length() != static_cast<int64_t>(seq.fed.size()) || options_.prefix_cache <= 0) {
     seq.cache.reset();  // its pages go back to the pool now
     return;
@@ -305,7 +307,10 @@ void Engine::run() {
         for (auto& seq : running_) retire(*seq, FinishReason::kCancelled);
         running_.clear();
       }
-      if (stopping_ && waiting_.empty() && running_.empty()) break;
+      if (stopping_ && waiting_.empty() && running_.empty()) {
+        cached_.clear();  // nothing will reuse them
+        break;
+      }
       while (static_cast<int64_t>(running_.size()) < options_.parallel && !waiting_.empty()) {
         std::unique_ptr<Sequence>& next = waiting_.front();
         if (next->stream->cancelled()) {

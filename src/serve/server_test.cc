@@ -121,6 +121,28 @@ TEST_F(ServeTest, AResentConversationReusesItsPages) {
   EXPECT_EQ(engine.stats().prefix_hits, 1);
 }
 
+// A stop string cancels the generation; the agent's next turn starts with what it received.
+TEST_F(ServeTest, ACancelledSequenceIsReusedToo) {
+  Engine engine(*model_, {.parallel = 1});
+  const std::vector<int32_t> first = prompt(8, 70);
+  auto s = engine.submit(greedy(first, 3000));
+  Stream::State got;
+  while (got.tokens.size() < 5) {
+    Stream::State part;
+    s->wait(got.tokens.size(), 10s, part);
+    got.tokens.insert(got.tokens.end(), part.tokens.begin(), part.tokens.end());
+  }
+  s->cancel();
+  const Stream::State rest = drain(*s);
+  EXPECT_EQ(rest.finish, FinishReason::kCancelled);
+  std::vector<int32_t> second = first;
+  second.insert(second.end(), got.tokens.begin(), got.tokens.begin() + 5);
+  for (int32_t t : prompt(9, 10)) second.push_back(t);
+  const Stream::State b = drain(*engine.submit(greedy(second, 8)));
+  EXPECT_GE(b.cached_tokens, static_cast<int64_t>(first.size() + 4));
+  EXPECT_EQ(b.tokens, reference(second, 8));
+}
+
 TEST_F(ServeTest, CancelFreesThePages) {
   Engine engine(*model_, {.parallel = 2, .prefix_cache = 0});
   auto s = engine.submit(greedy(prompt(7, 10), 2000));
