@@ -11,7 +11,8 @@
 // Batches are kept this way so that batching changes nothing but speed (engine.cc, step()).
 // A request whose prompt starts with tokens an earlier one cached (a conversation resent with one
 // more turn) shares that cache's whole pages instead of recomputing them (KvCache::share_prefix).
-// Finished caches are kept, least recently used first out, while their pages are not needed.
+// Finished and cancelled caches are kept, least recently used first out, while their pages are
+// not needed.
 //
 // A Stream is the meeting point of the model thread and the client's thread: tokens appear in it as
 // they are sampled; cancel() (a client that went away, a stop string found in the text) makes the
