@@ -104,7 +104,8 @@ Engine::~Engine() {
 }
 
 std::shared_ptr<Stream> Engine::submit(Job job) {
-  if (job.prompt.empty()) throw RequestError(400, "the prompt encodes to no tokens", "prompt");
+  if (job.prompt.empty())
+    throw RequestError(400, "the prompt encodes to no tokens", job.prompt_field);
   const int64_t prompt = static_cast<int64_t>(job.prompt.size());
   // Checked here, not in the batch: one bad id there would fail every sequence with it.
   const int64_t vocab = model_.config().vocab_size;
@@ -113,13 +114,13 @@ std::shared_ptr<Stream> Engine::submit(Job job) {
       throw RequestError(400,
                          fmt::format("token id {} at position {} is outside the vocabulary [0, {})",
                                      job.prompt[i], i, vocab),
-                         "prompt");
+                         job.prompt_field);
   if (prompt >= options_.ctx)
     throw RequestError(400,
                        fmt::format("the prompt has {} tokens; this server's context is {} tokens, "
                                    "prompt and output together",
                                    prompt, options_.ctx),
-                       "messages");
+                       job.prompt_field);
   if (job.max_tokens < 1 || prompt + job.max_tokens > options_.ctx)
     throw RequestError(400,
                        fmt::format("max_tokens is {}, but the prompt has {} tokens and this "

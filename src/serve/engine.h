@@ -54,7 +54,8 @@ struct Job {
   std::vector<int32_t> prompt;  // non-empty
   int64_t max_tokens = 1;       // >= 1; prompt + max_tokens <= ctx
   SamplingParams sampling = {};
-  std::vector<int64_t> stop_ids = {};  // a sampled stop id ends the job and is not kept
+  std::vector<int64_t> stop_ids = {};   // a sampled stop id ends the job and is not kept
+  std::string prompt_field = "prompt";  // the request field the prompt came from, for errors
 };
 
 enum class FinishReason { kRunning, kStopId, kLength, kCancelled, kError };

@@ -85,6 +85,7 @@ PreparedRequest prepare_request(OpenAiRequest request, const ServedModel& model,
                          ? *request.max_tokens
                          : std::min(model.defaults.max_tokens, std::max<int64_t>(1, ctx - prompt));
   if (!request.ignore_eos) p.job.stop_ids = model.stop_ids;
+  if (request.kind == RequestKind::kChat) p.job.prompt_field = "messages";
   p.request = std::move(request);
   return p;
 }

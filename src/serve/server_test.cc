@@ -4,6 +4,7 @@
 // goes away frees its pages.
 #include "serve/server.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -268,6 +269,21 @@ TEST_F(ServerTest, HealthModelsAndErrors) {
   auto too_long = post("/v1/completions", {{"prompt", "hi"}, {"max_tokens", 100000}}, key);
   ASSERT_EQ(too_long->status, 400);
   EXPECT_EQ(ojson::parse(too_long->body)["error"]["param"], "max_tokens");
+}
+
+TEST_F(ServerTest, APromptPastTheContextNamesItsField) {
+  start({.ctx = 32});
+  std::string long_text;
+  for (int i = 0; i < 40; ++i) long_text += "word ";
+  auto completion = post("/v1/completions", {{"prompt", long_text}});
+  ASSERT_EQ(completion->status, 400);
+  EXPECT_EQ(ojson::parse(completion->body)["error"]["param"], "prompt");
+  EXPECT_THAT(ojson::parse(completion->body)["error"]["message"].get<std::string>(),
+              ::testing::HasSubstr("this server's context is 32 tokens"));
+  auto chat =
+      post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", long_text}}}}});
+  ASSERT_EQ(chat->status, 400);
+  EXPECT_EQ(ojson::parse(chat->body)["error"]["param"], "messages");
 }
 
 TEST_F(ServerTest, GreedyCompletionEqualsTheGenerationLoop) {
