@@ -14,9 +14,6 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-constexpr std::string_view kThinkBegin = "<think>", kThinkEnd = "</think>";
-constexpr std::string_view kCallBegin = "<tool_call>", kCallEnd = "</tool_call>";
-
 std::string random_id(std::string_view prefix) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
   return fmt::format("{}{:016x}", prefix, rng());
@@ -31,8 +28,7 @@ size_t partial_tail(std::string_view text, std::string_view word) {
 }
 
 bool is_space(std::string_view s) {
-  return std::all_of(s.begin(), s.end(),
-                     [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; });
+  return s.find_first_not_of(kTrimmedSpace) == s.npos;
 }
 
 }  // namespace
@@ -142,14 +138,14 @@ void ChatDeltas::content(std::string_view s, std::vector<ojson>& out) {
   }
   std::string piece;
   if (!content_started_) {
-    s.remove_prefix(s.find_first_not_of(" \n\t\r"));
+    s.remove_prefix(s.find_first_not_of(kTrimmedSpace));
     content_started_ = true;
   } else {
     piece = std::move(pending_space_);
     pending_space_.clear();
   }
   // Trailing space waits: it is sent only if more text follows.
-  const size_t end = s.find_last_not_of(" \n\t\r") + 1;
+  const size_t end = s.find_last_not_of(kTrimmedSpace) + 1;
   piece += s.substr(0, end);
   pending_space_ = std::string(s.substr(end));
   out.push_back(ojson{{"content", piece}});

@@ -5,16 +5,13 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-constexpr std::string_view kThinkEnd = "</think>";
-constexpr std::string_view kCallBegin = "<tool_call>", kCallEnd = "</tool_call>";
 constexpr std::string_view kKeyBegin = "<arg_key>", kKeyEnd = "</arg_key>";
 constexpr std::string_view kValueBegin = "<arg_value>", kValueEnd = "</arg_value>";
 
 std::string_view trim(std::string_view s) {
-  const auto space = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; };
-  while (!s.empty() && space(s.front())) s.remove_prefix(1);
-  while (!s.empty() && space(s.back())) s.remove_suffix(1);
-  return s;
+  const size_t first = s.find_first_not_of(kTrimmedSpace);
+  if (first == std::string_view::npos) return {};
+  return s.substr(first, s.find_last_not_of(kTrimmedSpace) + 1 - first);
 }
 
 // The JSON-schema type of `tool`'s parameter `key`, or "" when the tools do not say.

@@ -15,6 +15,12 @@
 
 namespace whittle {
 
+// GLM-5's markers, and the whitespace trimmed around content and arguments; the streaming reader
+// (openai_api.h, ChatDeltas) uses the same so that its deltas add up to this parser's message.
+inline constexpr std::string_view kThinkBegin = "<think>", kThinkEnd = "</think>";
+inline constexpr std::string_view kCallBegin = "<tool_call>", kCallEnd = "</tool_call>";
+inline constexpr std::string_view kTrimmedSpace = " \n\t\r";
+
 struct ParsedToolCall {
   std::string name;
   nlohmann::ordered_json arguments = nlohmann::ordered_json::object();
