@@ -82,7 +82,7 @@ struct Engine::Sequence {
 };
 
 Engine::Engine(const GlmMoeDsa& model, EngineOptions options)
-    : model_(model), options_(std::move(options)) {
+    : model_(model), options_(std::move(options)), empty_(model_.config(), options_.kv_dtype) {
   const ModelConfig& config = model_.config();
   if (options_.ctx <= 0 || options_.ctx > config.max_position_embeddings)
     options_.ctx = config.max_position_embeddings;
@@ -90,9 +90,8 @@ Engine::Engine(const GlmMoeDsa& model, EngineOptions options)
   options_.prefill_chunk = std::max<int64_t>(1, options_.prefill_chunk);
   if (options_.kv_budget == 0) {
     // Enough for `parallel` sequences of the full context, in whole pages.
-    KvCache probe(config, options_.kv_dtype);
     options_.kv_budget =
-        static_cast<size_t>(options_.parallel) * probe.bytes_to_reserve(options_.ctx);
+        static_cast<size_t>(options_.parallel) * empty_.bytes_to_reserve(options_.ctx);
   }
   pool_ = std::make_shared<KvPagePool>(options_.kv_budget);
   stats_.kv_budget = options_.kv_budget;
@@ -127,8 +126,7 @@ std::shared_ptr<Stream> Engine::submit(Job job) {
                                    "server's context is {}: at most {} new tokens fit",
                                    job.max_tokens, prompt, options_.ctx, options_.ctx - prompt),
                        "max_tokens");
-  const size_t need =
-      KvCache(model_.config(), options_.kv_dtype).bytes_to_reserve(prompt + job.max_tokens);
+  const size_t need = empty_.bytes_to_reserve(prompt + job.max_tokens);
   if (need > options_.kv_budget)
     throw RequestError(400,
                        fmt::format("{} prompt + {} new tokens need {} bytes of KV cache; the "

@@ -133,6 +133,7 @@ class Engine {
 
   const GlmMoeDsa& model_;
   EngineOptions options_;
+  KvCache empty_;  // a cache with no pages: what a fresh sequence needs (bytes_to_reserve)
   std::shared_ptr<KvPagePool> pool_;
 
   mutable std::mutex mutex_;
