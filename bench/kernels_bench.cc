@@ -8,8 +8,8 @@
 #include <cstring>
 #include <random>
 
-#include "ops/dense16_gemv.h"
 #include "ops/int4_linear.h"
+#include "ops/linear.h"
 #include "ops/memory_bandwidth.h"
 #include "tensor/packed_int4.h"
 #include "util/thread_pool.h"
@@ -81,7 +81,7 @@ void Bf16Gemv(benchmark::State& state) {
       Weight::dense("bench", DType::BF16, std::as_bytes(std::span<const uint16_t>(bits)), N, K);
   std::vector<float> x(static_cast<size_t>(M * K), 0.5f), y(static_cast<size_t>(M * N));
   for (auto _ : state) {
-    dense16_gemv(w, x.data(), M, y.data(), false, &pool());
+    linear_fast(w, x.data(), M, y.data(), false, &pool());
     benchmark::DoNotOptimize(y.data());
   }
   const double bytes = 2.0 * static_cast<double>(N * K) * state.iterations();
@@ -101,8 +101,12 @@ BENCHMARK(Int4Gemv)
     ->Args({2048, 6144, 128})
     ->Args({2048, 6144, 512})
     ->UseRealTime();
-// 1 GiB of bf16 rows: lm_head-sized.
-BENCHMARK(Bf16Gemv)->Args({87381, 6144, 1})->Args({87381, 6144, 4})->UseRealTime();
+// 1 GiB of bf16 rows, lm_head-sized, through linear_fast: one row, and decode batches of 4 and 8.
+BENCHMARK(Bf16Gemv)
+    ->Args({87381, 6144, 1})
+    ->Args({87381, 6144, 4})
+    ->Args({87381, 6144, 8})
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace whittle

@@ -1,7 +1,9 @@
 // whittle_serve_load: a bounded load test of `whittle serve` on loopback. It starts the server in
-// process on a free 127.0.0.1 port (the same Engine and Server the CLI runs), then
+// process on a free 127.0.0.1 port (the same Engine and Server the CLI runs), sends one warm-up
+// request (every weight's pages touched; not reported), then
 //   1. one stream:  `--requests1` completions one after another,
-//   2. N streams:   N clients at once (--streams, default 8), one request each, same lengths,
+//   2. N streams:   N clients at once (--streams, default 8), one request each, same lengths, other
+//                   prompts (nothing cached by phase 1),
 //   3. the load:    --clients concurrent clients (default 32) sending --total requests in all with
 //                   prompt lengths mixed from a few to --max-prompt tokens,
 // and prints requests/s, generated tokens/s, latency percentiles and failures for each, and the
@@ -183,15 +185,17 @@ int main(int argc, char** argv) {
   fmt::print(
       "| phase | clients | requests | failed | wall s | requests/s | prompt tok/s | "
       "generated tok/s | latency p50 / p95 / max s |\n|---|---|---|---|---|---|---|---|---|\n");
-  std::vector<std::pair<std::string, int64_t>> short_requests;
-  for (int64_t i = 0; i < std::max(requests1, streams); ++i)
-    short_requests.emplace_back(prompt_of(16), max_tokens);
-  const double one =
-      report(run_phase("1 stream", server.port(), 1,
-                       std::vector(short_requests.begin(), short_requests.begin() + requests1)));
-  const double many =
-      report(run_phase(fmt::format("{} streams", streams), server.port(), static_cast<int>(streams),
-                       std::vector(short_requests.begin(), short_requests.begin() + streams)));
+  // Each phase its own prompts (no prefix cached by an earlier phase), after one request that
+  // touches every weight's pages first (not reported).
+  const auto short_requests = [&](int64_t n) {
+    std::vector<std::pair<std::string, int64_t>> out;
+    for (int64_t i = 0; i < n; ++i) out.emplace_back(prompt_of(16), max_tokens);
+    return out;
+  };
+  run_phase("warm-up", server.port(), 1, {{prompt_of(16), 2}});
+  const double one = report(run_phase("1 stream", server.port(), 1, short_requests(requests1)));
+  const double many = report(run_phase(fmt::format("{} streams", streams), server.port(),
+                                       static_cast<int>(streams), short_requests(streams)));
   std::vector<std::pair<std::string, int64_t>> mixed;
   for (int64_t i = 0; i < total; ++i) {
     // Log-uniform lengths: many short prompts, some long ones.

@@ -77,43 +77,80 @@ WHITTLE_AVX512 void rows_f16_avx512(const uint16_t* w, int64_t K, const float* x
 // the even one. Two ALU operations and two fma per 32 weights (the widening loads took three and
 // two per 16), against activations split once per call into even and odd halves.
 template <int MB>
+WHITTLE_AVX512 inline __attribute__((always_inline)) void pairs_span(
+    __m512 (&acc)[kRowBlock][MB], const uint16_t* const (&wr)[kRowBlock], const float* xe,
+    const float* xo, int64_t pairs, int64_t j0, int64_t j1) {
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t j = j0; j < j1; j += 16) {
+    const __mmask16 mask = j1 - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (j1 - j)) - 1);
+    __m512 even[MB], odd[MB];
+    for (int m = 0; m < MB; ++m) {
+      even[m] = _mm512_maskz_loadu_ps(mask, xe + m * pairs + j);
+      odd[m] = _mm512_maskz_loadu_ps(mask, xo + m * pairs + j);
+    }
+    for (int64_t r = 0; r < kRowBlock; ++r) {
+      const __m512i v = _mm512_maskz_loadu_epi32(mask, wr[r] + 2 * j);
+      const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+      const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+      for (int m = 0; m < MB; ++m) {
+        acc[r][m] = _mm512_fmadd_ps(lo, even[m], acc[r][m]);
+        acc[r][m] = _mm512_fmadd_ps(hi, odd[m], acc[r][m]);
+      }
+    }
+  }
+}
+
+template <int MB>
+WHITTLE_AVX512 void pairs_store(__m512 (&acc)[kRowBlock][MB],
+                                const uint16_t* const (&wr)[kRowBlock], int64_t K, const float* x,
+                                int64_t rb, float* y, int64_t ldy, bool accumulate) {
+  for (int64_t r = 0; r < std::min(rb, kRowBlock); ++r)
+    for (int m = 0; m < MB; ++m) {
+      float s = _mm512_reduce_add_ps(acc[r][m]);
+      if (K % 2 != 0) s = std::fma(bf16_to_f32(wr[r][K - 1]), x[m * K + K - 1], s);
+      float& out = y[m * ldy + r];
+      out = accumulate ? out + s : s;
+    }
+}
+
+// The chains of 4 rows of W with 4 activation rows fill the registers. With 5 to 8 rows the pairs
+// run in chunks: per chunk, rows 0-3, then rows 4 .. MB-1 while the chunk of W is still in L1, the
+// second set of chains kept in memory between chunks; the weight is read from memory once per 8
+// rows. Each chain is still one accumulator over K in order: a row's bits do not depend on the
+// others.
+template <int MB>
 WHITTLE_AVX512 void rows_bf16_pairs_avx512(const uint16_t* w, int64_t K, const float* x,
                                            const float* xe, const float* xo, int64_t n0, int64_t n1,
                                            float* y, int64_t ldy, bool accumulate) {
+  constexpr int MA = MB < 4 ? MB : 4;
+  constexpr int MC = MB > 4 ? MB - 4 : 1;
+  constexpr int64_t kChunkPairs = 256;  // 1 KB of each row of W; 16 KB of 8 activation rows
   const int64_t pairs = K / 2;
-  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   for (int64_t n = n0; n < n1; n += kRowBlock) {
     const int64_t rb = std::min(kRowBlock, n1 - n);
-    __m512 acc[kRowBlock][MB];
+    __m512 acc[kRowBlock][MA], keep[kRowBlock][MC];
     for (auto& row : acc)
+      for (__m512& a : row) a = _mm512_setzero_ps();
+    for (auto& row : keep)
       for (__m512& a : row) a = _mm512_setzero_ps();
     const uint16_t* wr[kRowBlock];
     for (int64_t r = 0; r < kRowBlock; ++r) wr[r] = w + (n + std::min(r, rb - 1)) * K;
-    for (int64_t j = 0; j < pairs; j += 16) {
-      const __mmask16 mask =
-          pairs - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (pairs - j)) - 1);
-      __m512 even[MB], odd[MB];
-      for (int m = 0; m < MB; ++m) {
-        even[m] = _mm512_maskz_loadu_ps(mask, xe + m * pairs + j);
-        odd[m] = _mm512_maskz_loadu_ps(mask, xo + m * pairs + j);
+    if constexpr (MB <= 4) {
+      pairs_span<MA>(acc, wr, xe, xo, pairs, 0, pairs);
+    } else {
+      for (int64_t c = 0; c < pairs; c += kChunkPairs) {
+        const int64_t c1 = std::min(pairs, c + kChunkPairs);
+        pairs_span<MA>(acc, wr, xe, xo, pairs, c, c1);
+        __m512 more[kRowBlock][MC];
+        for (int64_t r = 0; r < kRowBlock; ++r)
+          for (int m = 0; m < MC; ++m) more[r][m] = keep[r][m];
+        pairs_span<MC>(more, wr, xe + 4 * pairs, xo + 4 * pairs, pairs, c, c1);
+        for (int64_t r = 0; r < kRowBlock; ++r)
+          for (int m = 0; m < MC; ++m) keep[r][m] = more[r][m];
       }
-      for (int64_t r = 0; r < kRowBlock; ++r) {
-        const __m512i v = _mm512_maskz_loadu_epi32(mask, wr[r] + 2 * j);
-        const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
-        const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, high));
-        for (int m = 0; m < MB; ++m) {
-          acc[r][m] = _mm512_fmadd_ps(lo, even[m], acc[r][m]);
-          acc[r][m] = _mm512_fmadd_ps(hi, odd[m], acc[r][m]);
-        }
-      }
+      pairs_store<MC>(keep, wr, K, x + 4 * K, rb, y + 4 * ldy + n, ldy, accumulate);
     }
-    for (int64_t r = 0; r < rb; ++r)
-      for (int m = 0; m < MB; ++m) {
-        float s = _mm512_reduce_add_ps(acc[r][m]);
-        if (K % 2 != 0) s = std::fma(bf16_to_f32(wr[r][K - 1]), x[m * K + K - 1], s);
-        float& out = y[m * ldy + n + r];
-        out = accumulate ? out + s : s;
-      }
+    pairs_store<MA>(acc, wr, K, x, rb, y + n, ldy, accumulate);
   }
 }
 
@@ -167,12 +204,9 @@ template <bool Bf16>
 void rows(const uint16_t* w, int64_t K, const float* x, const float* xe, const float* xo, int64_t M,
           int64_t n0, int64_t n1, float* y, int64_t ldy, bool accumulate, Isa isa) {
 #if defined(__x86_64__)
-  if (isa >= Isa::kAvx512Vnni) {
+  if (Bf16 && isa >= Isa::kAvx512Vnni) {
     auto run = [&]<int MB>() {
-      if constexpr (Bf16)
-        rows_bf16_pairs_avx512<MB>(w, K, x, xe, xo, n0, n1, y, ldy, accumulate);
-      else
-        rows_f16_avx512<MB>(w, K, x, n0, n1, y, ldy, accumulate);
+      rows_bf16_pairs_avx512<MB>(w, K, x, xe, xo, n0, n1, y, ldy, accumulate);
     };
     switch (M) {
       case 1:
@@ -181,9 +215,37 @@ void rows(const uint16_t* w, int64_t K, const float* x, const float* xe, const f
         return run.template operator()<2>();
       case 3:
         return run.template operator()<3>();
-      default:
+      case 4:
         return run.template operator()<4>();
+      case 5:
+        return run.template operator()<5>();
+      case 6:
+        return run.template operator()<6>();
+      case 7:
+        return run.template operator()<7>();
+      default:
+        return run.template operator()<8>();
     }
+  }
+  if (!Bf16 && isa >= Isa::kAvx512Vnni) {
+    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {
+      const float* xm = x + m0 * K;
+      float* ym = y + m0 * ldy;
+      switch (std::min(kRowBlock, M - m0)) {
+        case 1:
+          rows_f16_avx512<1>(w, K, xm, n0, n1, ym, ldy, accumulate);
+          break;
+        case 2:
+          rows_f16_avx512<2>(w, K, xm, n0, n1, ym, ldy, accumulate);
+          break;
+        case 3:
+          rows_f16_avx512<3>(w, K, xm, n0, n1, ym, ldy, accumulate);
+          break;
+        default:
+          rows_f16_avx512<4>(w, K, xm, n0, n1, ym, ldy, accumulate);
+      }
+    }
+    return;
   }
   if (isa != Isa::kScalar) return rows_avx2<Bf16>(w, K, x, M, n0, n1, y, ldy, accumulate);
 #endif

@@ -1,9 +1,12 @@
 // dense16_gemv: y = x · Wᵀ for a few activation rows (decode) and a dense BF16 or F16 weight read
 // where it lies (lm_head, the dense MLPs, the protected modules). Rows of W are widened to float32
 // in registers, which is exact, and multiplied with float32 activations by fma: only the order of
-// the sums differs from the float32 reference. (AVX-512 BF16's dot product would round the
-// activations to bf16; split into high and low halves to keep their precision it needs as many
-// instructions per byte as the widening does, and decode is bound by memory, not by these.)
+// the sums differs from the float32 reference. (AVX-512 BF16's dot product dpbf16 would round the
+// activations to bf16. Tried for decode batches, where 8 rows are bound by the multiply-adds: 8
+// rows of a 1 GiB GEMV in ~90 ms against ~95 for this kernel, but the bundled model's int4 export
+// then decoded other greedy tokens than the reference path, and its logits left transformers' by
+// 1e-3 of their scale; split into high and low halves to keep the precision, it needs more
+// instructions per byte than the widening does.)
 #pragma once
 
 #include <cstdint>
@@ -15,8 +18,8 @@ namespace whittle {
 
 class ThreadPool;
 
-// Activation rows this kernel takes at once.
-inline constexpr int64_t kDense16MaxRows = 4;
+// Activation rows this kernel takes at once (reading W once for all of them).
+inline constexpr int64_t kDense16MaxRows = 8;
 // linear_fast runs up to this many rows (a server's batched decode step) as groups of
 // kDense16MaxRows, reading the weight once per group; more (a prefill) go to the converted-block
 // sgemm of linear(). Each row's sums run in the same order whatever the other rows, so a sequence

@@ -1,6 +1,7 @@
 // dense16_gemv against the double-precision reference on every kernel set this CPU runs, BF16 and
 // F16, on awkward shapes (K below, at and above the vector width, N not a multiple of the row
-// block, one to four activation rows), with and without a pool; linear_fast picks it for few rows.
+// block, one to eight activation rows, K over several of the 8-row kernel's chunks and not a
+// multiple of them), with and without a pool; linear_fast picks it for few rows.
 #include "ops/dense16_gemv.h"
 
 #include <gtest/gtest.h>
@@ -37,7 +38,7 @@ TEST(Dense16Gemv, MatchesTheReferenceOnEveryIsaAndShape) {
   uint32_t seed = 1;
   for (DType dtype : {DType::BF16, DType::F16})
     for (int64_t N : {1, 5, 37})
-      for (int64_t K : {1, 15, 16, 17, 100, 4096})
+      for (int64_t K : {1, 15, 16, 17, 100, 1001, 4096})
         for (int64_t M = 1; M <= kDense16MaxRows; ++M) {
           Stored s = random_weight(dtype, N, K, seed++);
           std::vector<float> x(static_cast<size_t>(M * K)), ref(static_cast<size_t>(M * N));
