@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "model/router.h"
+#include "ops/dense16_gemv.h"
 #include "ops/elementwise.h"
 #include "ops/int4_linear.h"
 #include "ops/linear.h"
@@ -691,16 +692,18 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
     std::vector<int64_t> all_rows;  // the shared expert's rows
     const std::vector<int64_t>* rows;
     const std::vector<float>* weights;
-    int64_t expert;  // -1: shared
-    Int8Acts in, hidden;
+    int64_t expert;              // -1: shared
+    Int8Acts in, hidden;         // int4 experts
+    Dense16Acts in16, hidden16;  // 16-bit experts
     Vec gate_out, up_out, down_out;
-    Vec x_rows;  // the expert's input rows, gathered only for an observer
+    Vec x_rows;  // the expert's input rows: gathered for 16-bit experts and for an observer
   };
+  // Output rows [t0, t1) of one projection: tiles of a packed weight, or rows of a 16-bit one.
   struct Piece {
-    Job* job;
     const Weight* weight;
     float* y;
     const Int8Acts* acts;
+    const Dense16Acts* acts16;
     int64_t t0, t1;
   };
   const int64_t E = static_cast<int64_t>(w.experts.size()), H = config_.hidden_size;
@@ -728,69 +731,90 @@ bool GlmMoeDsa::moe_fast(int64_t layer, const MoeWeights& w, const float* x, int
     s.rows = &s.all_rows;
   }
   const std::span<Job> jobs(job_slots.data(), n_jobs);
-  // Every weight packed, with one activation block size for the input and one for the hidden.
-  const PackedInt4* first = jobs.empty() ? nullptr : jobs[0].mlp->gate_proj.packed();
-  const PackedInt4* first_down = jobs.empty() ? nullptr : jobs[0].mlp->down_proj.packed();
-  if (first == nullptr || first_down == nullptr) return false;
-  for (const Job& j : jobs)
-    for (const Weight* m : {&j.mlp->gate_proj, &j.mlp->up_proj, &j.mlp->down_proj})
-      if (m->packed() == nullptr ||
-          int4_act_block(*m->packed()) !=
-              int4_act_block(m == &j.mlp->down_proj ? *first_down : *first) ||
-          m->packed()->cols != (m == &j.mlp->down_proj ? first_down->cols : H))
+  if (jobs.empty()) return false;
+  // Every weight packed, with one activation block size for the input and one for the hidden; or
+  // every one dense 16-bit (gate and up of one dtype) in a decode batch (more rows run faster as
+  // the converted-block matrix products of linear()).
+  const PackedInt4* first = jobs[0].mlp->gate_proj.packed();
+  const PackedInt4* first_down = jobs[0].mlp->down_proj.packed();
+  const bool int4 = first != nullptr && first_down != nullptr;
+  if (!int4 && R > kDense16BatchRows) return false;
+  for (const Job& j : jobs) {
+    const Weight& g = j.mlp->gate_proj;
+    if (!int4 && j.mlp->up_proj.dtype() != g.dtype()) return false;
+    for (const Weight* m : {&g, &j.mlp->up_proj, &j.mlp->down_proj}) {
+      const bool down = m == &j.mlp->down_proj;
+      if (int4 ? m->packed() == nullptr ||
+                     int4_act_block(*m->packed()) != int4_act_block(down ? *first_down : *first) ||
+                     m->packed()->cols != (down ? first_down->cols : H)
+               : !dense16_supported(*m))
         return false;
+    }
+  }
 
   Int8Acts& all = all_buf;
-  quantize_acts(x, R, H, int4_act_block(*first), all);
+  if (int4) quantize_acts(x, R, H, int4_act_block(*first), all);
   for (Job& j : jobs) {
-    gather_acts(all, *j.rows, j.in);
-    const int64_t n = j.in.rows, I = j.mlp->gate_proj.rows();
+    const int64_t n = static_cast<int64_t>(j.rows->size()), I = j.mlp->gate_proj.rows();
     reuse(j.gate_out, static_cast<size_t>(n * I));
     reuse(j.up_out, j.gate_out.size());
     reuse(j.down_out, static_cast<size_t>(n * H));
-    if (observer) {
+    if (int4) gather_acts(all, *j.rows, j.in);
+    if (!int4 || observer) {
       reuse(j.x_rows, static_cast<size_t>(n * H));
       for (int64_t i = 0; i < n; ++i) std::copy_n(x + (*j.rows)[i] * H, H, &j.x_rows[i * H]);
+    }
+    if (!int4) dense16_prepare(j.mlp->gate_proj, j.x_rows.data(), n, j.in16);
+    if (observer) {
       observer->linear_input(j.mlp->gate_proj, j.x_rows.data(), n);
       observer->linear_input(j.mlp->up_proj, j.x_rows.data(), n);
     }
   }
-  // One parallel job over every (expert, projection, tile pair), then one over the down
-  // projections: two hand-offs to the pool per MoE layer, none per expert.
-  constexpr int64_t kTilesPerPiece = 8;
+  // One parallel job over every (expert, projection, piece of output rows), then one over the
+  // down projections: two hand-offs to the pool per MoE layer, none per expert.
+  constexpr int64_t kTilesPerPiece = 8;    // int4: 128 rows of W
+  constexpr int64_t kRowsPerPiece16 = 64;  // 16-bit: 768 KB of W at GLM-5's hidden size
   std::vector<Piece>& pieces = piece_buf;  // bound here: the pool's workers read it
   pieces.clear();
   auto run_pieces = [&] {
     pool_.parallel_for(pieces.size(), [&](size_t b, size_t e) {
       for (size_t i = b; i < e; ++i) {
         const Piece& p = pieces[i];
-        int4_tiles(*p.weight->packed(), *p.acts, 0, p.acts->rows, p.t0, p.t1, p.y, p.weight->rows(),
-                   false);
+        if (p.acts != nullptr)
+          int4_tiles(*p.weight->packed(), *p.acts, 0, p.acts->rows, p.t0, p.t1, p.y,
+                     p.weight->rows(), false);
+        else
+          dense16_rows(*p.weight, *p.acts16, p.t0, p.t1, p.y, false);
       }
     });
   };
-  auto add = [&](Job& j, const Weight& m, Vec& y, const Int8Acts& acts) {
-    const int64_t tiles = m.packed()->tiles;
-    for (int64_t t = 0; t < tiles; t += kTilesPerPiece)
-      pieces.push_back({&j, &m, y.data(), &acts, t, std::min(tiles, t + kTilesPerPiece)});
+  auto add = [&](const Weight& m, Vec& y, const Int8Acts& acts, const Dense16Acts& acts16) {
+    const int64_t end = int4 ? m.packed()->tiles : m.rows();
+    const int64_t step = int4 ? kTilesPerPiece : kRowsPerPiece16;
+    for (int64_t t = 0; t < end; t += step)
+      pieces.push_back({&m, y.data(), int4 ? &acts : nullptr, int4 ? nullptr : &acts16, t,
+                        std::min(end, t + step)});
   };
   for (Job& j : jobs) {
-    add(j, j.mlp->gate_proj, j.gate_out, j.in);
-    add(j, j.mlp->up_proj, j.up_out, j.in);
+    add(j.mlp->gate_proj, j.gate_out, j.in, j.in16);
+    add(j.mlp->up_proj, j.up_out, j.in, j.in16);
   }
   run_pieces();
   pieces.clear();
   for (Job& j : jobs) {
-    silu_mul(j.gate_out.data(), j.up_out.data(), static_cast<int64_t>(j.gate_out.size()));
-    const int64_t I = j.mlp->gate_proj.rows();
-    if (observer) observer->linear_input(j.mlp->down_proj, j.gate_out.data(), j.in.rows);
-    quantize_acts(j.gate_out.data(), j.in.rows, I, int4_act_block(*j.mlp->down_proj.packed()),
-                  j.hidden);
-    add(j, j.mlp->down_proj, j.down_out, j.hidden);
+    const int64_t n = static_cast<int64_t>(j.rows->size()), I = j.mlp->gate_proj.rows();
+    silu_mul(j.gate_out.data(), j.up_out.data(), n * I);
+    const Weight& down = j.mlp->down_proj;
+    if (observer) observer->linear_input(down, j.gate_out.data(), n);
+    if (int4)
+      quantize_acts(j.gate_out.data(), n, I, int4_act_block(*down.packed()), j.hidden);
+    else
+      dense16_prepare(down, j.gate_out.data(), n, j.hidden16);
+    add(down, j.down_out, j.hidden, j.hidden16);
   }
   run_pieces();
   for (Job& j : jobs) {
-    const int64_t n = j.in.rows;
+    const int64_t n = static_cast<int64_t>(j.rows->size());
     if (j.expert >= 0) {
       if (observer) observer->expert(layer, j.expert, *j.rows, j.x_rows.data(), j.down_out.data());
       for (int64_t i = 0; i < n; ++i)

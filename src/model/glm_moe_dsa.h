@@ -138,9 +138,10 @@ class GlmMoeDsa {
            ForwardObserver* observer) const;
   void moe(int64_t layer, const MoeWeights& w, const float* x, int64_t rows, float* out,
            ForwardObserver* observer) const;
-  // The fast path's MoE when every expert is packed int4: the input quantized once, gate and up of
-  // every routed expert and the shared one as one parallel job, their down projections as a second.
-  // Adds into `out`; false (nothing done) when the weights do not allow it.
+  // The fast path's MoE when every expert is packed int4 (the input quantized once), or dense
+  // 16-bit in a decode batch: gate and up of every routed expert and the shared one as one parallel
+  // job, their down projections as a second. Adds into `out`; false (nothing done) when the weights
+  // or the rows do not allow it.
   bool moe_fast(int64_t layer, const MoeWeights& w, const float* x, int64_t rows,
                 const std::vector<std::vector<int64_t>>& expert_rows,
                 const std::vector<std::vector<float>>& gate, float* out,

@@ -17,6 +17,9 @@ namespace whittle {
 namespace {
 
 constexpr int64_t kRowBlock = 4;  // rows of W per step: four fma chains per activation row
+// Rows of W per unit of work on the pool, and per pass of more than kDense16MaxRows activation
+// rows (a multiple of kRowBlock).
+constexpr int64_t kRowUnit = 8;
 // Software prefetch distance in each row's stream (as in ops/int4_linear.cc).
 constexpr int64_t kPrefetchBytes = 8192;
 
@@ -260,41 +263,68 @@ bool dense16_supported(const Weight& w) {
          reinterpret_cast<uintptr_t>(w.dense_rows()) % alignof(uint16_t) == 0;
 }
 
-void dense16_gemv(const Weight& w, const float* x, int64_t M, float* y, bool accumulate,
-                  ThreadPool* pool, Isa isa) {
-  if (!dense16_supported(w) || M < 1 || M > kDense16MaxRows)
-    fail("internal: dense16_gemv on {} ({}) with {} rows", w.module(), w.describe(), M);
+void dense16_prepare(const Weight& w, const float* x, int64_t M, Dense16Acts& out, Isa isa) {
+  const int64_t K = w.cols(), pairs = K / 2;
+  out.x = x;
+  out.rows = M;
+  out.cols = K;
+  out.split.clear();
+  if (w.dtype() != DType::BF16 || isa < Isa::kAvx512Vnni) return;
+  out.split.resize(static_cast<size_t>(2 * M * pairs));  // grows once, then reused
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t j = 0; j < pairs; ++j) {
+      out.split[m * pairs + j] = x[m * K + 2 * j];
+      out.split[(M + m) * pairs + j] = x[m * K + 2 * j + 1];
+    }
+}
+
+void dense16_rows(const Weight& w, const Dense16Acts& x, int64_t n0, int64_t n1, float* y,
+                  bool accumulate, Isa isa) {
+  const int64_t M = x.rows, N = w.rows(), K = w.cols();
+  if (!dense16_supported(w) || K != x.cols || n0 < 0 || n1 > N)
+    fail("internal: dense16_rows on {} ({}) with activations of {} columns, rows [{}, {})",
+         w.module(), w.describe(), x.cols, n0, n1);
   // Rows are 2-byte aligned (dense16_supported); the vector kernels load them unaligned.
   const auto* data = reinterpret_cast<const uint16_t*>(w.dense_rows());
-  const int64_t N = w.rows(), K = w.cols();
   const bool bf16 = w.dtype() == DType::BF16;
-  thread_local std::vector<float> split;  // [M][K/2] even inputs, then [M][K/2] odd ones
   const int64_t pairs = K / 2;
-  if (bf16 && isa >= Isa::kAvx512Vnni) {
-    split.resize(static_cast<size_t>(2 * M * pairs));
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t j = 0; j < pairs; ++j) {
-        split[m * pairs + j] = x[m * K + 2 * j];
-        split[(M + m) * pairs + j] = x[m * K + 2 * j + 1];
-      }
-  }
-  const float* xe = split.data();
-  const float* xo = xe + M * pairs;
-  auto run = [&](size_t b0, size_t b1) {
-    const int64_t n0 = static_cast<int64_t>(b0) * kRowBlock;
-    const int64_t n1 = std::min(N, static_cast<int64_t>(b1) * kRowBlock);
+  // Activation rows [m0, m0 + count) against rows [a, b) of W.
+  auto group = [&](int64_t m0, int64_t count, int64_t a, int64_t b) {
+    const float* xm = x.x + m0 * K;
+    const float* xe = x.split.empty() ? nullptr : x.split.data() + m0 * pairs;
+    const float* xo = x.split.empty() ? nullptr : x.split.data() + (M + m0) * pairs;
     if (bf16)
-      rows<true>(data, K, x, xe, xo, M, n0, n1, y, N, accumulate, isa);
+      rows<true>(data, K, xm, xe, xo, count, a, b, y + m0 * N, N, accumulate, isa);
     else
-      rows<false>(data, K, x, xe, xo, M, n0, n1, y, N, accumulate, isa);
+      rows<false>(data, K, xm, xe, xo, count, a, b, y + m0 * N, N, accumulate, isa);
   };
-  const size_t blocks = static_cast<size_t>((N + kRowBlock - 1) / kRowBlock);
+  if (M <= kDense16MaxRows) return group(0, M, n0, n1);
+  // More rows: every group of kDense16MaxRows against a few rows of W at a time, which the next
+  // group then reads from cache.
+  for (int64_t a = n0; a < n1; a += kRowUnit)
+    for (int64_t m0 = 0; m0 < M; m0 += kDense16MaxRows)
+      group(m0, std::min(kDense16MaxRows, M - m0), a, std::min(n1, a + kRowUnit));
+}
+
+void dense16_gemv(const Weight& w, const float* x, int64_t M, float* y, bool accumulate,
+                  ThreadPool* pool, Isa isa) {
+  if (!dense16_supported(w) || M < 1 || M > kDense16BatchRows)
+    fail("internal: dense16_gemv on {} ({}) with {} rows", w.module(), w.describe(), M);
+  thread_local Dense16Acts buffer;
+  Dense16Acts& acts = buffer;  // the caller's: a worker naming `buffer` would get its own
+  dense16_prepare(w, x, M, acts, isa);
+  const int64_t N = w.rows(), K = w.cols();
+  auto run = [&](size_t b0, size_t b1) {
+    dense16_rows(w, acts, static_cast<int64_t>(b0) * kRowUnit,
+                 std::min(N, static_cast<int64_t>(b1) * kRowUnit), y, accumulate, isa);
+  };
+  const size_t units = static_cast<size_t>((N + kRowUnit - 1) / kRowUnit);
   const size_t grain =
-      static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 15) / (kRowBlock * K)));
+      static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 15) / (kRowUnit * K * M)));
   if (pool != nullptr)
-    pool->parallel_for(blocks, run, grain);
+    pool->parallel_for(units, run, grain);
   else
-    run(0, blocks);
+    run(0, units);
 }
 
 }  // namespace whittle

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "ops/cpu_isa.h"
 #include "tensor/weight.h"
@@ -21,7 +22,7 @@ class ThreadPool;
 // Activation rows this kernel takes at once (reading W once for all of them).
 inline constexpr int64_t kDense16MaxRows = 8;
 // linear_fast runs up to this many rows (a server's batched decode step) as groups of
-// kDense16MaxRows, reading the weight once per group; more (a prefill) go to the converted-block
+// kDense16MaxRows, W read from memory once; more (a prefill) go to the converted-block
 // sgemm of linear(). Each row's sums run in the same order whatever the other rows, so a sequence
 // decodes the same bits alone or batched.
 inline constexpr int64_t kDense16BatchRows = 32;
@@ -29,7 +30,24 @@ inline constexpr int64_t kDense16BatchRows = 32;
 // True for dense BF16 / F16 weights (2-byte aligned, as safetensors lays them out).
 bool dense16_supported(const Weight& w);
 
-// y [M, N] = x [M, K] · Wᵀ (+ y), M ≤ kDense16MaxRows. Rows of W are spread over the pool.
+// Activation rows as the kernels read them: x itself, and for BF16 weights on AVX-512 its even and
+// odd inputs apart ([rows][cols/2] each). Reused from call to call (no allocation once grown).
+struct Dense16Acts {
+  const float* x = nullptr;  // [rows, cols], not owned
+  int64_t rows = 0, cols = 0;
+  std::vector<float> split;
+};
+// x [M, w.cols()] prepared for weights of w's dtype and shape.
+void dense16_prepare(const Weight& w, const float* x, int64_t M, Dense16Acts& out,
+                     Isa isa = active_isa());
+
+// Columns [n0, n1) of y [x.rows, w.rows()] = x · Wᵀ (+ y) on the calling thread: a piece of a
+// larger parallel job (the MoE layer's). Any number of rows, W read once per kDense16MaxRows of
+// them; a row's bits do not depend on the others.
+void dense16_rows(const Weight& w, const Dense16Acts& x, int64_t n0, int64_t n1, float* y,
+                  bool accumulate, Isa isa = active_isa());
+
+// y [M, N] = x [M, K] · Wᵀ (+ y), M ≤ kDense16BatchRows. Rows of W are spread over the pool.
 void dense16_gemv(const Weight& w, const float* x, int64_t M, float* y, bool accumulate,
                   ThreadPool* pool, Isa isa = active_isa());
 

@@ -1,7 +1,8 @@
 // dense16_gemv against the double-precision reference on every kernel set this CPU runs, BF16 and
 // F16, on awkward shapes (K below, at and above the vector width, N not a multiple of the row
-// block, one to eight activation rows, K over several of the 8-row kernel's chunks and not a
-// multiple of them), with and without a pool; linear_fast picks it for few rows.
+// block, one to eight activation rows and batches of them, K over several of the 8-row kernel's
+// chunks and not a multiple of them), with and without a pool; linear_fast picks it for few rows;
+// dense16_rows computes any range of columns alone.
 #include "ops/dense16_gemv.h"
 
 #include <gtest/gtest.h>
@@ -39,7 +40,7 @@ TEST(Dense16Gemv, MatchesTheReferenceOnEveryIsaAndShape) {
   for (DType dtype : {DType::BF16, DType::F16})
     for (int64_t N : {1, 5, 37})
       for (int64_t K : {1, 15, 16, 17, 100, 1001, 4096})
-        for (int64_t M = 1; M <= kDense16MaxRows; ++M) {
+        for (int64_t M : {1, 2, 3, 4, 5, 6, 7, 8, 13, 32}) {
           Stored s = random_weight(dtype, N, K, seed++);
           std::vector<float> x(static_cast<size_t>(M * K)), ref(static_cast<size_t>(M * N));
           for (float& v : x) v = d(rng);
@@ -80,6 +81,25 @@ TEST(Dense16Gemv, ARowIsTheSameBitsAloneOrBatched) {
       ASSERT_EQ(alone, std::vector<float>(batched.begin() + m * 37, batched.begin() + m * 37 + 37))
           << "K " << K << " row " << m;
     }
+  }
+}
+
+// The MoE layer's pieces: any range of W's rows, on the calling thread, gives the same bits as the
+// whole product.
+TEST(Dense16Gemv, ARangeOfRowsIsTheSameBitsAsTheWhole) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (int64_t M : {1, 5, 13}) {
+    Stored s = random_weight(DType::BF16, 37, 100, static_cast<uint32_t>(M));
+    std::vector<float> x(static_cast<size_t>(M * 100)), whole(static_cast<size_t>(M * 37));
+    for (float& v : x) v = d(rng);
+    dense16_gemv(s.weight, x.data(), M, whole.data(), false, nullptr);
+    Dense16Acts acts;
+    dense16_prepare(s.weight, x.data(), M, acts);
+    std::vector<float> pieces(whole.size(), 0.0f);
+    for (int64_t n0 = 0; n0 < 37; n0 += 9)
+      dense16_rows(s.weight, acts, n0, std::min<int64_t>(37, n0 + 9), pieces.data(), false);
+    EXPECT_EQ(pieces, whole) << "M " << M;
   }
 }
 

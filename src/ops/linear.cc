@@ -52,12 +52,8 @@ void linear_fast(const Weight& w, const float* x, int64_t M, float* y, bool accu
                  ThreadPool* pool) {
   if (M == 0 || w.rows() == 0) return;
   if (const PackedInt4* packed = w.packed()) return int4_linear(*packed, x, M, y, accumulate, pool);
-  if (M <= kDense16BatchRows && dense16_supported(w)) {
-    for (int64_t r = 0; r < M; r += kDense16MaxRows)
-      dense16_gemv(w, x + r * w.cols(), std::min(kDense16MaxRows, M - r), y + r * w.rows(),
-                   accumulate, pool);
-    return;
-  }
+  if (M <= kDense16BatchRows && dense16_supported(w))
+    return dense16_gemv(w, x, M, y, accumulate, pool);
   linear(w, x, M, y, accumulate, pool);
 }
 

@@ -20,9 +20,9 @@ void linear(const Weight& w, const float* x, int64_t M, float* y, bool accumulat
             ThreadPool* pool = nullptr);
 
 // The fast path: the int4 kernels for a weight packed at load (ops/int4_linear.h), the
-// widening GEMV for dense BF16 / F16 weights and at most kDense16MaxRows activation rows
-// (ops/dense16_gemv.h), linear() for everything else. Within int8_error_bound of linear() for
-// packed weights, within float rounding for the others.
+// widening GEMV for dense BF16 / F16 weights and decode batches of up to kDense16BatchRows rows
+// (ops/dense16_gemv.h, kDense16MaxRows rows per pass over W), linear() for everything else. Within
+// int8_error_bound of linear() for packed weights, within float rounding for the others.
 void linear_fast(const Weight& w, const float* x, int64_t M, float* y, bool accumulate = false,
                  ThreadPool* pool = nullptr);
 
