@@ -208,46 +208,22 @@ void rows(const uint16_t* w, int64_t K, const float* x, const float* xe, const f
           int64_t n0, int64_t n1, float* y, int64_t ldy, bool accumulate, Isa isa) {
 #if defined(__x86_64__)
   if (Bf16 && isa >= Isa::kAvx512Vnni) {
-    auto run = [&]<int MB>() {
-      rows_bf16_pairs_avx512<MB>(w, K, x, xe, xo, n0, n1, y, ldy, accumulate);
-    };
-    switch (M) {
-      case 1:
-        return run.template operator()<1>();
-      case 2:
-        return run.template operator()<2>();
-      case 3:
-        return run.template operator()<3>();
-      case 4:
-        return run.template operator()<4>();
-      case 5:
-        return run.template operator()<5>();
-      case 6:
-        return run.template operator()<6>();
-      case 7:
-        return run.template operator()<7>();
-      default:
-        return run.template operator()<8>();
-    }
+    using Kernel = void (*)(const uint16_t*, int64_t, const float*, const float*, const float*,
+                            int64_t, int64_t, float*, int64_t, bool);
+    static constexpr Kernel kByRows[kDense16MaxRows] = {
+        rows_bf16_pairs_avx512<1>, rows_bf16_pairs_avx512<2>, rows_bf16_pairs_avx512<3>,
+        rows_bf16_pairs_avx512<4>, rows_bf16_pairs_avx512<5>, rows_bf16_pairs_avx512<6>,
+        rows_bf16_pairs_avx512<7>, rows_bf16_pairs_avx512<8>};
+    return kByRows[std::min(M, kDense16MaxRows) - 1](w, K, x, xe, xo, n0, n1, y, ldy, accumulate);
   }
   if (!Bf16 && isa >= Isa::kAvx512Vnni) {
-    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock) {
-      const float* xm = x + m0 * K;
-      float* ym = y + m0 * ldy;
-      switch (std::min(kRowBlock, M - m0)) {
-        case 1:
-          rows_f16_avx512<1>(w, K, xm, n0, n1, ym, ldy, accumulate);
-          break;
-        case 2:
-          rows_f16_avx512<2>(w, K, xm, n0, n1, ym, ldy, accumulate);
-          break;
-        case 3:
-          rows_f16_avx512<3>(w, K, xm, n0, n1, ym, ldy, accumulate);
-          break;
-        default:
-          rows_f16_avx512<4>(w, K, xm, n0, n1, ym, ldy, accumulate);
-      }
-    }
+    using Kernel =
+        void (*)(const uint16_t*, int64_t, const float*, int64_t, int64_t, float*, int64_t, bool);
+    static constexpr Kernel kByRows[kRowBlock] = {rows_f16_avx512<1>, rows_f16_avx512<2>,
+                                                  rows_f16_avx512<3>, rows_f16_avx512<4>};
+    for (int64_t m0 = 0; m0 < M; m0 += kRowBlock)
+      kByRows[std::min(kRowBlock, M - m0) - 1](w, K, x + m0 * K, n0, n1, y + m0 * ldy, ldy,
+                                               accumulate);
     return;
   }
   if (isa != Isa::kScalar) return rows_avx2<Bf16>(w, K, x, M, n0, n1, y, ldy, accumulate);
