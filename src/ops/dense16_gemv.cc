@@ -244,6 +244,8 @@ void dense16_prepare(const Weight& w, const float* x, int64_t M, Dense16Acts& ou
   out.x = x;
   out.rows = M;
   out.cols = K;
+  out.dtype = w.dtype();
+  out.isa = isa;
   out.split.clear();
   if (w.dtype() != DType::BF16 || isa < Isa::kAvx512Vnni) return;
   out.split.resize(static_cast<size_t>(2 * M * pairs));  // grows once, then reused
@@ -257,9 +259,13 @@ void dense16_prepare(const Weight& w, const float* x, int64_t M, Dense16Acts& ou
 void dense16_rows(const Weight& w, const Dense16Acts& x, int64_t n0, int64_t n1, float* y,
                   bool accumulate, Isa isa) {
   const int64_t M = x.rows, N = w.rows(), K = w.cols();
-  if (!dense16_supported(w) || K != x.cols || n0 < 0 || n1 > N)
-    fail("internal: dense16_rows on {} ({}) with activations of {} columns, rows [{}, {})",
-         w.module(), w.describe(), x.cols, n0, n1);
+  if (!dense16_supported(w) || K != x.cols || w.dtype() != x.dtype || isa != x.isa || n0 < 0 ||
+      n1 > N)
+    fail(
+        "internal: dense16_rows on {} ({}) with activations of {} columns prepared for {} / {}, "
+        "rows [{}, {})",
+        w.module(), w.describe(), x.cols, dtype_name(x.dtype), isa_name(x.isa), n0, n1);
+  if (M == 0 || n0 >= n1) return;
   // Rows are 2-byte aligned (dense16_supported); the vector kernels load them unaligned.
   const auto* data = reinterpret_cast<const uint16_t*>(w.dense_rows());
   const bool bf16 = w.dtype() == DType::BF16;

@@ -35,9 +35,11 @@ bool dense16_supported(const Weight& w);
 struct Dense16Acts {
   const float* x = nullptr;  // [rows, cols], not owned
   int64_t rows = 0, cols = 0;
+  DType dtype = DType::BF16;  // prepared for weights of this dtype, on this kernel set
+  Isa isa = Isa::kScalar;
   std::vector<float> split;
 };
-// x [M, w.cols()] prepared for weights of w's dtype and shape.
+// x [M, w.cols()] prepared for weights of w's dtype and shape (dense16_rows checks both).
 void dense16_prepare(const Weight& w, const float* x, int64_t M, Dense16Acts& out,
                      Isa isa = active_isa());
 

@@ -101,6 +101,13 @@ TEST(Dense16Gemv, ARangeOfRowsIsTheSameBitsAsTheWhole) {
       dense16_rows(s.weight, acts, n0, std::min<int64_t>(37, n0 + 9), pieces.data(), false);
     EXPECT_EQ(pieces, whole) << "M " << M;
   }
+  // Activations prepared for another dtype (F16 weights skip the BF16 kernel's even/odd split).
+  Stored bf16 = random_weight(DType::BF16, 8, 64, 1), f16 = random_weight(DType::F16, 8, 64, 2);
+  std::vector<float> x(64, 0.5f), y(8);
+  Dense16Acts acts;
+  dense16_prepare(f16.weight, x.data(), 1, acts);
+  expect_error([&] { dense16_rows(bf16.weight, acts, 0, 8, y.data(), false); },
+               {"dense16_rows", "F16"});
 }
 
 TEST(Dense16Gemv, LinearFastTakesDecodeBatchesOnly) {
