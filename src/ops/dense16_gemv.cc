@@ -22,6 +22,10 @@ constexpr int64_t kRowBlock = 4;  // rows of W per step: four fma chains per act
 constexpr int64_t kRowUnit = 8;
 // Software prefetch distance in each row's stream (as in ops/int4_linear.cc).
 constexpr int64_t kPrefetchBytes = 8192;
+// The BF16 kernel's, into L1: one row of a GLM-5-shaped decode (3 GB per token, 2.35 of them bf16)
+// went from 7.48 / 7.17 / 7.61 / 7.58 / 7.80 / 6.33 to 7.50 / 7.95 / 7.85 / 8.67 / 7.91 / 7.96
+// tokens/s, runs alternated (docs/BENCHMARKS.md); the hardware prefetcher alone fell behind.
+constexpr int64_t kPairsPrefetchBytes = 2048;
 
 template <bool Bf16>
 float widen(uint16_t bits) {
@@ -79,7 +83,8 @@ WHITTLE_AVX512 void rows_f16_avx512(const uint16_t* w, int64_t K, const float* x
 // half of each 32-bit lane, masked, is the odd element as float32 and the lane shifted left by 16
 // the even one. Two ALU operations and two fma per 32 weights (the widening loads took three and
 // two per 16), against activations split once per call into even and odd halves.
-template <int MB>
+// `Prefetch`: ask for W's lines ahead (not when a second set of rows reads a chunk already in L1).
+template <int MB, bool Prefetch = true>
 WHITTLE_AVX512 inline __attribute__((always_inline)) void pairs_span(
     __m512 (&acc)[kRowBlock][MB], const uint16_t* const (&wr)[kRowBlock], const float* xe,
     const float* xo, int64_t pairs, int64_t j0, int64_t j1) {
@@ -92,6 +97,9 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) void pairs_span(
       odd[m] = _mm512_maskz_loadu_ps(mask, xo + m * pairs + j);
     }
     for (int64_t r = 0; r < kRowBlock; ++r) {
+      if constexpr (Prefetch)
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * j) + kPairsPrefetchBytes,
+                     _MM_HINT_T0);
       const __m512i v = _mm512_maskz_loadu_epi32(mask, wr[r] + 2 * j);
       const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, high));
@@ -147,7 +155,7 @@ WHITTLE_AVX512 void rows_bf16_pairs_avx512(const uint16_t* w, int64_t K, const f
         __m512 more[kRowBlock][MC];
         for (int64_t r = 0; r < kRowBlock; ++r)
           for (int m = 0; m < MC; ++m) more[r][m] = keep[r][m];
-        pairs_span<MC>(more, wr, xe + 4 * pairs, xo + 4 * pairs, pairs, c, c1);
+        pairs_span<MC, /*Prefetch=*/false>(more, wr, xe + 4 * pairs, xo + 4 * pairs, pairs, c, c1);
         for (int64_t r = 0; r < kRowBlock; ++r)
           for (int m = 0; m < MC; ++m) keep[r][m] = more[r][m];
       }
