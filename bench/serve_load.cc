@@ -6,10 +6,12 @@
 //                   prompts (nothing cached by phase 1),
 //   3. the load:    --clients concurrent clients (default 32) sending --total requests in all with
 //                   prompt lengths mixed from a few to --max-prompt tokens,
-// and prints requests/s, generated tokens/s, latency percentiles and failures for each, and the
-// ratio of phase 2's aggregate tokens/s to phase 1's. It stops by itself: fixed request counts,
-// each with a 600 s read timeout (a request that times out counts as failed). Exit status 1 when
-// any request failed.
+// and prints for each: requests/s, generated tokens/s (all tokens over the wall time), decode
+// tokens/s (the engine's batched decode steps alone: the prompts run each in a pass of its own),
+// time to the first token, latency percentiles and failures; then the ratios of phase 2's rates to
+// phase 1's. Requests are streamed (server-sent events) to time the first token. It stops by
+// itself: fixed request counts, each with a 600 s read timeout (a request that times out counts as
+// failed). Exit status 1 when any request failed.
 #include <httplib.h>
 
 #include <fmt/core.h>
@@ -46,7 +48,7 @@ namespace {
 struct Outcome {
   bool ok = false;
   int64_t prompt_tokens = 0, completion_tokens = 0;
-  double seconds = 0;
+  double seconds = 0, first_token = -1;  // the whole request, its first token
 };
 
 struct PhaseResult {
@@ -56,25 +58,53 @@ struct PhaseResult {
   double wall = 0;
 };
 
+// One streamed completion, timed to its first token and to its end.
 Outcome complete(int port, const std::string& prompt, int64_t max_tokens, uint64_t seed) {
   httplib::Client client("127.0.0.1", port);
   client.set_read_timeout(600, 0);
-  const ojson body{
-      {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0.8}, {"seed", seed}};
+  const ojson body{{"prompt", prompt},   {"max_tokens", max_tokens},
+                   {"temperature", 0.8}, {"seed", seed},
+                   {"stream", true},     {"stream_options", {{"include_usage", true}}}};
   const auto t0 = Clock::now();
+  const auto since = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   Outcome o;
-  auto r = client.Post("/v1/completions", body.dump(), "application/json");
-  o.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (!r || r->status != 200) {
+  bool done = false;
+  std::string buffer;
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = body.dump();
+  req.set_header("Content-Type", "application/json");
+  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    buffer.append(data, n);
+    for (size_t end; (end = buffer.find("\n\n")) != std::string::npos;) {
+      const std::string event = buffer.substr(0, end);
+      buffer.erase(0, end + 2);
+      if (event.rfind("data: ", 0) != 0) continue;
+      if (event == "data: [DONE]") {
+        done = true;
+        continue;
+      }
+      const ojson j = ojson::parse(event.substr(6), nullptr, false);
+      if (j.is_discarded()) return false;
+      if (o.first_token < 0 && j.contains("choices") && !j["choices"].empty())
+        o.first_token = since();
+      if (j.contains("usage") && j["usage"].is_object()) {
+        o.prompt_tokens = j["usage"]["prompt_tokens"];
+        o.completion_tokens = j["usage"]["completion_tokens"];
+      }
+    }
+    return true;
+  };
+  const httplib::Result r = client.send(req);
+  o.seconds = since();
+  if (!r || r->status != 200 || !done || o.first_token < 0) {
     fmt::print(stderr, "request failed: {}\n",
-               r ? fmt::format("HTTP {} {}", r->status, r->body) : httplib::to_string(r.error()));
+               r ? fmt::format("HTTP {} {}", r->status, r->status == 200 ? "(no [DONE])" : r->body)
+                 : httplib::to_string(r.error()));
     return o;
   }
-  const ojson j = ojson::parse(r->body, nullptr, false);
-  if (j.is_discarded() || !j.contains("usage")) return o;
   o.ok = true;
-  o.prompt_tokens = j["usage"]["prompt_tokens"];
-  o.completion_tokens = j["usage"]["completion_tokens"];
   return o;
 }
 
@@ -95,9 +125,17 @@ PhaseResult run_phase(std::string name, int port, int clients,
   return p;
 }
 
-double report(const PhaseResult& p) {
+struct Rates {
+  double generated = -1, decode = -1;  // -1: some request failed
+};
+
+// Generated tokens/s: all the phase's tokens over its wall time (queue, prompts and all). Decode
+// tokens/s: the tokens of the engine's batched decode steps over those steps' time (`before` and
+// `after` are the engine's counters around the phase): what batching multiplies, without the
+// prompts, which run each in a forward pass of its own (serve/engine.cc).
+Rates report(const PhaseResult& p, const Engine::Stats& before, const Engine::Stats& after) {
   int64_t failed = 0, prompt = 0, completion = 0;
-  std::vector<double> latency;
+  std::vector<double> latency, first_token;
   for (const Outcome& o : p.outcomes) {
     if (!o.ok) {
       ++failed;
@@ -106,18 +144,24 @@ double report(const PhaseResult& p) {
     prompt += o.prompt_tokens;
     completion += o.completion_tokens;
     latency.push_back(o.seconds);
+    first_token.push_back(o.first_token);
   }
-  std::sort(latency.begin(), latency.end());
-  const auto pct = [&](double q) {
-    return latency.empty() ? 0.0
-                           : latency[std::min(latency.size() - 1, size_t(q * latency.size()))];
+  const auto pct = [](std::vector<double>& v, double q) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[std::min(v.size() - 1, size_t(q * v.size()))];
   };
-  const double tps = completion / p.wall;
+  const int64_t steps = after.decode_steps - before.decode_steps;
+  const int64_t decoded = after.decoded_tokens - before.decoded_tokens;
+  const double seconds = after.decode_seconds - before.decode_seconds;
+  const Rates r{completion / p.wall, seconds > 0 ? decoded / seconds : 0};
   fmt::print(
-      "| {} | {} | {} | {} | {:.1f} | {:.2f} | {:.1f} | {:.1f} | {:.2f} / {:.2f} / {:.2f} |\n",
+      "| {} | {} | {} | {} | {:.1f} | {:.2f} | {:.1f} | {:.1f} | {:.1f} ({:.1f} rows, {:.1f} ms) | "
+      "{:.2f} | {:.2f} / {:.2f} / {:.2f} |\n",
       p.name, p.clients, p.outcomes.size(), failed, p.wall, p.outcomes.size() / p.wall,
-      prompt / p.wall, tps, pct(0.5), pct(0.95), latency.empty() ? 0.0 : latency.back());
-  return failed > 0 ? -1 : tps;
+      prompt / p.wall, r.generated, r.decode, steps > 0 ? double(decoded) / steps : 0.0,
+      steps > 0 ? 1e3 * seconds / steps : 0.0, pct(first_token, 0.5), pct(latency, 0.5),
+      pct(latency, 0.95), pct(latency, 1.0));
+  return failed > 0 ? Rates{} : r;
 }
 
 }  // namespace
@@ -184,7 +228,9 @@ int main(int argc, char** argv) {
       served.id, pool.size(), parallel, max_tokens);
   fmt::print(
       "| phase | clients | requests | failed | wall s | requests/s | prompt tok/s | "
-      "generated tok/s | latency p50 / p95 / max s |\n|---|---|---|---|---|---|---|---|---|\n");
+      "generated tok/s | decode tok/s (rows, ms per step) | first token p50 s | latency p50 / p95 "
+      "/ "
+      "max s |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
   // Each phase its own prompts (no prefix cached by an earlier phase), after one request that
   // touches every weight's pages first (not reported).
   const auto short_requests = [&](int64_t n) {
@@ -193,9 +239,16 @@ int main(int argc, char** argv) {
     return out;
   };
   run_phase("warm-up", server.port(), 1, {{prompt_of(16), 2}});
-  const double one = report(run_phase("1 stream", server.port(), 1, short_requests(requests1)));
-  const double many = report(run_phase(fmt::format("{} streams", streams), server.port(),
-                                       static_cast<int>(streams), short_requests(streams)));
+  // A phase, reported with the engine's counters around it.
+  const auto phase = [&](std::string name, int n_clients,
+                         const std::vector<std::pair<std::string, int64_t>>& requests) {
+    const Engine::Stats before = engine.stats();
+    PhaseResult p = run_phase(std::move(name), server.port(), n_clients, requests);
+    return report(p, before, engine.stats());
+  };
+  const Rates one = phase("1 stream", 1, short_requests(requests1));
+  const Rates many =
+      phase(fmt::format("{} streams", streams), static_cast<int>(streams), short_requests(streams));
   std::vector<std::pair<std::string, int64_t>> mixed;
   for (int64_t i = 0; i < total; ++i) {
     // Log-uniform lengths: many short prompts, some long ones.
@@ -203,15 +256,16 @@ int main(int argc, char** argv) {
     mixed.emplace_back(prompt_of(static_cast<int64_t>(std::exp(u * std::log(max_prompt)))),
                        max_tokens);
   }
-  const double load = report(run_phase(fmt::format("{} clients, mixed prompts", clients),
-                                       server.port(), static_cast<int>(clients), mixed));
+  const Rates load =
+      phase(fmt::format("{} clients, mixed prompts", clients), static_cast<int>(clients), mixed);
   const Engine::Stats s = engine.stats();
   fmt::print(
-      "\n{} streams / 1 stream, generated tokens/s: {:.2f}x; engine steps {}, prefix "
-      "hits {} ({} tokens reused)\n",
-      streams, many / one, s.steps, s.prefix_hits, s.reused_tokens);
+      "\n{} streams / 1 stream: decode tokens/s {:.2f}x, generated tokens/s {:.2f}x; engine "
+      "steps {}, prefix hits {} ({} tokens reused)\n",
+      streams, many.decode / one.decode, many.generated / one.generated, s.steps, s.prefix_hits,
+      s.reused_tokens);
   engine.stop(true);
   server.stop();
   http.join();
-  return one < 0 || many < 0 || load < 0 ? 1 : 0;
+  return one.generated < 0 || many.generated < 0 || load.generated < 0 ? 1 : 0;
 }

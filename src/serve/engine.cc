@@ -291,7 +291,15 @@ void Engine::step() {
                 std::span<const int32_t>(seq->job.prompt).subspan(done, static_cast<size_t>(n)),
                 seq->cache.get(), /*absorbed=*/false}});
   }
-  if (!decoding.empty()) forward(decoding, decode_inputs);
+  if (!decoding.empty()) {
+    const auto t0 = Clock::now();
+    forward(decoding, decode_inputs);
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::lock_guard lock(mutex_);
+    ++stats_.decode_steps;
+    stats_.decoded_tokens += static_cast<int64_t>(decoding.size());
+    stats_.decode_seconds += seconds;
+  }
   std::erase_if(running_, [](const auto& s) { return s->cache == nullptr; });
 }
 

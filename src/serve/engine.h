@@ -115,6 +115,10 @@ class Engine {
     size_t kv_used = 0, kv_budget = 0;
     int64_t steps = 0, prefix_hits = 0, reused_tokens = 0;
     int64_t finished = 0, cancelled = 0;  // sequences that ran, by how they ended
+    // The batched decode steps alone (no prompt chunks): how many, the tokens they sampled, and
+    // their time (forward and sampling).
+    int64_t decode_steps = 0, decoded_tokens = 0;
+    double decode_seconds = 0;
   };
   Stats stats() const;
 

@@ -64,6 +64,13 @@ TEST_F(ServeTest, EngineAloneEqualsTheGenerationLoop) {
   EXPECT_EQ(s.finish, FinishReason::kLength);
   EXPECT_EQ(s.tokens, reference(p, 24));
   EXPECT_EQ(s.prompt_tokens, 9);
+  // The first token comes from the prompt's pass; each of the other 23 from a decode step. (The
+  // step that ended the stream is counted when it returns: `running` is set after that.)
+  for (int i = 0; i < 500 && engine.stats().running > 0; ++i) std::this_thread::sleep_for(10ms);
+  const Engine::Stats stats = engine.stats();
+  EXPECT_EQ(stats.decode_steps, 23);
+  EXPECT_EQ(stats.decoded_tokens, 23);
+  EXPECT_GT(stats.decode_seconds, 0);
 }
 
 TEST_F(ServeTest, BatchedEqualsSequential) {
