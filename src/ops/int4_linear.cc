@@ -55,7 +55,7 @@ TileView view(const PackedInt4& w, int64_t t) {
 // -march=native). `corr` holds C_g of the kernel's activation rows, w.groups apart (group_sums).
 
 // Most activation rows a kernel call takes (the AVX-512 kernels' register budget).
-constexpr int64_t kMaxRows = 8;
+constexpr int64_t kMaxRows = 12;
 
 // out[i][r] for activation rows m .. m + rows - 1 of tile t.
 void tile_scalar(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int64_t rows,
@@ -147,16 +147,21 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 group_step512(__m512
 }
 
 // AVX-512, MB activation rows: one 64-byte block is 16 rows x 8 inputs, dpbusd takes 4 of them per
-// 32-bit lane; each unpacked block serves every activation row. Two accumulator chains per row (low
-// and high nibbles): with one, a row's two dependent dpbusd per block left 4 rows latency-bound.
-// The output rows live in `out` (L1) and are updated once per weight group, which leaves registers
-// for 8 rows: 16 chains, 8 group sums, the two unpacked halves.
+// 32-bit lane; each unpacked block serves every activation row. Up to 5 rows, two accumulator chains
+// per row (low and high nibbles): with one, a row's two dependent dpbusd per block left 4 rows
+// latency-bound. From 6 rows on, one chain per row (the integer sums are exact in any order, so the
+// bits are the same): the 2·MB dpbusd of a block outlast a chain's two latencies, and one vector add
+// per row and activation block is saved, on a machine where every 512-bit operation takes the same
+// one port (docs/BENCHMARKS.md). The output rows live in `out` (L1) and are updated once per weight
+// group, which leaves registers for 12 rows: 12 chains, 12 group sums, the two unpacked halves.
 template <int MB>
 WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
                                 const float* corr, float (*out)[TR]) {
+  constexpr bool kTwoChains = MB <= 5;
+  constexpr int kChains = kTwoChains ? MB : 1;  // second-chain registers in use
   const TileView v = view(w, t);
   const __m512i nibble = _mm512_set1_epi8(0x0F);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
   for (int i = 0; i < MB; ++i) _mm512_store_ps(out[i], _mm512_setzero_ps());
   const uint8_t* block = v.codes;
   const int8_t* q = &x.q[m * x.cols];
@@ -164,32 +169,39 @@ WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& 
   int64_t kb = 0;
   for (int64_t g = 0; g < w.groups; ++g) {
     __m512 sum[MB];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int i = 0; i < MB; ++i) sum[i] = _mm512_setzero_ps();
     for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
          k0 += x.group_size, ++kb) {
       const int64_t k1 = std::min(end, k0 + x.group_size);
-      __m512i lo_dot[MB], hi_dot[MB];
-#pragma GCC unroll 8
-      for (int i = 0; i < MB; ++i) lo_dot[i] = hi_dot[i] = _mm512_setzero_si512();
+      __m512i lo_dot[MB], hi_dot[kChains];
+#pragma GCC unroll 12
+      for (int i = 0; i < MB; ++i) lo_dot[i] = _mm512_setzero_si512();
+#pragma GCC unroll 12
+      for (int i = 0; i < kChains; ++i) hi_dot[i] = _mm512_setzero_si512();
       for (int64_t k = k0; k < k1; k += 8, block += PackedInt4::kBlockBytes) {
         _mm_prefetch(reinterpret_cast<const char*>(block) + kPrefetchBytes, _MM_HINT_T0);
         const __m512i c = _mm512_load_si512(block);
         const __m512i lo = _mm512_and_si512(c, nibble);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int i = 0; i < MB; ++i) {
           lo_dot[i] = dpbusd512(lo_dot[i], lo, q + i * x.cols + k);
-          hi_dot[i] = dpbusd512(hi_dot[i], hi, q + i * x.cols + k + 4);
+          if constexpr (kTwoChains)
+            hi_dot[i] = dpbusd512(hi_dot[i], hi, q + i * x.cols + k + 4);
+          else
+            lo_dot[i] = dpbusd512(lo_dot[i], hi, q + i * x.cols + k + 4);
         }
       }
-#pragma GCC unroll 8
-      for (int i = 0; i < MB; ++i)
-        sum[i] =
-            block_step512(_mm512_add_epi32(lo_dot[i], hi_dot[i]), act[i * x.groups + kb], sum[i]);
+#pragma GCC unroll 12
+      for (int i = 0; i < MB; ++i) {
+        __m512i dot = lo_dot[i];
+        if constexpr (kTwoChains) dot = _mm512_add_epi32(dot, hi_dot[i]);
+        sum[i] = block_step512(dot, act[i * x.groups + kb], sum[i]);
+      }
     }
     const GroupScales512 s = group_scales512(w, v, g);
-#pragma GCC unroll 8
+#pragma GCC unroll 12
     for (int i = 0; i < MB; ++i)
       _mm512_store_ps(out[i],
                       group_step512(sum[i], s, corr[i * w.groups + g], _mm512_load_ps(out[i])));
@@ -441,7 +453,7 @@ WHITTLE_AMX void amx_unpack(const PackedInt4& w, int64_t t, uint8_t* dst) {
 WHITTLE_AMX inline __attribute__((always_inline)) void amx_block(const Int8Acts& x, int64_t m,
                                                                  int64_t kb, const int32_t (*c)[TR],
                                                                  __m512* sum) {
-#pragma GCC unroll 16
+#pragma GCC unroll 12
   for (int64_t i = 0; i < kAmxRows; ++i)
     sum[i] = block_step512(_mm512_load_si512(c[i]), x.scale[(m + i) * x.groups + kb], sum[i]);
 }
@@ -452,7 +464,7 @@ WHITTLE_AMX inline __attribute__((always_inline)) void amx_group(const PackedInt
                                                                  const float* corr, __m512* sum,
                                                                  float (*out)[TR]) {
   const GroupScales512 s = group_scales512(w, v, g);
-#pragma GCC unroll 16
+#pragma GCC unroll 12
   for (int64_t i = 0; i < kAmxRows; ++i) {
     _mm512_store_ps(out[i],
                     group_step512(sum[i], s, corr[i * w.groups + g], _mm512_load_ps(out[i])));
@@ -512,9 +524,10 @@ void tile_rows(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int
     case Isa::kAmx: {
       using Kernel = void (*)(const PackedInt4&, int64_t, const Int8Acts&, int64_t, const float*,
                               float(*)[TR]);
-      static constexpr Kernel kByRows[kMaxRows] = {tile_avx512<1>, tile_avx512<2>, tile_avx512<3>,
-                                                   tile_avx512<4>, tile_avx512<5>, tile_avx512<6>,
-                                                   tile_avx512<7>, tile_avx512<8>};
+      static constexpr Kernel kByRows[kMaxRows] = {
+          tile_avx512<1>, tile_avx512<2>, tile_avx512<3>,  tile_avx512<4>,
+          tile_avx512<5>, tile_avx512<6>, tile_avx512<7>,  tile_avx512<8>,
+          tile_avx512<9>, tile_avx512<10>, tile_avx512<11>, tile_avx512<12>};
       return kByRows[std::min(rows, kMaxRows) - 1](w, t, x, m, corr, out);
     }
     case Isa::kAvxVnni:
@@ -627,7 +640,6 @@ void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int
 
 void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, int64_t t0,
                 int64_t t1, float* y, int64_t ldy, bool accumulate, Isa isa) {
-  const int64_t step = rows_per_call(isa);
   alignas(64) float out[16][TR];
   auto store = [&](int64_t t, int64_t m, int64_t rows, float(*tile_out)[TR]) {
     const int64_t n0 = t * TR, width = std::min(TR, w.rows - n0);
@@ -647,11 +659,19 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
   group_sums(w, x, m0, m1, corr);
   auto corr_of = [&](int64_t m) { return corr + (m - m0) * w.groups; };
   int64_t m_vnni = m0;  // rows from here on take the VNNI (or narrower) kernels
+  // Rows per kernel call: at most what a call takes, in as few calls as that allows, spread evenly
+  // (64 rows as 11 × 5 and 9 rather than 12 × 5 and 4: a call of a few rows is the least efficient).
+  const auto per_call_for = [&](int64_t rows) {
+    const int64_t most = rows_per_call(isa), calls = (rows + most - 1) / most;
+    return calls > 0 ? (rows + calls - 1) / calls : most;
+  };
+  int64_t per_call = per_call_for(m1 - m0);
 #if defined(__x86_64__)
   const bool amx = isa == Isa::kAmx && m1 - m0 >= kAmxRows && amx_fits(w, x);
   thread_local std::vector<uint8_t> unpacked;  // one tile's B operand
   if (amx) {
     m_vnni = m0 + (m1 - m0) / kAmxRows * kAmxRows;
+    per_call = per_call_for(m1 - m_vnni);
     unpacked.resize(static_cast<size_t>(w.cols * TR));
     amx_begin(x.group_size);
   }
@@ -673,8 +693,9 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
       continue;
     }
     // 4 to 7 rows (a few sequences decoding together): two tiles per call, so that each broadcast
-    // activation word serves both (from 8 rows on, tile_avx512's 8 rows per unpacked block win).
-    if (!amx && isa >= Isa::kAvx512Vnni && t + 1 < t1 && m1 - m0 >= 4 && m1 - m0 < kMaxRows) {
+    // activation word serves both (from 8 rows on, tile_avx512's 8 or more rows per unpacked block
+    // win).
+    if (!amx && isa >= Isa::kAvx512Vnni && t + 1 < t1 && m1 - m0 >= 4 && m1 - m0 < 8) {
       tile2_avx512<4>(w, t, x, m0, corr, out);
       store(t, m0, 4, out);
       store(t + 1, m0, 4, out + 4);
@@ -687,8 +708,8 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
       continue;
     }
 #endif
-    for (int64_t m = m_vnni; m < m1; m += step) {
-      const int64_t rows = std::min(step, m1 - m);
+    for (int64_t m = m_vnni; m < m1; m += per_call) {
+      const int64_t rows = std::min(per_call, m1 - m);
       tile_rows(w, t, x, m, rows, corr_of(m), out, isa);
       store(t, m, rows, out);
     }
