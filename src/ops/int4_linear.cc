@@ -147,13 +147,14 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 group_step512(__m512
 }
 
 // AVX-512, MB activation rows: one 64-byte block is 16 rows x 8 inputs, dpbusd takes 4 of them per
-// 32-bit lane; each unpacked block serves every activation row. Up to 5 rows, two accumulator chains
-// per row (low and high nibbles): with one, a row's two dependent dpbusd per block left 4 rows
-// latency-bound. From 6 rows on, one chain per row (the integer sums are exact in any order, so the
-// bits are the same): the 2·MB dpbusd of a block outlast a chain's two latencies, and one vector add
-// per row and activation block is saved, on a machine where every 512-bit operation takes the same
-// one port (docs/BENCHMARKS.md). The output rows live in `out` (L1) and are updated once per weight
-// group, which leaves registers for 12 rows: 12 chains, 12 group sums, the two unpacked halves.
+// 32-bit lane; each unpacked block serves every activation row. Up to 5 rows, two accumulator
+// chains per row (low and high nibbles): with one, a row's two dependent dpbusd per block left 4
+// rows latency-bound. From 6 rows on, one chain per row (the integer sums are exact in any order,
+// so the bits are the same): the 2·MB dpbusd of a block outlast a chain's two latencies, and one
+// vector add per row and activation block is saved, on a machine where every 512-bit operation
+// takes the same one port (docs/BENCHMARKS.md). The output rows live in `out` (L1) and are updated
+// once per weight group, which leaves registers for 12 rows: 12 chains, 12 group sums, the two
+// unpacked halves.
 template <int MB>
 WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
                                 const float* corr, float (*out)[TR]) {
@@ -525,8 +526,8 @@ void tile_rows(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int
       using Kernel = void (*)(const PackedInt4&, int64_t, const Int8Acts&, int64_t, const float*,
                               float(*)[TR]);
       static constexpr Kernel kByRows[kMaxRows] = {
-          tile_avx512<1>, tile_avx512<2>, tile_avx512<3>,  tile_avx512<4>,
-          tile_avx512<5>, tile_avx512<6>, tile_avx512<7>,  tile_avx512<8>,
+          tile_avx512<1>, tile_avx512<2>,  tile_avx512<3>,  tile_avx512<4>,
+          tile_avx512<5>, tile_avx512<6>,  tile_avx512<7>,  tile_avx512<8>,
           tile_avx512<9>, tile_avx512<10>, tile_avx512<11>, tile_avx512<12>};
       return kByRows[std::min(rows, kMaxRows) - 1](w, t, x, m, corr, out);
     }
@@ -660,7 +661,8 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
   auto corr_of = [&](int64_t m) { return corr + (m - m0) * w.groups; };
   int64_t m_vnni = m0;  // rows from here on take the VNNI (or narrower) kernels
   // Rows per kernel call: at most what a call takes, in as few calls as that allows, spread evenly
-  // (64 rows as 11 × 5 and 9 rather than 12 × 5 and 4: a call of a few rows is the least efficient).
+  // (64 rows as 11 × 5 and 9 rather than 12 × 5 and 4: a call of a few rows is the least
+  // efficient).
   const auto per_call_for = [&](int64_t rows) {
     const int64_t most = rows_per_call(isa), calls = (rows + most - 1) / most;
     return calls > 0 ? (rows + calls - 1) / calls : most;
