@@ -46,6 +46,7 @@ const Shape kShapes[] = {
     {17, 64, 384, 128, true, DType::F16},
     {1, 256, 2048, 128, true, DType::F16},
     {4, 16, 64, 64, true, DType::BF16},
+    {6, 40, 256, 128, true, DType::BF16},  // the fewest rows on one accumulator chain each
     // 16 rows and more: AMX where the CPU has it (whole 16-row blocks there, the rest on VNNI),
     // blocks of 32, 16 (group 16) and 8 (group 8), and a short last group (VNNI only)
     {16, 16, 128, 128, true, DType::F16},
