@@ -151,10 +151,9 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) __m512 group_step512(__m512
 // chains per row (low and high nibbles): with one, a row's two dependent dpbusd per block left 4
 // rows latency-bound. From 6 rows on, one chain per row (the integer sums are exact in any order,
 // so the bits are the same): the 2·MB dpbusd of a block outlast a chain's two latencies, and one
-// vector add per row and activation block is saved, on a machine where every 512-bit operation
-// takes the same one port (docs/BENCHMARKS.md). The output rows live in `out` (L1) and are updated
-// once per weight group, which leaves registers for 12 rows: 12 chains, 12 group sums, the two
-// unpacked halves.
+// vector add per row and activation block is saved (the adds take the dpbusd's ports). The output
+// rows live in `out` (L1) and are updated once per weight group, which leaves registers for 12
+// rows: 12 chains, 12 group sums, the two unpacked halves.
 template <int MB>
 WHITTLE_AVX512 void tile_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
                                 const float* corr, float (*out)[TR]) {
