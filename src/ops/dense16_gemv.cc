@@ -89,13 +89,22 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) void pairs_span(
     __m512 (&acc)[kRowBlock][MB], const uint16_t* const (&wr)[kRowBlock], const float* xe,
     const float* xo, int64_t pairs, int64_t j0, int64_t j1) {
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  // The chains in locals whose address is never taken: updated in `acc` itself, GCC stored every
+  // chain back to memory after each fma (__m512 may alias the float activations it loads).
+  __m512 a[kRowBlock][MB];
+#pragma GCC unroll 4
+  for (int64_t r = 0; r < kRowBlock; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) a[r][m] = acc[r][m];
   for (int64_t j = j0; j < j1; j += 16) {
     const __mmask16 mask = j1 - j >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (j1 - j)) - 1);
     __m512 even[MB], odd[MB];
+#pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
       even[m] = _mm512_maskz_loadu_ps(mask, xe + m * pairs + j);
       odd[m] = _mm512_maskz_loadu_ps(mask, xo + m * pairs + j);
     }
+#pragma GCC unroll 4
     for (int64_t r = 0; r < kRowBlock; ++r) {
       if constexpr (Prefetch)
         _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * j) + kPairsPrefetchBytes,
@@ -103,12 +112,17 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) void pairs_span(
       const __m512i v = _mm512_maskz_loadu_epi32(mask, wr[r] + 2 * j);
       const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+#pragma GCC unroll 8
       for (int m = 0; m < MB; ++m) {
-        acc[r][m] = _mm512_fmadd_ps(lo, even[m], acc[r][m]);
-        acc[r][m] = _mm512_fmadd_ps(hi, odd[m], acc[r][m]);
+        a[r][m] = _mm512_fmadd_ps(lo, even[m], a[r][m]);
+        a[r][m] = _mm512_fmadd_ps(hi, odd[m], a[r][m]);
       }
     }
   }
+#pragma GCC unroll 4
+  for (int64_t r = 0; r < kRowBlock; ++r)
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) acc[r][m] = a[r][m];
 }
 
 template <int MB>
@@ -124,9 +138,25 @@ WHITTLE_AVX512 void pairs_store(__m512 (&acc)[kRowBlock][MB],
     }
 }
 
+// One pass of pairs_span over pairs [j0, j1) whose chains live in memory between passes: loaded
+// at the start, stored at the end. Not inlined, so that the caller's other set of chains is not
+// held in registers meanwhile (inlined, GCC kept both sets live and spilled accumulators inside
+// the loop: 8 rows ran at a quarter of the fma's rate).
+template <int M, bool Prefetch>
+WHITTLE_AVX512 __attribute__((noinline)) void pairs_span_kept(
+    __m512 (&kept)[kRowBlock][M], const uint16_t* const (&wr)[kRowBlock], const float* xe,
+    const float* xo, int64_t pairs, int64_t j0, int64_t j1) {
+  __m512 acc[kRowBlock][M];
+  for (int64_t r = 0; r < kRowBlock; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = kept[r][m];
+  pairs_span<M, Prefetch>(acc, wr, xe, xo, pairs, j0, j1);
+  for (int64_t r = 0; r < kRowBlock; ++r)
+    for (int m = 0; m < M; ++m) kept[r][m] = acc[r][m];
+}
+
 // The chains of 4 rows of W with 4 activation rows fill the registers. With 5 to 8 rows the pairs
-// run in chunks: per chunk, rows 0-3, then rows 4 .. MB-1 while the chunk of W is still in L1, the
-// second set of chains kept in memory between chunks; the weight is read from memory once per 8
+// run in chunks: per chunk, rows 0-3, then rows 4 .. MB-1 while the chunk of W is still in L1,
+// each set of chains kept in memory between its passes; the weight is read from memory once per 8
 // rows. Each chain is still one accumulator over K in order: a row's bits do not depend on the
 // others.
 template <int MB>
@@ -139,7 +169,7 @@ WHITTLE_AVX512 void rows_bf16_pairs_avx512(const uint16_t* w, int64_t K, const f
   const int64_t pairs = K / 2;
   for (int64_t n = n0; n < n1; n += kRowBlock) {
     const int64_t rb = std::min(kRowBlock, n1 - n);
-    __m512 acc[kRowBlock][MA], keep[kRowBlock][MC];
+    alignas(64) __m512 acc[kRowBlock][MA], keep[kRowBlock][MC];
     for (auto& row : acc)
       for (__m512& a : row) a = _mm512_setzero_ps();
     for (auto& row : keep)
@@ -151,13 +181,9 @@ WHITTLE_AVX512 void rows_bf16_pairs_avx512(const uint16_t* w, int64_t K, const f
     } else {
       for (int64_t c = 0; c < pairs; c += kChunkPairs) {
         const int64_t c1 = std::min(pairs, c + kChunkPairs);
-        pairs_span<MA>(acc, wr, xe, xo, pairs, c, c1);
-        __m512 more[kRowBlock][MC];
-        for (int64_t r = 0; r < kRowBlock; ++r)
-          for (int m = 0; m < MC; ++m) more[r][m] = keep[r][m];
-        pairs_span<MC, /*Prefetch=*/false>(more, wr, xe + 4 * pairs, xo + 4 * pairs, pairs, c, c1);
-        for (int64_t r = 0; r < kRowBlock; ++r)
-          for (int m = 0; m < MC; ++m) keep[r][m] = more[r][m];
+        pairs_span_kept<MA, true>(acc, wr, xe, xo, pairs, c, c1);
+        pairs_span_kept<MC, /*Prefetch=*/false>(keep, wr, xe + 4 * pairs, xo + 4 * pairs, pairs, c,
+                                                c1);
       }
       pairs_store<MC>(keep, wr, K, x + 4 * K, rb, y + 4 * ldy + n, ldy, accumulate);
     }
