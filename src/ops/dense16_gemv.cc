@@ -138,20 +138,13 @@ WHITTLE_AVX512 void pairs_store(__m512 (&acc)[kRowBlock][MB],
     }
 }
 
-// One pass of pairs_span over pairs [j0, j1) whose chains live in memory between passes: loaded
-// at the start, stored at the end. Not inlined, so that the caller's other set of chains is not
-// held in registers meanwhile (inlined, GCC kept both sets live and spilled accumulators inside
-// the loop: 8 rows ran at a quarter of the fma's rate).
+// pairs_span in a call of its own, for the 5-8-row kernel's two sets of chains, each kept in
+// memory between its passes: inlined, GCC kept both sets live and spilled chains inside the loop.
 template <int M, bool Prefetch>
 WHITTLE_AVX512 __attribute__((noinline)) void pairs_span_kept(
     __m512 (&kept)[kRowBlock][M], const uint16_t* const (&wr)[kRowBlock], const float* xe,
     const float* xo, int64_t pairs, int64_t j0, int64_t j1) {
-  __m512 acc[kRowBlock][M];
-  for (int64_t r = 0; r < kRowBlock; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m] = kept[r][m];
-  pairs_span<M, Prefetch>(acc, wr, xe, xo, pairs, j0, j1);
-  for (int64_t r = 0; r < kRowBlock; ++r)
-    for (int m = 0; m < M; ++m) kept[r][m] = acc[r][m];
+  pairs_span<M, Prefetch>(kept, wr, xe, xo, pairs, j0, j1);
 }
 
 // The chains of 4 rows of W with 4 activation rows fill the registers. With 5 to 8 rows the pairs
@@ -169,7 +162,7 @@ WHITTLE_AVX512 void rows_bf16_pairs_avx512(const uint16_t* w, int64_t K, const f
   const int64_t pairs = K / 2;
   for (int64_t n = n0; n < n1; n += kRowBlock) {
     const int64_t rb = std::min(kRowBlock, n1 - n);
-    alignas(64) __m512 acc[kRowBlock][MA], keep[kRowBlock][MC];
+    __m512 acc[kRowBlock][MA], keep[kRowBlock][MC];
     for (auto& row : acc)
       for (__m512& a : row) a = _mm512_setzero_ps();
     for (auto& row : keep)
