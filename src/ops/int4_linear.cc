@@ -453,7 +453,7 @@ WHITTLE_AMX void amx_unpack(const PackedInt4& w, int64_t t, uint8_t* dst) {
 WHITTLE_AMX inline __attribute__((always_inline)) void amx_block(const Int8Acts& x, int64_t m,
                                                                  int64_t kb, const int32_t (*c)[TR],
                                                                  __m512* sum) {
-#pragma GCC unroll 12
+#pragma GCC unroll 16
   for (int64_t i = 0; i < kAmxRows; ++i)
     sum[i] = block_step512(_mm512_load_si512(c[i]), x.scale[(m + i) * x.groups + kb], sum[i]);
 }
@@ -464,7 +464,7 @@ WHITTLE_AMX inline __attribute__((always_inline)) void amx_group(const PackedInt
                                                                  const float* corr, __m512* sum,
                                                                  float (*out)[TR]) {
   const GroupScales512 s = group_scales512(w, v, g);
-#pragma GCC unroll 12
+#pragma GCC unroll 16
   for (int64_t i = 0; i < kAmxRows; ++i) {
     _mm512_store_ps(out[i],
                     group_step512(sum[i], s, corr[i * w.groups + g], _mm512_load_ps(out[i])));
@@ -659,24 +659,20 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
   group_sums(w, x, m0, m1, corr);
   auto corr_of = [&](int64_t m) { return corr + (m - m0) * w.groups; };
   int64_t m_vnni = m0;  // rows from here on take the VNNI (or narrower) kernels
-  // Rows per kernel call: at most what a call takes, in as few calls as that allows, spread evenly
-  // (64 rows as 11 × 5 and 9 rather than 12 × 5 and 4: a call of a few rows is the least
-  // efficient).
-  const auto per_call_for = [&](int64_t rows) {
-    const int64_t most = rows_per_call(isa), calls = (rows + most - 1) / most;
-    return calls > 0 ? (rows + calls - 1) / calls : most;
-  };
-  int64_t per_call = per_call_for(m1 - m0);
 #if defined(__x86_64__)
   const bool amx = isa == Isa::kAmx && m1 - m0 >= kAmxRows && amx_fits(w, x);
   thread_local std::vector<uint8_t> unpacked;  // one tile's B operand
   if (amx) {
     m_vnni = m0 + (m1 - m0) / kAmxRows * kAmxRows;
-    per_call = per_call_for(m1 - m_vnni);
     unpacked.resize(static_cast<size_t>(w.cols * TR));
     amx_begin(x.group_size);
   }
 #endif
+  // Rows per kernel call: at most what a call takes, in as few calls as that allows, spread evenly
+  // (64 rows as 11 × 5 and 9 rather than 12 × 5 and 4: a call of a few rows is the least
+  // efficient).
+  const int64_t most = rows_per_call(isa), calls = (m1 - m_vnni + most - 1) / most;
+  const int64_t per_call = calls > 0 ? (m1 - m_vnni + calls - 1) / calls : most;
   for (int64_t t = t0; t < t1; ++t) {
 #if defined(__x86_64__)
     if (amx) {
