@@ -1,10 +1,12 @@
 // Kernel microbenchmarks: the int4 and bf16 GEMV kernels against the machine's read bandwidth, on
 // weights far larger than the caches (a ring of copies, each read once per round), per kernel set.
-//   build/whittle_kernels_bench [--benchmark_filter=Int4] ; WHITTLE_ISA=avx2 caps the kernel set
+//   build/whittle_kernels_bench [--benchmark_filter=Int4] ; WHITTLE_ISA=avx2 caps the kernel set,
+//   WHITTLE_BENCH_THREADS=1 runs one thread (all cores by default)
 // The counters: bytes/s of weights streamed (GB/s = 1e9), and what fraction of the measured
 // bandwidth that is.
 #include <benchmark/benchmark.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -20,7 +22,10 @@ namespace {
 constexpr size_t kRingBytes = size_t{1} << 30;
 
 ThreadPool& pool() {
-  static ThreadPool p(0);
+  static ThreadPool p([] {
+    const char* env = std::getenv("WHITTLE_BENCH_THREADS");
+    return env != nullptr ? std::atoi(env) : 0;
+  }());
   return p;
 }
 
@@ -99,6 +104,7 @@ BENCHMARK(Int4Gemv)
     ->Args({6144, 2048, 1})
     ->Args({2048, 6144, 4})
     ->Args({2048, 6144, 128})
+    ->Args({6144, 2048, 128})
     ->Args({2048, 6144, 512})
     ->UseRealTime();
 // 1 GiB of bf16 rows, lm_head-sized, through linear_fast: one row, and decode batches of 4 and 8.

@@ -62,12 +62,17 @@ recipe16=$WORK/glm5-$tag-Q4_K_M-recipe16.gguf
 
 [[ -x build/whittle ]] || make build
 echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), $THREADS threads, prompt $PROMPT, gen $GEN"
+# Decode at the same depth on both sides: `whittle bench` decodes after its prompt, so llama-bench's
+# tg runs after as many cached tokens (-d; its tg otherwise starts from an empty cache), and at
+# depth 0 for reference. pp runs from an empty cache on both sides.
 # --repack 0: with its default run-time repacking (q4_0 -> q4_0_8x8 and the like), this llama.cpp
 # (llama-cpp-python 0.3.36's) aborts on GLM-DSA while reserving the graph
 # ("GGML_ASSERT(*cur_backend_id != -1)", ggml-backend.cpp:1294): some node of the graph is then
 # supported by no backend. Without repacking it runs its plain Q4_0 / Q4_K kernels.
 for q in Q4_0 Q4_K_M Q4_K_M-recipe16; do
-  "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p "$PROMPT" -n "$GEN" \
+  "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p "$PROMPT" -n 0 \
     -r 1 --repack 0
+  "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p 0 -n "$GEN" \
+    -d "0,$PROMPT" -r 1 --repack 0
 done
 build/whittle bench "$gptq" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --threads "$THREADS"

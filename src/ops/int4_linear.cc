@@ -56,6 +56,11 @@ TileView view(const PackedInt4& w, int64_t t) {
 
 // Most activation rows a kernel call takes (the AVX-512 kernels' register budget).
 constexpr int64_t kMaxRows = 12;
+// Tiles one decoding row reads at once (tiles_row_avx512).
+constexpr int64_t kRowTiles = 4;
+// int4_tiles' blocks of many rows: activation bytes and tile bytes per block (L2 is 1-2 MB).
+constexpr int64_t kCacheActBytes = int64_t{256} << 10;
+constexpr int64_t kCacheTileBytes = int64_t{512} << 10;
 
 // out[i][r] for activation rows m .. m + rows - 1 of tile t.
 void tile_scalar(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m, int64_t rows,
@@ -267,44 +272,58 @@ WHITTLE_AVX512 void tile2_avx512(const PackedInt4& w, int64_t t, const Int8Acts&
   }
 }
 
-// One activation row against two adjacent tiles at once: two streams of code blocks in flight (one
-// stream left the kernel at ~70 % of the bandwidth two cores can pull; docs/BENCHMARKS.md), and
-// each broadcast activation word serves both tiles.
-WHITTLE_AVX512 void tile_pair_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
+// One activation row against NT adjacent tiles at once: NT streams of code blocks in flight (one
+// stream left the kernel at ~70 % of the bandwidth two cores can pull, and four streams per core
+// read faster than two; docs/BENCHMARKS.md), and each broadcast activation word serves every tile.
+// Each tile's sums run as tile_avx512<1>'s: the same bits.
+template <int NT>
+WHITTLE_AVX512 void tiles_row_avx512(const PackedInt4& w, int64_t t, const Int8Acts& x, int64_t m,
                                      const float* corr, float (*out)[TR]) {
-  const TileView va = view(w, t), vb = view(w, t + 1);
+  TileView v[NT];
+  const uint8_t* block[NT];
+  __m512 acc[NT];
+#pragma GCC unroll 4
+  for (int j = 0; j < NT; ++j) {
+    v[j] = view(w, t + j);
+    block[j] = v[j].codes;
+    acc[j] = _mm512_setzero_ps();
+  }
   const __m512i nibble = _mm512_set1_epi8(0x0F);
-  __m512 acc_a = _mm512_setzero_ps(), acc_b = _mm512_setzero_ps();
-  const uint8_t *ba = va.codes, *bb = vb.codes;
   const int8_t* q = &x.q[m * x.cols];
   const float* act = &x.scale[m * x.groups];
   int64_t kb = 0;
   for (int64_t g = 0; g < w.groups; ++g) {
-    __m512 sum_a = _mm512_setzero_ps(), sum_b = _mm512_setzero_ps();
+    __m512 sum[NT];
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) sum[j] = _mm512_setzero_ps();
     for (int64_t k0 = g * w.group_size, end = k0 + w.group_length(g); k0 < end;
          k0 += x.group_size, ++kb) {
       const int64_t k1 = std::min(end, k0 + x.group_size);
-      __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
-      for (int64_t k = k0; k < k1;
-           k += 8, ba += PackedInt4::kBlockBytes, bb += PackedInt4::kBlockBytes) {
-        _mm_prefetch(reinterpret_cast<const char*>(ba) + kPrefetchBytes, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(bb) + kPrefetchBytes, _MM_HINT_T0);
-        const __m512i ca = _mm512_load_si512(ba), cb = _mm512_load_si512(bb);
+      __m512i lo[NT], hi[NT];
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j) lo[j] = hi[j] = _mm512_setzero_si512();
+      for (int64_t k = k0; k < k1; k += 8) {
         const __m512i x0 = _mm512_set1_epi32(load_i32(q + k));
         const __m512i x1 = _mm512_set1_epi32(load_i32(q + k + 4));
-        a0 = dpbusd512(a0, _mm512_and_si512(ca, nibble), x0);
-        a1 = dpbusd512(a1, _mm512_and_si512(_mm512_srli_epi16(ca, 4), nibble), x1);
-        b0 = dpbusd512(b0, _mm512_and_si512(cb, nibble), x0);
-        b1 = dpbusd512(b1, _mm512_and_si512(_mm512_srli_epi16(cb, 4), nibble), x1);
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; ++j) {
+          _mm_prefetch(reinterpret_cast<const char*>(block[j]) + kPrefetchBytes, _MM_HINT_T0);
+          const __m512i c = _mm512_load_si512(block[j]);
+          block[j] += PackedInt4::kBlockBytes;
+          lo[j] = dpbusd512(lo[j], _mm512_and_si512(c, nibble), x0);
+          hi[j] = dpbusd512(hi[j], _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble), x1);
+        }
       }
-      sum_a = block_step512(_mm512_add_epi32(a0, a1), act[kb], sum_a);
-      sum_b = block_step512(_mm512_add_epi32(b0, b1), act[kb], sum_b);
+#pragma GCC unroll 4
+      for (int j = 0; j < NT; ++j)
+        sum[j] = block_step512(_mm512_add_epi32(lo[j], hi[j]), act[kb], sum[j]);
     }
-    acc_a = group_step512(sum_a, group_scales512(w, va, g), corr[g], acc_a);
-    acc_b = group_step512(sum_b, group_scales512(w, vb, g), corr[g], acc_b);
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j)
+      acc[j] = group_step512(sum[j], group_scales512(w, v[j], g), corr[g], acc[j]);
   }
-  _mm512_storeu_ps(out[0], acc_a);
-  _mm512_storeu_ps(out[1], acc_b);
+#pragma GCC unroll 4
+  for (int j = 0; j < NT; ++j) _mm512_storeu_ps(out[j], acc[j]);
 }
 
 // 256-bit: the block's first 32 bytes are rows 0..7, the next 32 rows 8..15. dpbusd (AVX-VNNI) or
@@ -640,6 +659,21 @@ void quantize_acts(const float* x, int64_t M, int64_t K, int64_t group_size, Int
 
 void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, int64_t t0,
                 int64_t t1, float* y, int64_t ldy, bool accumulate, Isa isa) {
+  // Many rows: blocks of rows whose activations fit in a quarter of L2, against blocks of tiles
+  // that fit in half of it, so that each tile's pass over the rows reads its activations from L2
+  // (a 512-token prompt's 3 MB of a 6144-wide input do not fit; every tile read them from L3
+  // again). A row's bits do not depend on the rows beside it.
+  const int64_t row_block =
+      std::max(kMaxRows, kCacheActBytes / std::max<int64_t>(1, w.cols) / kMaxRows * kMaxRows);
+  if (m1 - m0 > row_block && isa != Isa::kAmx) {
+    const int64_t tile_block =
+        std::max<int64_t>(1, kCacheTileBytes / static_cast<int64_t>(w.tile_bytes));
+    for (int64_t tb = t0; tb < t1; tb += tile_block)
+      for (int64_t mb = m0; mb < m1; mb += row_block)
+        int4_tiles(w, x, mb, std::min(m1, mb + row_block), tb, std::min(t1, tb + tile_block), y,
+                   ldy, accumulate, isa);
+    return;
+  }
   alignas(64) float out[16][TR];
   auto store = [&](int64_t t, int64_t m, int64_t rows, float(*tile_out)[TR]) {
     const int64_t n0 = t * TR, width = std::min(TR, w.rows - n0);
@@ -683,10 +717,13 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
       }
     }
     if (isa >= Isa::kAvx512Vnni && m1 - m0 == 1 && t + 1 < t1) {
-      tile_pair_avx512(w, t, x, m0, corr, out);
-      store(t, m0, 1, out);
-      store(t + 1, m0, 1, out + 1);
-      ++t;
+      const int64_t n = t + kRowTiles <= t1 ? kRowTiles : 2;
+      if (n == kRowTiles)
+        tiles_row_avx512<kRowTiles>(w, t, x, m0, corr, out);
+      else
+        tiles_row_avx512<2>(w, t, x, m0, corr, out);
+      for (int64_t j = 0; j < n; ++j) store(t + j, m0, 1, out + j);
+      t += n - 1;
       continue;
     }
     // 4 to 7 rows (a few sequences decoding together): two tiles per call, so that each broadcast

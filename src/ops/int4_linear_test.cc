@@ -56,6 +56,9 @@ const Shape kShapes[] = {
     {33, 40, 200, 64, true, DType::F16},
     // more rows than int4_tiles takes at once (64), with a remainder
     {130, 40, 256, 128, false, DType::F16},
+    // more rows and tiles than int4_tiles runs at once (120 rows of 2048 inputs, 31 tiles): blocks
+    // of rows against blocks of tiles, each with a remainder
+    {130, 520, 2048, 128, true, DType::F16},
 };
 
 // A random GPTQ weight of shape s, and its packing for the kernels.
