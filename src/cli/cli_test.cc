@@ -855,6 +855,9 @@ TEST(Cli, BenchReportsSpeedTrafficAndBandwidth) {
   EXPECT_EQ(j["gen_tokens"], 4);
   EXPECT_EQ(j["threads"], 1);
   EXPECT_GT(j["bandwidth_gbs"].get<double>(), 0.1);
+  // The ceiling is the faster of the probes before the load and after decode.
+  EXPECT_EQ(j["bandwidth_gbs"].get<double>(), std::max(j["bandwidth_before_gbs"].get<double>(),
+                                                       j["bandwidth_after_gbs"].get<double>()));
   EXPECT_GT(j["prefill_tokens_per_s"].get<double>(), 0.0);
   EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0.0);
   // Only the routed experts are read: less than every Linear, more than nothing.

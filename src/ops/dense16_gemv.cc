@@ -83,11 +83,14 @@ WHITTLE_AVX512 void rows_f16_avx512(const uint16_t* w, int64_t K, const float* x
 // half of each 32-bit lane, masked, is the odd element as float32 and the lane shifted left by 16
 // the even one. Two ALU operations and two fma per 32 weights (the widening loads took three and
 // two per 16), against activations split once per call into even and odd halves.
-// `Prefetch`: ask for W's lines ahead (not when a second set of rows reads a chunk already in L1).
+// `Prefetch`: ask for W's lines ahead (not when a second set of rows reads a chunk already in L1);
+// near a row's end, the same row of the next block of kRowBlock rows (W's rows are `row_bytes`
+// apart): past its end a row's prefetch would land in the next row, which its own stream has
+// already read, and the next block's rows 1-3 would start with their first lines unrequested.
 template <int MB, bool Prefetch = true>
 WHITTLE_AVX512 inline __attribute__((always_inline)) void pairs_span(
     __m512 (&acc)[kRowBlock][MB], const uint16_t* const (&wr)[kRowBlock], const float* xe,
-    const float* xo, int64_t pairs, int64_t j0, int64_t j1) {
+    const float* xo, int64_t pairs, int64_t j0, int64_t j1, int64_t row_bytes) {
   const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   // The chains in locals whose address is never taken: updated in `acc` itself, GCC stored every
   // chain back to memory after each fma (__m512 may alias the float activations it loads).
@@ -104,11 +107,12 @@ WHITTLE_AVX512 inline __attribute__((always_inline)) void pairs_span(
       even[m] = _mm512_maskz_loadu_ps(mask, xe + m * pairs + j);
       odd[m] = _mm512_maskz_loadu_ps(mask, xo + m * pairs + j);
     }
+    const int64_t ahead = 4 * j + kPairsPrefetchBytes;
+    const int64_t next_block = ahead >= row_bytes ? (kRowBlock - 1) * row_bytes : 0;
 #pragma GCC unroll 4
     for (int64_t r = 0; r < kRowBlock; ++r) {
       if constexpr (Prefetch)
-        _mm_prefetch(reinterpret_cast<const char*>(wr[r] + 2 * j) + kPairsPrefetchBytes,
-                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(wr[r]) + ahead + next_block, _MM_HINT_T0);
       const __m512i v = _mm512_maskz_loadu_epi32(mask, wr[r] + 2 * j);
       const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
       const __m512 hi = _mm512_castsi512_ps(_mm512_and_si512(v, high));
@@ -143,8 +147,8 @@ WHITTLE_AVX512 void pairs_store(__m512 (&acc)[kRowBlock][MB],
 template <int M, bool Prefetch>
 WHITTLE_AVX512 __attribute__((noinline)) void pairs_span_kept(
     __m512 (&kept)[kRowBlock][M], const uint16_t* const (&wr)[kRowBlock], const float* xe,
-    const float* xo, int64_t pairs, int64_t j0, int64_t j1) {
-  pairs_span<M, Prefetch>(kept, wr, xe, xo, pairs, j0, j1);
+    const float* xo, int64_t pairs, int64_t j0, int64_t j1, int64_t row_bytes) {
+  pairs_span<M, Prefetch>(kept, wr, xe, xo, pairs, j0, j1, row_bytes);
 }
 
 // The chains of 4 rows of W with 4 activation rows fill the registers. With 5 to 8 rows the pairs
@@ -170,13 +174,13 @@ WHITTLE_AVX512 void rows_bf16_pairs_avx512(const uint16_t* w, int64_t K, const f
     const uint16_t* wr[kRowBlock];
     for (int64_t r = 0; r < kRowBlock; ++r) wr[r] = w + (n + std::min(r, rb - 1)) * K;
     if constexpr (MB <= 4) {
-      pairs_span<MA>(acc, wr, xe, xo, pairs, 0, pairs);
+      pairs_span<MA>(acc, wr, xe, xo, pairs, 0, pairs, 2 * K);
     } else {
       for (int64_t c = 0; c < pairs; c += kChunkPairs) {
         const int64_t c1 = std::min(pairs, c + kChunkPairs);
-        pairs_span_kept<MA, true>(acc, wr, xe, xo, pairs, c, c1);
+        pairs_span_kept<MA, true>(acc, wr, xe, xo, pairs, c, c1, 2 * K);
         pairs_span_kept<MC, /*Prefetch=*/false>(keep, wr, xe + 4 * pairs, xo + 4 * pairs, pairs, c,
-                                                c1);
+                                                c1, 2 * K);
       }
       pairs_store<MC>(keep, wr, K, x + 4 * K, rb, y + 4 * ldy + n, ldy, accumulate);
     }
