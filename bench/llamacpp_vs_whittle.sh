@@ -9,7 +9,7 @@
 # bf16 checkpoint (via q8_0, to save disk), and Q4_K_M with the modules the recipe keeps in 16 bit
 # in bf16 (the same bytes per token as whittle's). Prints llama-bench's pp/tg and `whittle bench`.
 #
-#   bench/llamacpp_vs_whittle.sh            # WORK=/work/synth LAYERS=6 EXPERTS=32 THREADS=2
+#   bench/llamacpp_vs_whittle.sh   # WORK=/work/synth LAYERS=6 EXPERTS=32 THREADS=2 ROUNDS=1
 # Needs: python3 -m venv .venv with torch, transformers, numpy, safetensors, sentencepiece
 # (the converter's imports); cmake, ninja; ~50 GB of disk under WORK. Long: ~30 min on 2 cores.
 set -euo pipefail
@@ -20,6 +20,7 @@ EXPERTS=${EXPERTS:-32}
 THREADS=${THREADS:-2}
 PROMPT=${PROMPT:-512}
 GEN=${GEN:-128}
+ROUNDS=${ROUNDS:-1}
 PY=${PY:-.venv/bin/python}
 LLAMA_SRC=${LLAMA_SRC:-$WORK/llama-src}
 LLAMA_BUILD=${LLAMA_BUILD:-$WORK/llama-build}
@@ -49,6 +50,7 @@ if [[ ! -f $q8 ]]; then
   "$PY" bench/llamacpp_convert.py "$LLAMA_CPP" "$bf16" --outtype q8_0 --outfile "$q8"
   rm -rf "$bf16"
 fi
+QUANTS=(Q4_0 Q4_K_M Q4_K_M-recipe16)
 for q in Q4_0 Q4_K_M; do
   out=$WORK/glm5-$tag-$q.gguf
   [[ -f $out ]] || "$LLAMA_BUILD/bin/llama-quantize" --allow-requantize "$q8" "$out" "$q" "$THREADS"
@@ -61,7 +63,7 @@ recipe16=$WORK/glm5-$tag-Q4_K_M-recipe16.gguf
   --tensor-type 'indexer\.proj=bf16' "$q8" "$recipe16" Q4_K_M "$THREADS"
 
 [[ -x build/whittle ]] || make build
-echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), $THREADS threads, prompt $PROMPT, gen $GEN"
+echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), $THREADS threads, prompt $PROMPT, gen $GEN, $ROUNDS round(s)"
 # Decode at the same depth on both sides: `whittle bench` decodes after its prompt, so llama-bench's
 # tg runs after as many cached tokens (-d; its tg otherwise starts from an empty cache), and at
 # depth 0 for reference. pp runs from an empty cache on both sides.
@@ -69,10 +71,51 @@ echo "# $(date -u +%F) $(lscpu | sed -n 's/^Model name: *//p'), $THREADS threads
 # (llama-cpp-python 0.3.36's) aborts on GLM-DSA while reserving the graph
 # ("GGML_ASSERT(*cur_backend_id != -1)", ggml-backend.cpp:1294): some node of the graph is then
 # supported by no backend. Without repacking it runs its plain Q4_0 / Q4_K kernels.
-for q in Q4_0 Q4_K_M Q4_K_M-recipe16; do
-  "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p "$PROMPT" -n 0 \
-    -r 1 --repack 0
-  "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p 0 -n "$GEN" \
-    -d "0,$PROMPT" -r 1 --repack 0
+# ROUNDS > 1 runs every engine once per round, in turn, and compares medians: on a shared VM one
+# pass of each can meet different phases of the machine (docs/BENCHMARKS.md).
+results=$(mktemp -d)
+for round in $(seq "$ROUNDS"); do
+  for q in "${QUANTS[@]}"; do
+    echo "# round $round: llama.cpp $q" >&2
+    "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p "$PROMPT" -n 0 \
+      -r 1 --repack 0 -o json > "$results/$round-$q-pp.json"
+    "$LLAMA_BUILD/bin/llama-bench" -m "$WORK/glm5-$tag-$q.gguf" -t "$THREADS" -p 0 -n "$GEN" \
+      -d "0,$PROMPT" -r 1 --repack 0 -o json > "$results/$round-$q-tg.json"
+  done
+  echo "# round $round: whittle" >&2
+  build/whittle bench "$gptq" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --threads "$THREADS" \
+    --json > "$results/$round-whittle.json"
 done
-build/whittle bench "$gptq" --prompt-tokens "$PROMPT" --gen-tokens "$GEN" --threads "$THREADS"
+python3 - "$results" "$ROUNDS" "${QUANTS[@]}" << 'PY'
+import json, statistics, sys
+results, rounds, quants = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+rows = {}  # engine -> {"pp": [...], "tg0": [...], "tg": [...]}
+for r in range(1, rounds + 1):
+    for q in quants:
+        row = rows.setdefault("llama.cpp " + q, {"pp": [], "tg0": [], "tg": []})
+        for part in ("pp", "tg"):
+            for t in json.load(open(f"{results}/{r}-{q}-{part}.json")):
+                key = "pp" if t["n_prompt"] else ("tg" if t["n_depth"] else "tg0")
+                row[key].append(t["avg_ts"])
+    w = json.load(open(f"{results}/{r}-whittle.json"))
+    row = rows.setdefault("whittle", {"pp": [], "tg0": [], "tg": [], "bw": [], "ratio": []})
+    row["pp"].append(w["prefill_tokens_per_s"])
+    row["tg"].append(w["decode_tokens_per_s"])
+    row["bw"].append(w["bandwidth_gbs"])
+    row["ratio"].append(w["decode_bandwidth_ratio"])
+med = lambda v: statistics.median(v) if v else float("nan")
+fmt = lambda v: ", ".join(f"{x:.2f}" for x in v) or "-"
+print("| engine | pp tokens/s | tg, empty cache | tg after the prompt |")
+print("|---|---|---|---|")
+for name, row in rows.items():
+    print(f"| {name} | {fmt(row['pp'])} | {fmt(row['tg0'])} | {fmt(row['tg'])} |")
+w = rows["whittle"]
+print(f"\nwhittle decode: {fmt([100 * x for x in w['ratio']])} % of the bandwidth probed "
+      f"({fmt(w['bw'])} GB/s)")
+print("\nmedians, whittle ÷ llama.cpp:")
+for name, row in rows.items():
+    if name != "whittle":
+        print(f"  {name}: pp {med(w['pp']) / med(row['pp']):.2f}×, "
+              f"tg after the prompt {med(w['tg']) / med(row['tg']):.2f}×")
+PY
+rm -rf "$results"
