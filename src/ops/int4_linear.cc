@@ -717,11 +717,9 @@ void int4_tiles(const PackedInt4& w, const Int8Acts& x, int64_t m0, int64_t m1, 
       }
     }
     if (isa >= Isa::kAvx512Vnni && m1 - m0 == 1 && t + 1 < t1) {
-      const int64_t n = t + kRowTiles <= t1 ? kRowTiles : 2;
-      if (n == kRowTiles)
-        tiles_row_avx512<kRowTiles>(w, t, x, m0, corr, out);
-      else
-        tiles_row_avx512<2>(w, t, x, m0, corr, out);
+      const bool four = t + kRowTiles <= t1;
+      (four ? tiles_row_avx512<kRowTiles> : tiles_row_avx512<2>)(w, t, x, m0, corr, out);
+      const int64_t n = four ? kRowTiles : 2;
       for (int64_t j = 0; j < n; ++j) store(t + j, m0, 1, out + j);
       t += n - 1;
       continue;
